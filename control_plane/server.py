@@ -1,0 +1,96 @@
+"""Wires the control plane together: data folder, keys, store, blob store, gRPC services, health."""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from control_plane.blobs import BlobStore
+from control_plane.registry import Registry
+from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServicer, TelemetryServicer
+from control_plane.store import Store
+from slmops import signing
+from slmops.errors import ConfigError
+from slmops.v1 import admin_pb2_grpc, artifacts_pb2_grpc, fleet_pb2_grpc, telemetry_pb2_grpc
+
+log = logging.getLogger("slmops.control_plane")
+SERVICES = ("slmops.v1.Fleet", "slmops.v1.Artifacts", "slmops.v1.Telemetry", "slmops.v1.Admin")
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    data_dir: pathlib.Path
+    listen: str = "127.0.0.1:50051"
+    max_workers: int = 64          # each connected agent holds one watch stream (one thread)
+    watch_tick_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"--listen {self.listen!r} must be HOST:PORT")
+        if self.max_workers < 4:
+            raise ConfigError("max_workers must be at least 4")
+
+
+class ControlPlane:
+    def __init__(self, cfg: ControlPlaneConfig):
+        self.cfg = cfg
+        data = pathlib.Path(cfg.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.store = Store(data / "control_plane.db")
+        self.blobs = BlobStore(data / "blobs")
+        key = signing.load_or_create_private(data / "keys" / "signing.pem")
+        self.registry = Registry(self.store, self.blobs, key)
+        self.admin_token_path = data / "admin-token"
+        if not self.admin_token_path.exists():
+            token = self.store.create_admin_token("admin")
+            fd = os.open(self.admin_token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(token + "\n")
+        self.server: grpc.Server | None = None
+        self.port: int | None = None
+        self.health = health.HealthServicer()
+
+    def start(self) -> int:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.cfg.max_workers),
+                             options=[("grpc.max_receive_message_length", 8 << 20)])
+        fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(self.store, self.registry, self.cfg.watch_tick_s),
+                                                   server)
+        artifacts_pb2_grpc.add_ArtifactsServicer_to_server(ArtifactsServicer(self.store, self.blobs), server)
+        telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(self.store), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.store, self.blobs, self.registry), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        port = server.add_insecure_port(self.cfg.listen)
+        if port == 0:
+            raise ConfigError(f"could not bind {self.cfg.listen}")
+        server.start()
+        for name in ("", *SERVICES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.server, self.port = server, port
+        log.info("control plane listening on %s (data %s)", self.cfg.listen.rpartition(":")[0] + f":{port}",
+                 self.cfg.data_dir)
+        return port
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self.server:
+            self.health.enter_graceful_shutdown()
+            self.server.stop(grace).wait()
+
+
+def serve_forever(cfg: ControlPlaneConfig) -> None:
+    cp = ControlPlane(cfg)
+    cp.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"control plane serving on {cfg.listen.rpartition(':')[0]}:{cp.port}; "
+          f"admin token in {cp.admin_token_path}", flush=True)
+    stop.wait()
+    cp.stop()

@@ -1,0 +1,213 @@
+"""Thin gRPC servicers: decode, authorise, call the store/registry, encode. No decisions live here."""
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+
+from control_plane import auth, rollups
+from control_plane.blobs import BlobStore
+from control_plane.registry import Registry
+from control_plane.store import Store
+from slmops.errors import ArtifactInvalid
+from slmops.v1 import (admin_pb2, admin_pb2_grpc, artifacts_pb2, artifacts_pb2_grpc, common_pb2, fleet_pb2,
+                       fleet_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc)
+
+MAX_EVENTS_PER_BATCH = 5000
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+
+
+def _hardware(msg: common_pb2.Hardware) -> dict:
+    return {"hardware_class": msg.hardware_class, "execution_providers": list(msg.execution_providers),
+            "ram_bytes": msg.ram_bytes, "disk_free_bytes": msg.disk_free_bytes, "arch": msg.arch}
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServicer):
+    def __init__(self, store: Store, registry: Registry, watch_tick_s: float = 1.0):
+        self.store = store
+        self.registry = registry
+        self.tick = watch_tick_s
+
+    def Enroll(self, request, context):
+        refused = self.store.consume_enroll_token(request.enroll_token)
+        if refused:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        if not request.device_name:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_name is required")
+        device_id, token = self.store.add_device(request.device_name, _hardware(request.hardware),
+                                                 request.agent_version)
+        return fleet_pb2.EnrollResponse(device_id=device_id, device_token=token,
+                                        signing_public_key=self.registry.public,
+                                        signing_key_id=self.registry.key_id)
+
+    def WatchDesiredState(self, request, context):
+        dev = auth.require_device(self.store, context, request.device_id)
+        seen = -1
+        while context.is_active():
+            cur = self.store.wait_for_change(dev["device_id"], seen, self.tick)
+            if cur is None:
+                return
+            if cur.revision != seen:
+                seen = cur.revision
+                yield fleet_pb2.DesiredState(model=common_pb2.ModelRef(name=cur.name, version=cur.version),
+                                             revision=cur.revision)
+            self.store.touch(dev["device_id"])
+
+    def ReportStatus(self, request, context):
+        dev = auth.require_device(self.store, context, request.device_id)
+        fields = {"current_name": request.current.name, "current_version": request.current.version,
+                  "state": request.state, "message": request.message[:2000]}
+        if request.HasField("hardware"):
+            fields["hardware"] = json.dumps(_hardware(request.hardware))
+        self.store.touch(dev["device_id"], **fields)
+        return common_pb2.Empty()
+
+
+class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
+    def __init__(self, store: Store, blobs: BlobStore):
+        self.store = store
+        self.blobs = blobs
+
+    def _allowed(self, dev: dict, name: str, version: str) -> bool:
+        return (name, version) in {(dev["desired_name"], dev["desired_version"]),
+                                   (dev["current_name"], dev["current_version"])}
+
+    def GetSignedManifest(self, request, context):
+        dev = auth.require_device(self.store, context)
+        row = self.store.model(request.name, request.version)
+        if row is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name}@{request.version}")
+        if not self._allowed(dev, request.name, request.version):
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"{request.name}@{request.version} is not assigned to device {dev['device_id']}")
+        return artifacts_pb2.SignedManifest(manifest=row["manifest"], signature=row["signature"],
+                                            key_id=row["key_id"])
+
+    def Download(self, request, context):
+        dev = auth.require_device(self.store, context)
+        allowed = any(self.store.blob_in_model(request.sha256, n, v)
+                      for n, v in ((dev["desired_name"], dev["desired_version"]),
+                                   (dev["current_name"], dev["current_version"])) if n)
+        if not allowed:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"blob {request.sha256[:12]}… is not part of a model assigned to this device")
+        try:
+            size = self.blobs.size(request.sha256)
+        except (FileNotFoundError, ArtifactInvalid):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"blob {request.sha256[:12]}… is missing")
+        if request.offset < 0 or request.offset > size or request.length < 0:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                          f"offset {request.offset}/length {request.length} outside blob of {size} bytes")
+        offset = request.offset
+        for data in self.blobs.read(request.sha256, request.offset, request.length):
+            yield artifacts_pb2.BlobChunk(offset=offset, data=data)
+            offset += len(data)
+
+
+class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
+    def __init__(self, store: Store):
+        self.store = store
+
+    def Upload(self, request, context):
+        dev = auth.require_device(self.store, context, request.device_id)
+        if len(request.events) > MAX_EVENTS_PER_BATCH:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"batch of {len(request.events)} events exceeds {MAX_EVENTS_PER_BATCH}; split it")
+        now = int(time.time() * 1000)
+        good, rejected, why = [], 0, []
+        for e in request.events:
+            if e.seq <= 0:
+                rejected += 1
+                why.append(f"seq {e.seq} must be positive")
+                continue
+            good.append({"seq": e.seq, "ts_ms": min(e.ts_unix_ms, now + MAX_FUTURE_SKEW_MS), "kind": e.kind,
+                         "name": e.name, "model": e.model, "latency_ms": e.latency_ms,
+                         "first_token_ms": e.first_token_ms, "tokens_in": e.tokens_in, "tokens_out": e.tokens_out,
+                         "outcome": e.outcome, "detail": e.detail[:2000]})
+        accepted, dups = self.store.add_telemetry(dev["device_id"], good)
+        self.store.touch(dev["device_id"])
+        return telemetry_pb2.UploadAck(accepted=accepted, duplicates=dups, rejected=rejected,
+                                       detail="; ".join(why[:5]))
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, store: Store, blobs: BlobStore, registry: Registry):
+        self.store = store
+        self.blobs = blobs
+        self.registry = registry
+
+    def UploadBlob(self, request_iterator, context):
+        auth.require_admin(self.store, context)
+        expected = {}
+
+        def chunks():
+            for i, msg in enumerate(request_iterator):
+                if i == 0 and msg.expected_sha256:
+                    expected["sha"] = msg.expected_sha256
+                yield msg.data
+
+        try:
+            # expected_sha256 arrives with the first message, so check after the stream is read.
+            digest, size = self.blobs.put_stream(chunks())
+        except ArtifactInvalid as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if expected.get("sha") and expected["sha"] != digest:
+            context.abort(grpc.StatusCode.DATA_LOSS, f"uploaded bytes hash to {digest}, expected {expected['sha']}")
+        return admin_pb2.BlobRef(sha256=digest, size=size)
+
+    def PublishModel(self, request, context):
+        auth.require_admin(self.store, context)
+        try:
+            m = self.registry.publish(request.manifest_json)
+        except ArtifactInvalid as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        row = self.store.model(m.name, m.version)
+        import hashlib
+        return admin_pb2.PublishResponse(model=common_pb2.ModelRef(name=m.name, version=m.version),
+                                         manifest_sha256=hashlib.sha256(row["manifest"]).hexdigest())
+
+    def ListModels(self, request, context):
+        auth.require_admin(self.store, context)
+        return admin_pb2.ModelList(versions=[
+            admin_pb2.ModelVersion(model=common_pb2.ModelRef(name=r["name"], version=r["version"]),
+                                   precision=r["precision"], total_bytes=r["total_bytes"],
+                                   created_unix_ms=r["created_ms"]) for r in self.store.models()])
+
+    def SetDesiredVersion(self, request, context):
+        auth.require_admin(self.store, context)
+        if self.store.model(request.model.name, request.model.version) is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"no published model {request.model.name}@{request.model.version}")
+        unknown = [d for d in request.device_ids if self.store.device(d) is None]
+        if unknown:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown devices: {', '.join(unknown)}")
+        n = self.store.set_desired(request.model.name, request.model.version, list(request.device_ids) or None)
+        return admin_pb2.SetDesiredResponse(devices_updated=n)
+
+    def CreateEnrollToken(self, request, context):
+        auth.require_admin(self.store, context)
+        if request.uses < 0 or request.ttl_seconds < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "uses and ttl_seconds must not be negative")
+        uses = request.uses or 1
+        token, expires = self.store.create_enroll_token(uses, request.ttl_seconds or 86400)
+        return admin_pb2.EnrollToken(token=token, expires_unix_ms=expires, uses=uses)
+
+    def ListDevices(self, request, context):
+        auth.require_admin(self.store, context)
+        out = []
+        for d in self.store.devices():
+            hw = json.loads(d["hardware"] or "{}")
+            out.append(admin_pb2.Device(
+                device_id=d["device_id"], name=d["name"], state=d["state"], message=d["message"],
+                current=common_pb2.ModelRef(name=d["current_name"], version=d["current_version"]),
+                desired=common_pb2.ModelRef(name=d["desired_name"], version=d["desired_version"]),
+                last_seen_unix_ms=d["last_seen_ms"], agent_version=d["agent_version"],
+                hardware=common_pb2.Hardware(**hw) if hw else None))
+        return admin_pb2.DeviceList(devices=out)
+
+    def QueryTelemetry(self, request, context):
+        auth.require_admin(self.store, context)
+        summary = rollups.summarize(self.store.telemetry(request.device_id or None, request.since_unix_ms))
+        return admin_pb2.TelemetrySummary(devices=[
+            admin_pb2.DeviceTelemetry(device_id=did, **fig) for did, fig in sorted(summary.items())])

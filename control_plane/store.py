@@ -1,0 +1,240 @@
+"""The control plane's state in one SQLite file (sqlite-utils, WAL): models, devices, enrollment tokens,
+admin tokens and telemetry. All access goes through Store, which serialises writers with a lock and wakes
+desired-state watchers when a device's desired model changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    name: str
+    version: str
+    revision: int
+
+
+class Store:
+    def __init__(self, path: pathlib.Path):
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._create()
+
+    def _create(self) -> None:
+        db = self.db
+        with self._lock:
+            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db["models"].create({"name": str, "version": str, "manifest": bytes, "signature": bytes,
+                                 "key_id": str, "precision": str, "total_bytes": int, "created_ms": int},
+                                pk=("name", "version"), if_not_exists=True)
+            db["model_files"].create({"name": str, "version": str, "path": str, "sha256": str, "size": int},
+                                     pk=("name", "version", "path"), if_not_exists=True)
+            db["model_files"].create_index(["sha256"], if_not_exists=True)
+            db["devices"].create({"device_id": str, "name": str, "token_hash": str, "hardware": str,
+                                  "agent_version": str, "desired_name": str, "desired_version": str,
+                                  "desired_rev": int, "current_name": str, "current_version": str,
+                                  "state": str, "message": str, "last_seen_ms": int, "enrolled_ms": int},
+                                 pk="device_id", if_not_exists=True)
+            db["devices"].create_index(["token_hash"], unique=True, if_not_exists=True)
+            db["enroll_tokens"].create({"token_hash": str, "uses_left": int, "expires_ms": int, "created_ms": int},
+                                       pk="token_hash", if_not_exists=True)
+            db["admin_tokens"].create({"token_hash": str, "role": str, "created_ms": int},
+                                      pk="token_hash", if_not_exists=True)
+            db["telemetry"].create({"device_id": str, "seq": int, "ts_ms": int, "kind": str, "name": str,
+                                    "model": str, "latency_ms": float, "first_token_ms": float, "tokens_in": int,
+                                    "tokens_out": int, "outcome": str, "detail": str, "received_ms": int},
+                                   pk=("device_id", "seq"), if_not_exists=True)
+            db["telemetry"].create_index(["ts_ms"], if_not_exists=True)
+            db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+
+    # ---- meta / fleet default -------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        rows = list(self.db.query("select value from meta where key = ?", [key]))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    # ---- admin tokens -----------------------------------------------------------------------------
+    def create_admin_token(self, role: str = "admin") -> str:
+        token = "slm_admin_" + secrets.token_urlsafe(24)
+        with self._lock:
+            self.db["admin_tokens"].insert({"token_hash": token_hash(token), "role": role, "created_ms": now_ms()})
+        return token
+
+    def admin_role(self, token: str) -> str | None:
+        rows = list(self.db.query("select role from admin_tokens where token_hash = ?", [token_hash(token)]))
+        return rows[0]["role"] if rows else None
+
+    # ---- enrollment -------------------------------------------------------------------------------
+    def create_enroll_token(self, uses: int = 1, ttl_s: int = 86400) -> tuple[str, int]:
+        token = "slm_enroll_" + secrets.token_urlsafe(18)
+        expires = now_ms() + ttl_s * 1000
+        with self._lock:
+            self.db["enroll_tokens"].insert({"token_hash": token_hash(token), "uses_left": uses,
+                                             "expires_ms": expires, "created_ms": now_ms()})
+        return token, expires
+
+    def consume_enroll_token(self, token: str) -> str | None:
+        """Uses one use of `token`. Returns None on success, or why it was refused."""
+        with self._lock:
+            rows = list(self.db.query("select * from enroll_tokens where token_hash = ?", [token_hash(token)]))
+            if not rows:
+                return "unknown enrollment token"
+            row = rows[0]
+            if row["expires_ms"] < now_ms():
+                return "enrollment token expired"
+            if row["uses_left"] <= 0:
+                return "enrollment token already used up"
+            self.db.execute("update enroll_tokens set uses_left = uses_left - 1 where token_hash = ?",
+                            [row["token_hash"]])
+            return None
+
+    def add_device(self, name: str, hardware: dict, agent_version: str) -> tuple[str, str]:
+        device_id = "dev_" + secrets.token_hex(6)
+        token = "slm_device_" + secrets.token_urlsafe(24)
+        with self._lock:
+            default = self.fleet_default()
+            self.db["devices"].insert({
+                "device_id": device_id, "name": name, "token_hash": token_hash(token),
+                "hardware": json.dumps(hardware), "agent_version": agent_version,
+                "desired_name": default[0] if default else "", "desired_version": default[1] if default else "",
+                "desired_rev": 1, "current_name": "", "current_version": "", "state": "enrolled", "message": "",
+                "last_seen_ms": now_ms(), "enrolled_ms": now_ms()})
+        return device_id, token
+
+    def device_for_token(self, token: str) -> dict | None:
+        rows = list(self.db.query("select * from devices where token_hash = ?", [token_hash(token)]))
+        return rows[0] if rows else None
+
+    def device(self, device_id: str) -> dict | None:
+        rows = list(self.db.query("select * from devices where device_id = ?", [device_id]))
+        return rows[0] if rows else None
+
+    def devices(self) -> list[dict]:
+        return list(self.db.query("select * from devices order by enrolled_ms"))
+
+    def touch(self, device_id: str, **fields) -> None:
+        with self._lock:
+            self.db["devices"].update(device_id, {"last_seen_ms": now_ms(), **fields})
+
+    # ---- desired state ----------------------------------------------------------------------------
+    def fleet_default(self) -> tuple[str, str] | None:
+        v = self.get_meta("fleet_default")
+        return tuple(v.split("@", 1)) if v else None
+
+    def set_desired(self, name: str, version: str, device_ids: list[str] | None) -> int:
+        """Sets the desired model for `device_ids`, or for every device and future enrollments when None."""
+        with self._lock:
+            if device_ids is None:
+                self.set_meta("fleet_default", f"{name}@{version}")
+                device_ids = [d["device_id"] for d in self.devices()]
+            n = 0
+            for did in device_ids:
+                cur = self.device(did)
+                if cur is None:
+                    continue
+                self.db["devices"].update(did, {"desired_name": name, "desired_version": version,
+                                                "desired_rev": cur["desired_rev"] + 1})
+                n += 1
+            self._changed.notify_all()
+            return n
+
+    def desired(self, device_id: str) -> DesiredState | None:
+        d = self.device(device_id)
+        return DesiredState(d["desired_name"], d["desired_version"], d["desired_rev"]) if d else None
+
+    def wait_for_change(self, device_id: str, seen_revision: int, timeout: float) -> DesiredState | None:
+        """Blocks until the device's desired revision differs from `seen_revision` or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                cur = self.desired(device_id)
+                if cur is None or cur.revision != seen_revision:
+                    return cur
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return cur
+                self._changed.wait(left)
+
+    # ---- models -----------------------------------------------------------------------------------
+    def add_model(self, name: str, version: str, manifest: bytes, signature: bytes, key_id: str,
+                  precision: str, files: list[dict]) -> None:
+        with self._lock:
+            if self.model(name, version) is not None:
+                raise KeyError(f"{name}@{version} is already published; versions are immutable")
+            self.db["models"].insert({"name": name, "version": version, "manifest": manifest,
+                                      "signature": signature, "key_id": key_id, "precision": precision,
+                                      "total_bytes": sum(f["size"] for f in files), "created_ms": now_ms()})
+            self.db["model_files"].insert_all({"name": name, "version": version, **f} for f in files)
+
+    def model(self, name: str, version: str) -> dict | None:
+        rows = list(self.db.query("select * from models where name = ? and version = ?", [name, version]))
+        return rows[0] if rows else None
+
+    def models(self) -> list[dict]:
+        return list(self.db.query("select name, version, precision, total_bytes, created_ms from models "
+                                  "order by created_ms"))
+
+    def blob_in_model(self, sha256: str, name: str, version: str) -> bool:
+        rows = list(self.db.query("select 1 from model_files where sha256 = ? and name = ? and version = ?",
+                                  [sha256, name, version]))
+        return bool(rows)
+
+    # ---- telemetry --------------------------------------------------------------------------------
+    def add_telemetry(self, device_id: str, events: list[dict]) -> tuple[int, int]:
+        """Stores events once per (device, seq). Returns (newly stored, duplicates)."""
+        if not events:
+            return 0, 0
+        received = now_ms()
+        with self._lock:
+            before = self.db.execute("select count(*) from telemetry where device_id = ?", [device_id]).fetchone()[0]
+            self.db.execute("begin")
+            try:
+                self.db.conn.executemany(
+                    "insert or ignore into telemetry (device_id, seq, ts_ms, kind, name, model, latency_ms, "
+                    "first_token_ms, tokens_in, tokens_out, outcome, detail, received_ms) "
+                    "values (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    [(device_id, e["seq"], e["ts_ms"], e["kind"], e["name"], e["model"], e["latency_ms"],
+                      e["first_token_ms"], e["tokens_in"], e["tokens_out"], e["outcome"], e["detail"], received)
+                     for e in events])
+                self.db.execute("commit")
+            except Exception:
+                self.db.execute("rollback")
+                raise
+            after = self.db.execute("select count(*) from telemetry where device_id = ?", [device_id]).fetchone()[0]
+        return after - before, len(events) - (after - before)
+
+    def telemetry(self, device_id: str | None, since_ms: int) -> list[dict]:
+        sql = "select * from telemetry where ts_ms >= ?"
+        args: list = [since_ms]
+        if device_id:
+            sql += " and device_id = ?"
+            args.append(device_id)
+        return list(self.db.query(sql + " order by device_id, seq", args))

@@ -1,0 +1,57 @@
+"""Wires the agent: local state, runtime, serving, HTTP (uvicorn), the reconciler and the uploader."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import uvicorn
+
+from edge_agent.config import AgentConfig
+from edge_agent.control_client import Backoff, ControlClient
+from edge_agent.engine import OgaEngine
+from edge_agent.http_api import build_app
+from edge_agent.metrics import AgentMetrics
+from edge_agent.reconciler import Reconciler
+from edge_agent.runtime import Runtime
+from edge_agent.serving import Serving
+from edge_agent.state import AgentState
+from edge_agent.uploader import Uploader
+
+log = logging.getLogger("slmops.agent")
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, engine_factory=OgaEngine):
+        self.cfg = cfg
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state = AgentState(cfg.data_dir / "agent.db", cfg.telemetry_max_rows)
+        self.runtime = Runtime(cfg.max_concurrent, cfg.max_queue)
+        self.serving = Serving(self.runtime, self.state, cfg.max_prompt_tokens, cfg.max_new_tokens,
+                               cfg.request_timeout_s)
+        self.client = ControlClient(cfg.control_plane)
+        self.reconciler = Reconciler(cfg, self.state, self.runtime, engine_factory, self.client)
+        self.uploader = Uploader(self.state, self.client, lambda: self.reconciler.device_id,
+                                 cfg.telemetry_interval_s, cfg.telemetry_batch,
+                                 Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
+        self.metrics = AgentMetrics(self.runtime, self.state)
+        self.app = build_app(self.serving, cfg.api_keys, self.metrics.render)
+
+    def run(self) -> None:
+        threads = [threading.Thread(target=self.reconciler.run, name="reconciler", daemon=True),
+                   threading.Thread(target=self.uploader.run, name="uploader", daemon=True)]
+        for t in threads:
+            t.start()
+        host, port = self.cfg.http_host_port
+        server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
+                                               access_log=False, timeout_graceful_shutdown=5))
+        log.info("agent HTTP API on http://%s:%d (control plane %s)", host, port, self.cfg.control_plane)
+        try:
+            server.run()  # handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
+        finally:
+            self.reconciler.stop.set()
+            self.uploader.stop.set()
+            try:
+                self.uploader.flush_once()
+            except Exception as e:  # best effort on the way out; events stay in the outbox
+                log.info("final telemetry flush skipped: %s", e)
+            self.client.close()

@@ -1,0 +1,69 @@
+"""Typed agent configuration, validated at construction. Environment variables are read only here."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import pathlib
+from dataclasses import dataclass
+
+from slmops.errors import ConfigError
+
+AGENT_VERSION = "0.1.0"
+
+
+def _host_port(value: str, what: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what} {value!r} must be HOST:PORT")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    control_plane: str
+    data_dir: pathlib.Path
+    http: str = "127.0.0.1:8080"
+    enroll_token: str = ""
+    device_name: str = ""
+    api_keys: tuple[str, ...] = ()       # SLMOPS_API_KEYS (comma separated); required beyond loopback
+    max_concurrent: int = 2              # generations running at once
+    max_queue: int = 8                   # requests waiting for a slot before 429
+    max_prompt_tokens: int = 2048
+    max_new_tokens: int = 512
+    request_timeout_s: float = 120.0
+    telemetry_interval_s: float = 2.0
+    telemetry_batch: int = 500
+    telemetry_max_rows: int = 100_000    # local buffer bound; oldest dropped first
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 15.0
+    min_download_rate_bps: int = 0       # 0 = no floor
+
+    def __post_init__(self) -> None:
+        _host_port(self.control_plane, "--control-plane")
+        host, _ = _host_port(self.http, "--http")
+        if not is_loopback(host) and not self.api_keys:
+            raise ConfigError(f"--http {self.http} binds beyond loopback: set SLMOPS_API_KEYS so apps must "
+                              "present a key")
+        for name in ("max_concurrent", "max_queue", "max_prompt_tokens", "max_new_tokens", "telemetry_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("backoff must satisfy 0 < initial <= max")
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        return _host_port(self.http, "--http")
+
+    @classmethod
+    def from_env(cls, **kwargs) -> "AgentConfig":
+        keys = tuple(k for k in os.environ.get("SLMOPS_API_KEYS", "").split(",") if k.strip())
+        return cls(api_keys=keys, **kwargs)

@@ -1,0 +1,113 @@
+"""The agent's side of the gRPC contract: one channel, typed stubs, the device token on every call, and
+transport errors mapped to TransportError (retryable) or ArtifactInvalid/refusals (not retryable)."""
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+import grpc
+
+from slmops.errors import TransportError
+from slmops.v1 import (artifacts_pb2, artifacts_pb2_grpc, common_pb2, fleet_pb2, fleet_pb2_grpc, telemetry_pb2,
+                       telemetry_pb2_grpc)
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.ABORTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+             grpc.StatusCode.CANCELLED}
+
+
+class Refused(Exception):
+    """The control plane answered and said no (bad token, not found, permission): retrying will not help."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+
+
+def map_rpc_error(e: grpc.RpcError, what: str) -> Exception:
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    details = e.details() if hasattr(e, "details") else str(e)
+    if code in RETRYABLE:
+        return TransportError(f"{what}: {code.name}: {details}")
+    return Refused(code, f"{what}: {details}")
+
+
+class Backoff:
+    """Exponential backoff with full jitter, capped."""
+
+    def __init__(self, initial: float, maximum: float):
+        self.initial, self.maximum, self.attempt = initial, maximum, 0
+
+    def next(self) -> float:
+        delay = min(self.maximum, self.initial * (2 ** self.attempt))
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ControlClient:
+    def __init__(self, address: str):
+        self.address = address
+        self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self.fleet = fleet_pb2_grpc.FleetStub(self.channel)
+        self.artifacts = artifacts_pb2_grpc.ArtifactsStub(self.channel)
+        self.telemetry = telemetry_pb2_grpc.TelemetryStub(self.channel)
+        self.token = ""
+
+    def _md(self):
+        return (("authorization", f"Bearer {self.token}"),)
+
+    def enroll(self, token: str, name: str, hardware: common_pb2.Hardware, agent_version: str):
+        try:
+            return self.fleet.Enroll(fleet_pb2.EnrollRequest(enroll_token=token, device_name=name,
+                                                             hardware=hardware, agent_version=agent_version),
+                                     timeout=10)
+        except grpc.RpcError as e:
+            raise map_rpc_error(e, "enroll") from e
+
+    def watch(self, device_id: str) -> Iterator[fleet_pb2.DesiredState]:
+        try:
+            yield from self.fleet.WatchDesiredState(fleet_pb2.WatchRequest(device_id=device_id), metadata=self._md())
+        except grpc.RpcError as e:
+            raise map_rpc_error(e, "watch desired state") from e
+
+    def report(self, device_id: str, name: str, version: str, state: str, message: str = "",
+               hardware: common_pb2.Hardware | None = None) -> None:
+        try:
+            self.fleet.ReportStatus(fleet_pb2.StatusReport(
+                device_id=device_id, current=common_pb2.ModelRef(name=name, version=version), state=state,
+                message=message, hardware=hardware), metadata=self._md(), timeout=10)
+        except grpc.RpcError as e:
+            raise map_rpc_error(e, "report status") from e
+
+    def manifest(self, name: str, version: str) -> artifacts_pb2.SignedManifest:
+        try:
+            return self.artifacts.GetSignedManifest(artifacts_pb2.GetManifestRequest(name=name, version=version),
+                                                    metadata=self._md(), timeout=30)
+        except grpc.RpcError as e:
+            raise map_rpc_error(e, f"get manifest {name}@{version}") from e
+
+    def download(self, sha256: str, offset: int) -> Iterator[bytes]:
+        try:
+            for chunk in self.artifacts.Download(artifacts_pb2.DownloadRequest(sha256=sha256, offset=offset),
+                                                 metadata=self._md(), timeout=3600):
+                yield chunk.data
+        except grpc.RpcError as e:
+            raise map_rpc_error(e, f"download {sha256[:12]}…") from e
+
+    def upload(self, device_id: str, events: list[dict]) -> telemetry_pb2.UploadAck:
+        batch = telemetry_pb2.TelemetryBatch(device_id=device_id, events=[
+            telemetry_pb2.TelemetryEvent(seq=e["seq"], ts_unix_ms=e["ts_ms"], kind=e["kind"], name=e["name"],
+                                         model=e["model"], latency_ms=e["latency_ms"],
+                                         first_token_ms=e["first_token_ms"], tokens_in=e["tokens_in"],
+                                         tokens_out=e["tokens_out"], outcome=e["outcome"], detail=e["detail"])
+            for e in events])
+        try:
+            return self.telemetry.Upload(batch, metadata=self._md(), timeout=30)
+        except grpc.RpcError as e:
+            raise map_rpc_error(e, "upload telemetry") from e
+
+    def close(self) -> None:
+        self.channel.close()

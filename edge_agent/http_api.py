@@ -1,0 +1,158 @@
+"""OpenAI-compatible HTTP API (Starlette). Handlers translate JSON <-> Serving calls and map errors to
+OpenAI's error shape: 400 invalid, 401 key, 404 model, 413 too long, 429 busy (Retry-After), 503 not ready.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+from edge_agent.openai_schema import BadRequest, GenRequest, parse_chat, parse_completion
+from edge_agent.runtime import NotReady, QueueFull
+from edge_agent.serving import Outcome, Serving
+
+MAX_BODY_BYTES = 1 << 20
+
+
+def error(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None,
+          headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}},
+                        status_code=status, headers=headers)
+
+
+def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) -> Starlette:
+    def authorized(request: Request) -> bool:
+        if not api_keys:
+            return True
+        got = request.headers.get("authorization", "")
+        token = got[7:] if got.startswith("Bearer ") else ""
+        return any(secrets.compare_digest(token, k) for k in api_keys)
+
+    async def read_json(request: Request):
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            raise BadRequest(f"request body of {len(raw)} bytes exceeds {MAX_BODY_BYTES}", status=413)
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise BadRequest(f"request body is not valid UTF-8: {e}") from e
+        except ValueError as e:
+            raise BadRequest(f"request body is not valid JSON: {e}") from e
+
+    def handler(parse, kind: str):
+        async def endpoint(request: Request):
+            if not authorized(request):
+                return error(401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error",
+                             code="invalid_api_key")
+            try:
+                req = parse(await read_json(request), serving.max_new_tokens)
+                if req.stream:
+                    return await stream(req, kind)
+                return await complete(req, kind)
+            except BadRequest as e:
+                return error(e.status, str(e), param=e.param, code=e.code)
+            except QueueFull as e:
+                return error(429, f"server busy: {e}", "rate_limit_error", headers={"Retry-After": "1"})
+            except NotReady as e:
+                return error(503, f"not ready: {e}", "service_unavailable")
+        return endpoint
+
+    async def complete(req: GenRequest, kind: str):
+        outcome = Outcome(model="")
+        text = await run_in_threadpool(lambda: "".join(serving.run(req, kind, outcome)))
+        return JSONResponse(body(kind, text, outcome, final=True))
+
+    async def stream(req: GenRequest, kind: str):
+        outcome = Outcome(model="")
+        cancelled = {"v": False}
+        it = serving.run(req, kind, outcome, cancelled=lambda: cancelled["v"])
+        sentinel = object()
+        # Pull the first piece before answering, so errors (404, 413, 429, 503) are real HTTP statuses.
+        first = await run_in_threadpool(next, it, sentinel)
+        cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+
+        async def events():
+            piece = first
+            try:
+                while piece is not sentinel:
+                    yield sse(chunk(kind, cid, piece, outcome, None))
+                    piece = await run_in_threadpool(next, it, sentinel)
+                yield sse(chunk(kind, cid, "", outcome, outcome.finish_reason or "stop", usage=True))
+                yield b"data: [DONE]\n\n"
+            finally:
+                cancelled["v"] = True  # client gone or done: stop generating, free the slot
+                await run_in_threadpool(it.close)
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    async def models(request: Request):
+        if not authorized(request):
+            return error(401, "missing or wrong API key", "authentication_error", code="invalid_api_key")
+        slot = serving.runtime.slot
+        data = []
+        if slot:
+            m = slot.manifest
+            data.append({"id": m.name, "object": "model", "created": int(m.created_unix_ms / 1000),
+                         "owned_by": "slmops", "version": m.version, "precision": m.precision})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(request: Request):
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(request: Request):
+        slot = serving.runtime.slot
+        if slot is None:
+            return JSONResponse({"status": "not ready", "model": None}, status_code=503)
+        return JSONResponse({"status": "ready", "model": slot.manifest.ref,
+                             "provider": getattr(slot.engine, "provider", "cpu")})
+
+    async def metrics_endpoint(request: Request):
+        text = metrics() if metrics else ""
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    routes = [Route("/v1/chat/completions", handler(parse_chat, "chat"), methods=["POST"]),
+              Route("/v1/completions", handler(parse_completion, "completion"), methods=["POST"]),
+              Route("/v1/models", models, methods=["GET"]),
+              Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
+    return Starlette(routes=routes)
+
+
+def sse(obj: dict) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def usage(o: Outcome) -> dict:
+    return {"prompt_tokens": o.prompt_tokens, "completion_tokens": o.completion_tokens,
+            "total_tokens": o.prompt_tokens + o.completion_tokens}
+
+
+def body(kind: str, text: str, o: Outcome, final: bool) -> dict:
+    created = int(time.time())
+    if kind == "chat":
+        return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": created,
+                "model": o.model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                               "finish_reason": o.finish_reason or "stop"}], "usage": usage(o)}
+    return {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": created,
+            "model": o.model, "choices": [{"index": 0, "text": text, "finish_reason": o.finish_reason or "stop",
+                                           "logprobs": None}], "usage": usage(o)}
+
+
+def chunk(kind: str, cid: str, text: str, o: Outcome, finish, usage_: bool = False) -> dict:
+    created = int(time.time())
+    if kind == "chat":
+        d = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": o.model,
+             "choices": [{"index": 0, "delta": {"content": text} if text or finish is None else {},
+                          "finish_reason": finish}]}
+    else:
+        d = {"id": cid, "object": "text_completion", "created": created, "model": o.model,
+             "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+    if usage_:
+        d["usage"] = usage(o)
+    return d

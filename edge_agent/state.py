@@ -1,0 +1,62 @@
+"""The agent's local SQLite file: identity, the pinned signing key, what it serves, failed versions and
+the telemetry outbox. One writer lock; WAL so the HTTP threads and the uploader do not block each other.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sqlite3
+import threading
+import time
+
+import sqlite_utils
+
+
+class AgentState:
+    def __init__(self, path: pathlib.Path, max_outbox_rows: int = 100_000):
+        path = pathlib.Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.lock = threading.RLock()
+        self.max_outbox_rows = max_outbox_rows
+        with self.lock:
+            self.db["kv"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            self.db.execute(
+                "create table if not exists outbox (seq integer primary key autoincrement, ts_ms integer, "
+                "kind text, name text, model text, latency_ms real, first_token_ms real, tokens_in integer, "
+                "tokens_out integer, outcome text, detail text)")
+
+    # ---- key/value --------------------------------------------------------------------------------
+    def get(self, key: str, default=None):
+        rows = list(self.db.query("select value from kv where key = ?", [key]))
+        return json.loads(rows[0]["value"]) if rows else default
+
+    def put(self, key: str, value) -> None:
+        with self.lock:
+            self.db["kv"].upsert({"key": key, "value": json.dumps(value)}, pk="key")
+
+    # ---- telemetry outbox -------------------------------------------------------------------------
+    def record(self, kind: str, name: str, model: str = "", latency_ms: float = 0.0, first_token_ms: float = 0.0,
+               tokens_in: int = 0, tokens_out: int = 0, outcome: str = "ok", detail: str = "") -> None:
+        with self.lock:
+            self.db.execute(
+                "insert into outbox (ts_ms, kind, name, model, latency_ms, first_token_ms, tokens_in, tokens_out, "
+                "outcome, detail) values (?,?,?,?,?,?,?,?,?,?)",
+                [int(time.time() * 1000), kind, name, model, latency_ms, first_token_ms, tokens_in, tokens_out,
+                 outcome, detail[:2000]])
+            count = self.db.execute("select count(*) from outbox").fetchone()[0]
+            if count > self.max_outbox_rows:
+                drop = count - self.max_outbox_rows
+                self.db.execute("delete from outbox where seq in (select seq from outbox order by seq limit ?)",
+                                [drop])
+                self.put("telemetry_dropped", self.get("telemetry_dropped", 0) + drop)
+
+    def pending(self, limit: int) -> list[dict]:
+        return list(self.db.query("select * from outbox order by seq limit ?", [limit]))
+
+    def ack(self, through_seq: int) -> None:
+        with self.lock:
+            self.db.execute("delete from outbox where seq <= ?", [through_seq])

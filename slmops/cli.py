@@ -1,0 +1,265 @@
+"""The `slmops` command. Each group imports its side lazily, so an agent-only install (no torch) runs
+`slmops agent run` without ever importing training code."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slmops import __version__
+
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="SLMOps: small language models for fleets of edge devices.")
+cp_app = typer.Typer(no_args_is_help=True, help="Run the control plane.")
+agent_app = typer.Typer(no_args_is_help=True, help="Run an edge agent.")
+models_app = typer.Typer(no_args_is_help=True, help="Publish and list model versions.")
+devices_app = typer.Typer(no_args_is_help=True, help="Devices in the fleet.")
+tokens_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens.")
+rollout_app = typer.Typer(no_args_is_help=True, help="Decide which device runs which version.")
+telemetry_app = typer.Typer(no_args_is_help=True, help="What the fleet reported.")
+train_app = typer.Typer(no_args_is_help=True, help="Train models (control-plane install).")
+for name, sub in (("control-plane", cp_app), ("agent", agent_app), ("models", models_app),
+                  ("devices", devices_app), ("tokens", tokens_app), ("rollout", rollout_app),
+                  ("telemetry", telemetry_app), ("train", train_app)):
+    app.add_typer(sub, name=name)
+
+CP_OPT = typer.Option(os.environ.get("SLMOPS_CONTROL_PLANE", "127.0.0.1:50051"), "--control-plane",
+                      help="control plane address [env SLMOPS_CONTROL_PLANE]")
+TOKEN_OPT = typer.Option(None, "--admin-token", help="admin token [env SLMOPS_ADMIN_TOKEN]")
+CP_DATA_OPT = typer.Option(None, "--cp-data-dir", help="read the admin token from this control plane data dir")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def fail(message: str, code: int = 1):
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _admin(address: str, token: Optional[str], cp_data_dir: Optional[pathlib.Path]):
+    from control_plane.admin_client import AdminClient
+
+    token = token or os.environ.get("SLMOPS_ADMIN_TOKEN")
+    if not token and cp_data_dir:
+        p = pathlib.Path(cp_data_dir) / "admin-token"
+        if not p.exists():
+            fail(f"no admin token at {p}")
+        token = p.read_text().strip()
+    if not token:
+        fail("an admin token is needed: --admin-token, SLMOPS_ADMIN_TOKEN or --cp-data-dir")
+    return AdminClient(address, token)
+
+
+def _admin_call(fn):
+    from control_plane.admin_client import AdminError
+
+    try:
+        return fn()
+    except AdminError as e:
+        fail(f"control plane refused: {e}")
+
+
+def _version_cb(value: bool):
+    if value:
+        print(f"slmops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True)):
+    pass
+
+
+# ---- control plane ---------------------------------------------------------------------------------
+@cp_app.command("serve")
+def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the database, blobs and keys"),
+             listen: str = typer.Option("127.0.0.1:50051", help="HOST:PORT for gRPC")):
+    """Serve the fleet, artifact, telemetry and admin APIs over gRPC."""
+    from control_plane.server import ControlPlaneConfig, serve_forever
+    from slmops.errors import ConfigError
+
+    _setup_logging()
+    try:
+        serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen))
+    except ConfigError as e:
+        fail(str(e))
+
+
+# ---- agent -----------------------------------------------------------------------------------------
+@agent_app.command("run")
+def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PORT"),
+              data_dir: pathlib.Path = typer.Option(..., help="the agent's state, blobs and models"),
+              http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the local OpenAI-compatible API"),
+              enroll_token: str = typer.Option("", help="needed once, for the first start"),
+              device_name: str = typer.Option("", help="defaults to the host name"),
+              max_concurrent: int = typer.Option(2, help="generations at once"),
+              max_queue: int = typer.Option(8, help="requests waiting before 429"),
+              telemetry_interval: float = typer.Option(2.0, help="seconds between telemetry uploads")):
+    """Enroll, follow the control plane's desired model, verify, install, serve and report."""
+    from edge_agent.agent import Agent
+    from edge_agent.config import AgentConfig
+    from slmops.errors import ConfigError
+
+    _setup_logging()
+    try:
+        cfg = AgentConfig.from_env(control_plane=control_plane, data_dir=data_dir, http=http,
+                                   enroll_token=enroll_token, device_name=device_name,
+                                   max_concurrent=max_concurrent, max_queue=max_queue,
+                                   telemetry_interval_s=telemetry_interval)
+    except ConfigError as e:
+        fail(str(e))
+    Agent(cfg).run()
+
+
+# ---- admin -----------------------------------------------------------------------------------------
+@tokens_app.command("create")
+def tokens_create(uses: int = typer.Option(1, help="how many devices may enroll with it"),
+                  ttl: int = typer.Option(86400, help="seconds until it expires"),
+                  control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                  cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Create an enrollment token (printed on stdout)."""
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    t = _admin_call(lambda: c.enroll_token(uses, ttl))
+    print(t.token)
+
+
+@models_app.command("publish")
+def models_publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), version: str = typer.Option(...),
+                   control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                   cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Upload an exported ONNX folder and register it as NAME@VERSION (the control plane signs it)."""
+    from slmops.errors import ArtifactInvalid
+    from slmops.manifest import manifest_for_dir
+
+    info = bundle_dir / "export_info.json"
+    if not info.exists():
+        fail(f"{bundle_dir} has no export_info.json; export it with `slmops export` first")
+    exp = json.loads(info.read_text())
+    try:
+        m = manifest_for_dir(bundle_dir, name, version, exp["precision"],
+                             execution_provider=exp["execution_provider"])
+    except ArtifactInvalid as e:
+        fail(str(e))
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=console) as prog:
+        task = prog.add_task(f"upload {m.ref}", total=m.total_bytes)
+        r = _admin_call(lambda: c.publish(bundle_dir, m, lambda n: prog.advance(task, n)))
+    console.print(f"published {r.model.name}@{r.model.version}: {len(m.files)} files, "
+                  f"{m.total_bytes / 1e6:.2f} MB, precision {m.precision}")
+
+
+@models_app.command("list")
+def models_list(control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    t = Table("name", "version", "precision", "size MB", "published")
+    for v in _admin_call(c.models):
+        t.add_row(v.model.name, v.model.version, v.precision, f"{v.total_bytes / 1e6:.2f}",
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.created_unix_ms / 1000)))
+    Console().print(t)
+
+
+@rollout_app.command("set")
+def rollout_set(name: str, version: str,
+                device: List[str] = typer.Option([], help="device id (repeat); none = the whole fleet"),
+                control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Make NAME@VERSION the desired model of the given devices, or of the whole fleet."""
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    n = _admin_call(lambda: c.set_desired(name, version, device))
+    console.print(f"{name}@{version} is now desired on {n} device(s)"
+                  + ("" if device else " and on every device that enrolls later"))
+
+
+@devices_app.command("list")
+def devices_list(control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                 cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    t = Table("device", "name", "state", "current", "desired", "last seen", "message")
+    for d in _admin_call(c.devices):
+        cur = f"{d.current.name}@{d.current.version}" if d.current.name else "-"
+        des = f"{d.desired.name}@{d.desired.version}" if d.desired.name else "-"
+        t.add_row(d.device_id, d.name, d.state, cur, des, f"{(time.time() * 1000 - d.last_seen_unix_ms) / 1000:.0f} s ago",
+                  d.message[:60])
+    Console().print(t)
+
+
+@telemetry_app.command("summary")
+def telemetry_summary(device: str = typer.Option("", help="one device id"),
+                      since: float = typer.Option(0, help="only the last N seconds (0 = everything)"),
+                      control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                      cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    since_ms = int((time.time() - since) * 1000) if since else 0
+    print_telemetry(_admin_call(lambda: c.telemetry(device, since_ms)))
+
+
+def print_telemetry(rows) -> None:
+    t = Table("device", "requests", "errors", "p50 ms", "p95 ms", "tokens in", "tokens out", "tok/s", "events")
+    for r in rows:
+        t.add_row(r.device_id, str(r.requests), str(r.errors), f"{r.p50_latency_ms:.0f}", f"{r.p95_latency_ms:.0f}",
+                  str(r.tokens_in), str(r.tokens_out), f"{r.tokens_per_s:.1f}", str(r.events))
+    Console().print(t)
+
+
+# ---- training / export -----------------------------------------------------------------------------
+@train_app.command("tiny")
+def train_tiny(out_dir: pathlib.Path, steps: int = typer.Option(80), seed: int = typer.Option(0)):
+    """Train a tiny Llama (and its tokenizer) on the shipped support dataset; save an HF folder."""
+    from training.tiny import build_tiny_model
+
+    summary = build_tiny_model(out_dir, steps=steps, seed=seed, log=console.print)
+    console.print(f"saved {out_dir}: {summary['params']:,} params, loss {summary['first_loss']:.2f} -> "
+                  f"{summary['last_loss']:.2f}")
+
+
+@app.command("export")
+def export(model_dir: pathlib.Path, out_dir: pathlib.Path,
+           precision: str = typer.Option("int4", help="fp32, fp16, int8 or int4"),
+           execution_provider: str = typer.Option("cpu", help="cpu, cuda or dml"),
+           int4_block_size: int = typer.Option(32), int4_symmetric: bool = typer.Option(True)):
+    """Export a Hugging Face folder to ONNX (onnxruntime-genai builder) at the given precision."""
+    from training.export import ExportError, ExportOptions, export_onnx
+
+    try:
+        export_onnx(model_dir, out_dir, ExportOptions(precision, execution_provider, int4_block_size,
+                                                      int4_symmetric), log=console.print)
+    except ExportError as e:
+        fail(str(e))
+
+
+@app.command("demo")
+def demo(tiny: bool = typer.Option(False, "--tiny", help="a tiny model trained in seconds (CI)"),
+         workdir: Optional[pathlib.Path] = typer.Option(None, help="keep everything here (default: a temp dir)"),
+         agents: int = typer.Option(2, help="how many agents to start")):
+    """The main job end to end on loopback: model -> ONNX int4 -> signed -> control plane -> agents -> answers
+    -> telemetry."""
+    from control_plane.demo import DemoFailed, run_demo
+
+    try:
+        run_demo(tiny=tiny, workdir=workdir, n_agents=agents, console=console)
+    except DemoFailed as e:
+        fail(str(e))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The SLMOps error tree. Third-party errors are mapped into it once, at the boundary, with `raise ... from`.
+
+    SlmopsError
+    ├── ConfigError          a setting or argument is invalid (named in the message)
+    ├── ArtifactInvalid      bytes, size, signature or manifest do not match what is trusted
+    │                        -> never installed; the serving model is untouched; reported as an event
+    ├── TransportError       the other side could not be reached or broke off -> retried with backoff
+    ├── RequestInvalid       a client request is malformed (HTTP 4xx / gRPC INVALID_ARGUMENT)
+    └── ModelLoadError       an installed model could not be loaded or failed its smoke test
+"""
+
+
+class SlmopsError(Exception):
+    """Base of every error SLMOps raises on purpose."""
+
+
+class ConfigError(SlmopsError):
+    pass
+
+
+class ArtifactInvalid(SlmopsError):
+    pass
+
+
+class TransportError(SlmopsError):
+    pass
+
+
+class RequestInvalid(SlmopsError):
+    pass
+
+
+class ModelLoadError(SlmopsError):
+    pass
