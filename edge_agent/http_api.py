@@ -84,7 +84,7 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
                 while piece is not sentinel:
                     yield sse(chunk(kind, cid, piece, outcome, None))
                     piece = await run_in_threadpool(next, it, sentinel)
-                yield sse(chunk(kind, cid, "", outcome, outcome.finish_reason or "stop", usage=True))
+                yield sse(chunk(kind, cid, "", outcome, outcome.finish_reason or "stop", usage_=True))
                 yield b"data: [DONE]\n\n"
             finally:
                 cancelled["v"] = True  # client gone or done: stop generating, free the slot

