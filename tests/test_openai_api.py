@@ -150,7 +150,7 @@ def test_malformed_bodies_are_400(server, raw):
     assert r.json()["error"]["message"]
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
                            lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
                            max_leaves=8)
 bodies = st.fixed_dictionaries({}, optional={
