@@ -147,9 +147,16 @@ def models_publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), vers
     if not info.exists():
         fail(f"{bundle_dir} has no export_info.json; export it with `slmops export` first")
     exp = json.loads(info.read_text())
+    from training.quality_gate import GateError, check_publishable
+
+    try:  # a variant that failed (or never ran) the quality gate is never published
+        verdict = check_publishable(bundle_dir)
+    except GateError as e:
+        fail(str(e))
     try:
         m = manifest_for_dir(bundle_dir, name, version, exp["precision"],
-                             execution_provider=exp["execution_provider"])
+                             execution_provider=exp["execution_provider"],
+                             metrics={"quality_gate": verdict["metrics"], "reference": verdict["reference"]})
     except ArtifactInvalid as e:
         fail(str(e))
     c = _admin(control_plane, admin_token, cp_data_dir)
@@ -229,18 +236,55 @@ def train_tiny(out_dir: pathlib.Path, steps: int = typer.Option(80), seed: int =
 
 
 @app.command("export")
-def export(model_dir: pathlib.Path, out_dir: pathlib.Path,
-           precision: str = typer.Option("int4", help="fp32, fp16, int8 or int4"),
-           execution_provider: str = typer.Option("cpu", help="cpu, cuda or dml"),
-           int4_block_size: int = typer.Option(32), int4_symmetric: bool = typer.Option(True)):
-    """Export a Hugging Face folder to ONNX (onnxruntime-genai builder) at the given precision."""
-    from training.export import ExportError, ExportOptions, export_onnx
+def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/JSON) or a Hugging Face folder"),
+           out_dir: pathlib.Path = typer.Argument(...),
+           precision: Optional[str] = typer.Option(None, help="fp32, fp16, int8 or int4 [recipe, else int4]"),
+           execution_provider: Optional[str] = typer.Option(None, help="cpu, cuda or dml [recipe, else cpu]"),
+           int4_block_size: Optional[int] = typer.Option(None), int4_symmetric: Optional[bool] = typer.Option(None),
+           int4_accuracy_level: Optional[int] = typer.Option(None),
+           fallback: bool = typer.Option(True, help="when the precision fails the quality gate, try the next "
+                                                    "(int4 -> int8 -> fp16 -> fp32)"),
+           gate_examples: int = typer.Option(0, help="eval examples for the gate (0 = all)")):
+    """Export to ONNX (onnxruntime-genai builder), run the quality gate against fp32 and keep the first
+    precision that passes; writes gate.json (needed by `models publish`) and gate_report.json."""
+    from rich.table import Table as _Table
+
+    from training.export import ExportError, ExportOptions
+    from training.quality_gate import GateError, GateThresholds, from_recipe, select_precision
 
     try:
-        export_onnx(model_dir, out_dir, ExportOptions(precision, execution_provider, int4_block_size,
-                                                      int4_symmetric), log=console.print)
-    except ExportError as e:
+        if source.is_file():
+            model_dir, opts, thresholds = from_recipe(source)
+        else:
+            model_dir, opts, thresholds = source, {}, GateThresholds()
+        given = dict(precision=precision, execution_provider=execution_provider, int4_block_size=int4_block_size,
+                     int4_symmetric=int4_symmetric, int4_accuracy_level=int4_accuracy_level)
+        opts.update({k: v for k, v in given.items() if v is not None})
+        first = opts.pop("precision", "int4")
+        base = ExportOptions(**{**opts, "precision": "fp32"})
+        ExportOptions(**{**opts, "precision": first})  # refuse a bad precision/target before any work
+        if gate_examples:
+            thresholds = GateThresholds(**{**thresholds.__dict__, "max_examples": gate_examples})
+        t0 = time.monotonic()
+        report = select_precision(model_dir, out_dir, first, base, thresholds, log=console.print)
+        if not fallback and report["chosen"] != first:
+            import shutil
+
+            shutil.rmtree(out_dir, ignore_errors=True)
+            fail(f"{first} failed the quality gate and --no-fallback was given: {report['why']}")
+    except (ExportError, GateError) as e:
         fail(str(e))
+    t = _Table("precision", "size MB", "vs fp32", "perplexity", "accuracy", "greedy agreement", "gate")
+    ref_bytes = report["reference_bytes"]
+    t.add_row("fp32 (reference)", f"{ref_bytes / 1e6:.2f}", "100%", f"{report['reference']['perplexity']:.3f}",
+              f"{report['reference']['accuracy']:.1%}", "-", "reference")
+    for row in report["tried"]:
+        mt = row["metrics"] or {}
+        t.add_row(row["precision"], f"{row['bytes'] / 1e6:.2f}", f"{row['bytes'] / ref_bytes:.0%}",
+                  f"{mt.get('perplexity', float('nan')):.3f}", f"{mt.get('accuracy', float('nan')):.1%}",
+                  f"{mt.get('greedy_agreement', float('nan')):.1%}", "passed" if row["passed"] else "failed")
+    console.print(t)
+    console.print(f"chose {report['chosen']} ({report['why']}) -> {out_dir} in {time.monotonic() - t0:.1f} s")
 
 
 @app.command("demo")

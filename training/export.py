@@ -2,12 +2,19 @@
 
 The builder reads a local Hugging Face folder (no hub) and writes model.onnx, model.onnx.data,
 genai_config.json and the tokenizer files. Precision options: fp32, fp16, int8, int4 (block size,
-symmetric, accuracy level).
+symmetric, accuracy level). Execution-provider targets: cpu, cuda, dml (the last two are configs written
+on any machine; they run only where that provider exists).
+
+fp16 is refused for the cpu target: with onnxruntime 1.32 / onnxruntime-genai 0.18 the builder's fp16 CPU
+graph computes the prompt but fails on the first decode step ("Shape mismatch attempting to re-use buffer"
+in a Cast of repeat_kv), so an fp16 CPU model would pass an export check and break on the device.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
+import logging
 import pathlib
 import shutil
 import tempfile
@@ -15,6 +22,9 @@ from dataclasses import dataclass, field
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 PROVIDERS = ("cpu", "cuda", "dml")
+# Which precisions a target can actually run (see the module docstring for fp16 on cpu).
+RUNNABLE = {"cpu": ("fp32", "int8", "int4"), "cuda": PRECISIONS, "dml": PRECISIONS}
+EXPORT_INFO = "export_info.json"
 
 
 class ExportError(Exception):
@@ -28,6 +38,8 @@ class ExportOptions:
     int4_block_size: int = 32
     int4_symmetric: bool = True
     int4_accuracy_level: int = 4
+    adapter_path: pathlib.Path | None = None       # a peft LoRA folder: build the graph with LoRA slots
+    nodes_to_exclude: tuple[str, ...] = ()          # MatMul nodes kept in float (e.g. the LoRA ones)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -36,16 +48,49 @@ class ExportOptions:
         if self.execution_provider not in PROVIDERS:
             raise ExportError(f"unsupported execution provider {self.execution_provider!r}; "
                               f"choose one of {', '.join(PROVIDERS)}")
+        if self.precision not in RUNNABLE[self.execution_provider]:
+            raise ExportError(
+                f"precision {self.precision} does not run on the {self.execution_provider} execution provider "
+                f"(onnxruntime-genai's fp16 CPU graph fails on the first decode step); export fp16 for cuda or "
+                f"dml, or use one of {', '.join(RUNNABLE[self.execution_provider])} for cpu")
         if self.int4_block_size not in (16, 32, 64, 128, 256):
             raise ExportError(f"int4 block size {self.int4_block_size} must be one of 16, 32, 64, 128, 256")
+        if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
+            raise ExportError(f"int4 accuracy level {self.int4_accuracy_level} must be 0-4")
 
     def builder_options(self) -> list[str]:
-        opts = {}
+        opts: dict = {}
         if self.precision == "int4":
             opts.update(int4_block_size=self.int4_block_size, int4_accuracy_level=self.int4_accuracy_level,
                         int4_is_symmetric=str(self.int4_symmetric).lower())
+        if self.adapter_path is not None:
+            opts["adapter_path"] = str(self.adapter_path)
+        if self.nodes_to_exclude:
+            opts["nodes_to_exclude"] = ",".join(self.nodes_to_exclude)
         opts.update(self.extra)
         return [f"{k}={v}" for k, v in opts.items()]
+
+    def describe(self) -> dict:
+        return {"precision": self.precision, "execution_provider": self.execution_provider,
+                "builder_options": [o for o in self.builder_options() if not o.startswith("adapter_path=")]}
+
+
+def check_source(model_dir: pathlib.Path) -> str:
+    """The architecture of a local HF folder, or ExportError naming what is missing."""
+    if not (model_dir / "config.json").exists():
+        raise ExportError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    if not (model_dir / "tokenizer.json").exists():
+        raise ExportError(f"{model_dir} has no tokenizer.json; the device needs it to tokenize")
+    try:
+        archs = json.loads((model_dir / "config.json").read_text()).get("architectures") or []
+    except ValueError as e:
+        raise ExportError(f"{model_dir}/config.json is not valid JSON: {e}") from e
+    if not archs:
+        raise ExportError(f"{model_dir}/config.json names no architecture ('architectures' is empty)")
+    if not any((model_dir / n).exists() for n in ("model.safetensors", "model.safetensors.index.json",
+                                                  "pytorch_model.bin")):
+        raise ExportError(f"{model_dir} has no weights (model.safetensors or pytorch_model.bin)")
+    return archs[0]
 
 
 def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportOptions = ExportOptions(),
@@ -54,10 +99,7 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
     temporary folder next to `out_dir`, which is renamed into place only when complete."""
     model_dir = pathlib.Path(model_dir)
     out_dir = pathlib.Path(out_dir)
-    if not (model_dir / "config.json").exists():
-        raise ExportError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    if not (model_dir / "tokenizer.json").exists():
-        raise ExportError(f"{model_dir} has no tokenizer.json; the device needs it to tokenize")
+    arch = check_source(model_dir)
     if out_dir.exists():
         raise ExportError(f"{out_dir} already exists; refusing to overwrite an export")
     from onnxruntime_genai.models import builder
@@ -66,21 +108,18 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     cache = pathlib.Path(tempfile.mkdtemp(prefix="slmops-builder-cache-"))
     chatter = io.StringIO()
-    import logging
-
+    # The quantizers log every MatMul at INFO; keep the CLI output readable.
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    log(f"  building {arch} as {options.precision} for {options.execution_provider} (onnxruntime-genai builder)")
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             kv = builder.parse_extra_options(None, str(model_dir), str(staging), options.precision,
                                              options.execution_provider, str(cache), options.builder_options())
             builder.create_model(None, str(model_dir), str(staging), options.precision,
                                  options.execution_provider, str(cache), **kv)
-        import json
-
-        (staging / "export_info.json").write_text(json.dumps(
-            {"precision": options.precision, "execution_provider": options.execution_provider,
-             "builder_options": options.builder_options(), "source": str(model_dir)}, indent=1))
+        (staging / EXPORT_INFO).write_text(json.dumps(
+            {**options.describe(), "architecture": arch, "source": str(model_dir)}, indent=1))
         missing = [n for n in ("model.onnx", "genai_config.json", "tokenizer.json") if not (staging / n).exists()]
         if missing:
             raise ExportError(f"builder finished without {', '.join(missing)}: {chatter.getvalue()[-500:]}")
@@ -88,7 +127,8 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
     except ExportError:
         raise
     except NotImplementedError as e:
-        raise ExportError(f"unsupported architecture in {model_dir}: {e}") from e
+        raise ExportError(f"architecture {arch} in {model_dir} is not supported by the onnxruntime-genai "
+                          f"builder: {e}") from e
     except Exception as e:  # the builder raises bare Exceptions; map them once here
         raise ExportError(f"export of {model_dir} to {options.precision} failed: {e}") from e
     finally:
@@ -98,5 +138,19 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
     return out_dir
 
 
+def read_export_info(export_dir: pathlib.Path) -> dict:
+    p = pathlib.Path(export_dir) / EXPORT_INFO
+    if not p.exists():
+        raise ExportError(f"{export_dir} has no {EXPORT_INFO}; export it with `slmops export` first")
+    return json.loads(p.read_text())
+
+
 def dir_size(path: pathlib.Path) -> int:
     return sum(p.stat().st_size for p in pathlib.Path(path).rglob("*") if p.is_file())
+
+
+def size_report(exports: dict[str, pathlib.Path], reference: str = "fp32") -> list[dict]:
+    """Bytes per export and the ratio to the reference precision (when it is among them)."""
+    sizes = {k: dir_size(v) for k, v in exports.items()}
+    ref = sizes.get(reference)
+    return [{"precision": k, "bytes": b, "vs_" + reference: (b / ref if ref else None)} for k, b in sizes.items()]

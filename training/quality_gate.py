@@ -1,0 +1,344 @@
+"""The quality gate: a quantized variant is compared with the fp32 ONNX reference on an eval set before it may
+be published, and the precision actually shipped is the first in a fallback order that passes.
+
+Measured per variant through onnxruntime-genai (the runtime the device uses):
+- perplexity of the reference answers (teacher-forced, answer tokens only);
+- task accuracy: the greedy answer contains the example's answer_key;
+- greedy agreement: share of positions where the variant's argmax equals the reference's greedy token, fed the
+  reference's greedy continuation (teacher-forced, so one early divergence does not count every later token).
+
+The verdict is written into the variant's folder as gate.json together with the sha256 of its model files;
+`check_publishable` refuses a folder whose verdict is missing, failed, or no longer matches its files.
+`judge` and `choose` are pure; `evaluate` and `select_precision` do the I/O.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pathlib
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+
+from slmops.chat_format import CHATML, ChatFormat
+from training.export import RUNNABLE, ExportError, ExportOptions, dir_size, export_onnx
+
+GATE_FILE = "gate.json"
+HELDOUT = pathlib.Path(__file__).parent / "data" / "support_heldout.jsonl"
+GATED_FILES = ("model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json")
+
+
+class GateError(Exception):
+    """A variant is not publishable (no verdict, failed verdict, or files changed since the gate ran)."""
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Limits relative to fp32. Perplexity limits are relative increases (0.06 = +6%); accuracy is absolute."""
+    max_ppl_increase: dict = field(default_factory=lambda: {"int4": 0.06, "int8": 0.02, "fp16": 0.01})
+    max_accuracy_drop: float = 0.05
+    min_greedy_agreement: float = 0.80
+    max_new_tokens: int = 32
+    max_examples: int = 0          # 0 = the whole eval set
+
+    def __post_init__(self) -> None:
+        bad = [k for k, v in self.max_ppl_increase.items()
+               if k not in ("int4", "int8", "fp16") or not isinstance(v, (int, float)) or not 0 <= v <= 10]
+        if bad:
+            raise ValueError(f"max_ppl_increase entries {bad} must be int4/int8/fp16 with a value in [0, 10]")
+        if not 0 <= self.max_accuracy_drop <= 1:
+            raise ValueError(f"max_accuracy_drop={self.max_accuracy_drop} must be in [0, 1]")
+        if not 0 <= self.min_greedy_agreement <= 1:
+            raise ValueError(f"min_greedy_agreement={self.min_greedy_agreement} must be in [0, 1]")
+        if not 1 <= self.max_new_tokens <= 512:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be in [1, 512]")
+        if self.max_examples < 0:
+            raise ValueError(f"max_examples={self.max_examples} must be >= 0")
+
+    @classmethod
+    def from_mapping(cls, d: dict | None) -> "GateThresholds":
+        """From a recipe's `quality_gate:` section; unknown keys are refused, not ignored."""
+        d = dict(d or {})
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"quality_gate has unknown keys: {', '.join(sorted(unknown))}")
+        if "max_ppl_increase" in d:
+            d["max_ppl_increase"] = {**cls().max_ppl_increase, **d["max_ppl_increase"]}
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+    answer_key: str
+
+
+@dataclass(frozen=True)
+class Metrics:
+    perplexity: float
+    accuracy: float
+    greedy_agreement: float
+    examples: int
+
+
+def load_examples(path: pathlib.Path = HELDOUT, chat: ChatFormat = ChatFormat.from_dict(CHATML),
+                  limit: int = 0) -> list[Example]:
+    out = []
+    for line in pathlib.Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        prompt = chat.render([{"role": "user", "content": r["input"]}])
+        end = chat.stop[0] if chat.stop else ""
+        out.append(Example(prompt, r["output"] + end, r["answer_key"]))
+    return out[:limit] if limit else out
+
+
+# ---- pure decisions ----------------------------------------------------------------------------------
+def judge(precision: str, ref: Metrics, got: Metrics, t: GateThresholds) -> list[str]:
+    """Reasons the variant fails (empty = passes)."""
+    if precision == "fp32":
+        return []
+    reasons = []
+    values = (got.perplexity, got.accuracy, got.greedy_agreement)
+    if not all(math.isfinite(v) for v in values):
+        return [f"non-finite metrics {values}"]
+    limit = t.max_ppl_increase.get(precision, 0.0)
+    increase = got.perplexity / ref.perplexity - 1
+    if increase > limit:
+        reasons.append(f"perplexity {got.perplexity:.3f} is {increase:+.2%} vs fp32 {ref.perplexity:.3f} "
+                       f"(limit +{limit:.0%})")
+    drop = ref.accuracy - got.accuracy
+    if drop > t.max_accuracy_drop:
+        reasons.append(f"accuracy {got.accuracy:.1%} dropped {drop:.1%} from fp32 {ref.accuracy:.1%} "
+                       f"(limit {t.max_accuracy_drop:.0%})")
+    if got.greedy_agreement < t.min_greedy_agreement:
+        reasons.append(f"greedy agreement {got.greedy_agreement:.1%} is below {t.min_greedy_agreement:.0%}")
+    return reasons
+
+
+def fallback_order(first: str, execution_provider: str) -> tuple[str, ...]:
+    """int4 -> int8 -> fp16 -> fp32, from `first` on, keeping only what the target runs."""
+    chain = ("int4", "int8", "fp16", "fp32")
+    runnable = RUNNABLE[execution_provider]
+    return tuple(p for p in chain[chain.index(first):] if p in runnable)
+
+
+# ---- measurement (onnxruntime-genai) -----------------------------------------------------------------
+class _Runner:
+    def __init__(self, model_dir: pathlib.Path):
+        import onnxruntime_genai as og
+
+        self.og = og
+        cfg = og.Config(str(model_dir))
+        cfg.clear_providers()  # evaluated where the gate runs (CPU); see RUNNABLE for what a target runs
+        self.model = og.Model(cfg)
+        self.tokenizer = og.Tokenizer(self.model)
+        genai = json.loads((pathlib.Path(model_dir) / "genai_config.json").read_text())
+        eos = genai["model"].get("eos_token_id")
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+
+    def encode(self, text: str) -> list[int]:
+        return [int(t) for t in self.tokenizer.encode(text)]
+
+    def logits(self, tokens: list[int]):
+        import numpy as np
+
+        gp = self.og.GeneratorParams(self.model)
+        gp.set_search_options(max_length=len(tokens) + 1, do_sample=False)
+        g = self.og.Generator(self.model, gp)
+        g.append_tokens(np.array(tokens, dtype=np.int32))
+        return np.asarray(g.get_output("logits"), dtype=np.float64)[0]
+
+    def greedy(self, tokens: list[int], max_new: int) -> list[int]:
+        import numpy as np
+
+        gp = self.og.GeneratorParams(self.model)
+        gp.set_search_options(max_length=len(tokens) + max_new, do_sample=False)
+        g = self.og.Generator(self.model, gp)
+        g.append_tokens(np.array(tokens, dtype=np.int32))
+        out = []
+        while not g.is_done():
+            g.generate_next_token()
+            t = int(g.get_next_tokens()[0])
+            if t in self.eos:
+                break
+            out.append(t)
+        return out
+
+    def decode(self, tokens: list[int]) -> str:
+        import numpy as np
+
+        return self.tokenizer.decode(np.array(tokens, dtype=np.int32)) if tokens else ""
+
+
+def _nll(logits, targets: list[int]) -> float:
+    import numpy as np
+
+    z = logits - logits.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return float(-logp[np.arange(len(targets)), targets].sum())
+
+
+def evaluate(model_dir: pathlib.Path, examples: list[Example], max_new_tokens: int = 32,
+             reference_greedy: list[list[int]] | None = None) -> tuple[Metrics, list[list[int]]]:
+    """Metrics of one exported variant, and its greedy continuations (the reference's feed the others)."""
+    import numpy as np
+
+    r = _Runner(model_dir)
+    nll, n_tok, correct, agree, agree_n, greedy_all = 0.0, 0, 0, 0, 0, []
+    for i, ex in enumerate(examples):
+        p, a = r.encode(ex.prompt), r.encode(ex.answer)
+        lg = r.logits(p + a)
+        nll += _nll(lg[len(p) - 1:len(p) + len(a) - 1], a)
+        n_tok += len(a)
+        greedy = r.greedy(p, max_new_tokens)
+        greedy_all.append(greedy)
+        correct += ex.answer_key.lower() in r.decode(greedy).lower()
+        ref = reference_greedy[i] if reference_greedy is not None else greedy
+        if ref:
+            lg = r.logits(p + ref)
+            pred = np.argmax(lg[len(p) - 1:len(p) + len(ref) - 1], axis=-1)
+            agree += int((pred == np.array(ref)).sum())
+            agree_n += len(ref)
+    m = Metrics(perplexity=math.exp(nll / max(n_tok, 1)), accuracy=correct / max(len(examples), 1),
+                greedy_agreement=agree / agree_n if agree_n else 1.0, examples=len(examples))
+    return m, greedy_all
+
+
+# ---- verdict files -----------------------------------------------------------------------------------
+def _file_hashes(variant_dir: pathlib.Path) -> dict:
+    out = {}
+    for name in GATED_FILES:
+        p = variant_dir / name
+        if p.exists():
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            out[name] = h.hexdigest()
+    return out
+
+
+def write_verdict(variant_dir: pathlib.Path, precision: str, passed: bool, reasons: list[str],
+                  metrics: Metrics | None, reference: Metrics | None, thresholds: GateThresholds) -> dict:
+    verdict = {"precision": precision, "passed": passed, "reasons": reasons,
+               "metrics": asdict(metrics) if metrics else None,
+               "reference": asdict(reference) if reference else None,
+               "thresholds": asdict(thresholds), "files": _file_hashes(variant_dir)}
+    tmp = variant_dir / f".{GATE_FILE}.tmp"
+    tmp.write_text(json.dumps(verdict, indent=1))
+    tmp.replace(variant_dir / GATE_FILE)
+    return verdict
+
+
+def check_publishable(variant_dir: pathlib.Path) -> dict:
+    """The passing verdict of `variant_dir`, or GateError saying why it may not be published."""
+    variant_dir = pathlib.Path(variant_dir)
+    p = variant_dir / GATE_FILE
+    if not p.exists():
+        raise GateError(f"{variant_dir} has no {GATE_FILE}: run the quality gate (`slmops export`) before "
+                        f"publishing")
+    try:
+        verdict = json.loads(p.read_text())
+    except ValueError as e:
+        raise GateError(f"{p} is not valid JSON: {e}") from e
+    if verdict.get("passed") is not True:
+        raise GateError(f"{variant_dir} failed the quality gate ({verdict.get('precision')}): "
+                        + "; ".join(verdict.get("reasons") or ["no reason recorded"]))
+    now = _file_hashes(variant_dir)
+    changed = sorted(k for k in set(now) | set(verdict.get("files", {})) if now.get(k) != verdict["files"].get(k))
+    if changed:
+        raise GateError(f"{variant_dir}: {', '.join(changed)} changed since the quality gate ran")
+    return verdict
+
+
+# ---- orchestration -----------------------------------------------------------------------------------
+def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "int4",
+                     options: ExportOptions = ExportOptions("fp32"), thresholds: GateThresholds = GateThresholds(),
+                     examples: list[Example] | None = None, build=export_onnx, log=print) -> dict:
+    """Exports fp32 (the reference) and then each precision of the fallback order from `first`, until one
+    passes; that one is moved to `out_dir` with its gate.json. Returns the gate report (also written to
+    out_dir/gate_report.json). `build(hf_dir, dest, options, log=)` is the export seam."""
+    hf_dir, out_dir = pathlib.Path(hf_dir), pathlib.Path(out_dir)
+    if out_dir.exists():
+        raise ExportError(f"{out_dir} already exists; refusing to overwrite an export")
+    order = fallback_order(first, options.execution_provider)
+    examples = examples if examples is not None else load_examples(limit=thresholds.max_examples)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.gate.", dir=out_dir.parent))
+    tried, chosen = [], None
+    try:
+        def variant(precision: str) -> pathlib.Path:
+            opts = ExportOptions(**{**options.__dict__, "precision": precision})
+            return build(hf_dir, work / precision, opts, log=log)
+
+        ref_dir = variant("fp32")
+        log(f"  gate: measuring the fp32 reference on {len(examples)} examples")
+        ref, ref_greedy = evaluate(ref_dir, examples, thresholds.max_new_tokens)
+        log(f"  gate: fp32 perplexity {ref.perplexity:.3f}, accuracy {ref.accuracy:.1%}")
+        for precision in order:
+            vdir = ref_dir if precision == "fp32" else variant(precision)
+            try:
+                got = ref if precision == "fp32" else evaluate(vdir, examples, thresholds.max_new_tokens,
+                                                               ref_greedy)[0]
+                reasons = judge(precision, ref, got, thresholds)
+            except Exception as e:  # a variant that cannot even run here fails the gate, with the reason
+                got, reasons = None, [f"could not be evaluated: {type(e).__name__}: {e}"]
+            passed = not reasons
+            write_verdict(vdir, precision, passed, reasons or (["fp32 is the reference"] if precision == "fp32"
+                                                               else []), got, ref, thresholds)
+            tried.append({"precision": precision, "passed": passed, "reasons": reasons,
+                          "metrics": asdict(got) if got else None, "bytes": dir_size(vdir)})
+            log(f"  gate: {precision} {'PASSED' if passed else 'failed: ' + '; '.join(reasons)}")
+            if passed:
+                chosen = precision
+                break
+        report = {"chosen": chosen, "requested": first, "order": list(order), "reference": asdict(ref),
+                  "reference_bytes": dir_size(ref_dir),
+                  "tried": tried, "thresholds": asdict(thresholds),
+                  "why": _why(first, chosen, tried)}
+        if chosen is None:
+            raise GateError(f"no precision passed the quality gate: {report['why']}")
+        (work / chosen / "gate_report.json").write_text(json.dumps(report, indent=1))
+        (work / chosen).rename(out_dir)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _why(first: str, chosen: str | None, tried: list[dict]) -> str:
+    failed = [f"{t['precision']} failed ({'; '.join(t['reasons'])})" for t in tried if not t["passed"]]
+    if chosen == first:
+        return f"{chosen} was requested and passed the gate"
+    head = ", ".join(failed) if failed else f"{first} was skipped"
+    return f"{head}; {chosen} is the first in the fallback order that passed" if chosen else head
+
+
+def from_recipe(path: pathlib.Path) -> tuple[pathlib.Path, dict, GateThresholds]:
+    """(model folder, export option overrides, gate thresholds) from a recipe file (YAML or JSON) with
+    `model_dir`, an optional `export:` section (ExportOptions fields) and an optional `quality_gate:` section.
+    A relative model_dir is relative to the recipe file."""
+    path = pathlib.Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        d = yaml.safe_load(text) or {}
+    else:
+        d = json.loads(text)
+    if not isinstance(d, dict) or "model_dir" not in d:
+        raise ExportError(f"recipe {path} needs a 'model_dir' (the Hugging Face folder to export)")
+    export = dict(d.get("export") or {})
+    allowed = {f.name for f in fields(ExportOptions)} - {"adapter_path", "nodes_to_exclude", "extra"}
+    unknown = set(export) - allowed
+    if unknown:
+        raise ExportError(f"recipe {path}: export has unknown keys {', '.join(sorted(unknown))}")
+    try:
+        thresholds = GateThresholds.from_mapping(d.get("quality_gate"))
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"recipe {path}: quality_gate: {e}") from e
+    model_dir = pathlib.Path(d["model_dir"])
+    return (model_dir if model_dir.is_absolute() else path.parent / model_dir), export, thresholds
