@@ -16,6 +16,7 @@ from control_plane.blobs import BlobStore
 from control_plane.registry import Registry
 from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServicer, TelemetryServicer
 from control_plane.store import Store
+from control_plane.telemetry_views import TelemetryJob, TelemetryViews
 from slmops import signing
 from slmops.errors import ConfigError
 from slmops.v1 import admin_pb2_grpc, artifacts_pb2_grpc, fleet_pb2_grpc, telemetry_pb2_grpc
@@ -30,6 +31,8 @@ class ControlPlaneConfig:
     listen: str = "127.0.0.1:50051"
     max_workers: int = 64          # each connected agent holds one watch stream (one thread)
     watch_tick_s: float = 1.0
+    http: str = ""                 # dashboard + /metrics: "PORT" (loopback) or "HOST:PORT"; "" = off
+    rollup_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -37,6 +40,9 @@ class ControlPlaneConfig:
             raise ConfigError(f"--listen {self.listen!r} must be HOST:PORT")
         if self.max_workers < 4:
             raise ConfigError("max_workers must be at least 4")
+        if self.http:
+            from control_plane.web.server import parse_http
+            parse_http(self.http)
 
 
 class ControlPlane:
@@ -57,6 +63,11 @@ class ControlPlane:
         self.server: grpc.Server | None = None
         self.port: int | None = None
         self.health = health.HealthServicer()
+        from control_plane.cp_metrics import ControlPlaneMetrics
+        self.views = TelemetryViews(self.store)
+        self.metrics = ControlPlaneMetrics(self.store)
+        self.telemetry_job = TelemetryJob(self.views, cfg.rollup_interval_s)
+        self.http = None
 
     def start(self) -> int:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.cfg.max_workers),
@@ -64,8 +75,10 @@ class ControlPlane:
         fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(self.store, self.registry, self.cfg.watch_tick_s),
                                                    server)
         artifacts_pb2_grpc.add_ArtifactsServicer_to_server(ArtifactsServicer(self.store, self.blobs), server)
-        telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(self.store), server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.store, self.blobs, self.registry), server)
+        telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(self.store, self.views, self.metrics),
+                                                           server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.store, self.blobs, self.registry, self.views),
+                                                   server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         port = server.add_insecure_port(self.cfg.listen)
         if port == 0:
@@ -74,11 +87,21 @@ class ControlPlane:
         for name in ("", *SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server, self.port = server, port
+        self.telemetry_job.thread.start()
+        if self.cfg.http:
+            from control_plane.web.app import build_app
+            from control_plane.web.server import HttpServer, parse_http
+            self.http = HttpServer(build_app(self.store, self.views, self.metrics.render), *parse_http(self.cfg.http))
+            self.http.start()
+            log.info("dashboard on http://%s:%d/", self.http.host, self.http.port)
         log.info("control plane listening on %s (data %s)", self.cfg.listen.rpartition(":")[0] + f":{port}",
                  self.cfg.data_dir)
         return port
 
     def stop(self, grace: float = 2.0) -> None:
+        self.telemetry_job.stop.set()
+        if self.http:
+            self.http.stop()
         if self.server:
             self.health.enter_graceful_shutdown()
             self.server.stop(grace).wait()
@@ -92,5 +115,7 @@ def serve_forever(cfg: ControlPlaneConfig) -> None:
         signal.signal(sig, lambda *_: stop.set())
     print(f"control plane serving on {cfg.listen.rpartition(':')[0]}:{cp.port}; "
           f"admin token in {cp.admin_token_path}", flush=True)
+    if cp.http:
+        print(f"dashboard on http://{cp.http.host}:{cp.http.port}/ (sign in: /login?token=ADMIN_TOKEN)", flush=True)
     stop.wait()
     cp.stop()

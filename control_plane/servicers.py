@@ -6,16 +6,16 @@ import time
 
 import grpc
 
-from control_plane import auth, rollups
+from control_plane import auth, ingest, rollups
 from control_plane.blobs import BlobStore
 from control_plane.registry import Registry
 from control_plane.store import Store
+from control_plane.telemetry_views import TelemetryViews
 from slmops.errors import ArtifactInvalid
 from slmops.v1 import (admin_pb2, admin_pb2_grpc, artifacts_pb2, artifacts_pb2_grpc, common_pb2, fleet_pb2,
                        fleet_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc)
 
-MAX_EVENTS_PER_BATCH = 5000
-MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
+MAX_EVENTS_PER_BATCH = ingest.MAX_EVENTS_PER_BATCH
 
 
 def _hardware(msg: common_pb2.Hardware) -> dict:
@@ -106,36 +106,39 @@ class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
-    def __init__(self, store: Store):
+    """Upload: the device may only report for itself; each event is checked (control_plane/ingest.py), valid
+    ones are stored once per (device, seq), the rest are counted and named in the acknowledgement."""
+
+    def __init__(self, store: Store, views: TelemetryViews | None = None, metrics=None):
         self.store = store
+        self.views = views or TelemetryViews(store)
+        self.metrics = metrics
 
     def Upload(self, request, context):
+        t0 = time.perf_counter()
         dev = auth.require_device(self.store, context, request.device_id)
-        if len(request.events) > MAX_EVENTS_PER_BATCH:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"batch of {len(request.events)} events exceeds {MAX_EVENTS_PER_BATCH}; split it")
         now = int(time.time() * 1000)
-        good, rejected, why = [], 0, []
-        for e in request.events:
-            if e.seq <= 0:
-                rejected += 1
-                why.append(f"seq {e.seq} must be positive")
-                continue
-            good.append({"seq": e.seq, "ts_ms": min(e.ts_unix_ms, now + MAX_FUTURE_SKEW_MS), "kind": e.kind,
-                         "name": e.name, "model": e.model, "latency_ms": e.latency_ms,
-                         "first_token_ms": e.first_token_ms, "tokens_in": e.tokens_in, "tokens_out": e.tokens_out,
-                         "outcome": e.outcome, "detail": e.detail[:2000]})
-        accepted, dups = self.store.add_telemetry(dev["device_id"], good)
+        try:
+            verdict = ingest.check_batch(request.events, now, self.views.raw_cutoff(now))
+        except ingest.BatchRefused as e:
+            if self.metrics:
+                self.metrics.batches.labels("refused").inc()
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        accepted, dups = self.store.add_telemetry(dev["device_id"], verdict.events)
         self.store.touch(dev["device_id"])
-        return telemetry_pb2.UploadAck(accepted=accepted, duplicates=dups, rejected=rejected,
-                                       detail="; ".join(why[:5]))
+        if self.metrics:
+            self.metrics.count_upload(accepted, dups, verdict.rejected, verdict.clamped)
+            self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
+        return telemetry_pb2.UploadAck(accepted=accepted, duplicates=dups, rejected=verdict.rejected,
+                                       detail=verdict.detail, clamped=verdict.clamped)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
-    def __init__(self, store: Store, blobs: BlobStore, registry: Registry):
+    def __init__(self, store: Store, blobs: BlobStore, registry: Registry, views: TelemetryViews | None = None):
         self.store = store
         self.blobs = blobs
         self.registry = registry
+        self.views = views or TelemetryViews(store)
 
     def UploadBlob(self, request_iterator, context):
         auth.require_admin(self.store, context)
@@ -211,3 +214,20 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         summary = rollups.summarize(self.store.telemetry(request.device_id or None, request.since_unix_ms))
         return admin_pb2.TelemetrySummary(devices=[
             admin_pb2.DeviceTelemetry(device_id=did, **fig) for did, fig in sorted(summary.items())])
+
+    def QueryRollups(self, request, context):
+        auth.require_admin(self.store, context)
+        rows = self.views.minutes(request.device_id or None, request.since_unix_ms, request.until_unix_ms)
+        return admin_pb2.RollupList(minutes=[
+            admin_pb2.MinuteRollup(minute_unix_ms=r["minute_ms"], **{k: v for k, v in r.items() if k != "minute_ms"})
+            for r in rows])
+
+    def ListEvents(self, request, context):
+        auth.require_admin(self.store, context)
+        if request.limit < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
+        rows = self.views.events(request.device_id or None, request.since_unix_ms, min(request.limit or 100, 1000))
+        return admin_pb2.EventList(events=[
+            admin_pb2.TelemetryRecord(device_id=r["device_id"], seq=r["seq"], ts_unix_ms=r["ts_ms"], kind=r["kind"],
+                                      name=r["name"], model=r["model"], outcome=r["outcome"], detail=r["detail"],
+                                      latency_ms=r["latency_ms"]) for r in rows])

@@ -67,9 +67,16 @@ class Store:
                                       pk="token_hash", if_not_exists=True)
             db["telemetry"].create({"device_id": str, "seq": int, "ts_ms": int, "kind": str, "name": str,
                                     "model": str, "latency_ms": float, "first_token_ms": float, "tokens_in": int,
-                                    "tokens_out": int, "outcome": str, "detail": str, "received_ms": int},
+                                    "tokens_out": int, "outcome": str, "detail": str, "received_ms": int,
+                                    "adapter": str, "vals": str},
                                    pk=("device_id", "seq"), if_not_exists=True)
+            for col in ("adapter", "vals"):  # databases created before these columns existed
+                if col not in db["telemetry"].columns_dict:
+                    db["telemetry"].add_column(col, str)
             db["telemetry"].create_index(["ts_ms"], if_not_exists=True)
+            # (device, minute) pairs whose per-minute rollup must be recomputed (control_plane/telemetry_views.py)
+            db["telemetry_dirty"].create({"device_id": str, "minute_ms": int}, pk=("device_id", "minute_ms"),
+                                         if_not_exists=True)
             db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
 
     # ---- meta / fleet default -------------------------------------------------------------------
@@ -213,23 +220,28 @@ class Store:
         if not events:
             return 0, 0
         received = now_ms()
+        minutes = {(device_id, e["ts_ms"] // 60000 * 60000) for e in events}
         with self._lock:
-            before = self.db.execute("select count(*) from telemetry where device_id = ?", [device_id]).fetchone()[0]
             self.db.execute("begin")
             try:
+                # total_changes, not count(*): counting a device's rows grows with its history.
+                before = self.db.conn.total_changes
                 self.db.conn.executemany(
                     "insert or ignore into telemetry (device_id, seq, ts_ms, kind, name, model, latency_ms, "
-                    "first_token_ms, tokens_in, tokens_out, outcome, detail, received_ms) "
-                    "values (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "first_token_ms, tokens_in, tokens_out, outcome, detail, received_ms, adapter, vals) "
+                    "values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     [(device_id, e["seq"], e["ts_ms"], e["kind"], e["name"], e["model"], e["latency_ms"],
-                      e["first_token_ms"], e["tokens_in"], e["tokens_out"], e["outcome"], e["detail"], received)
+                      e["first_token_ms"], e["tokens_in"], e["tokens_out"], e["outcome"], e["detail"], received,
+                      e.get("adapter", ""), json.dumps(e["values"]) if e.get("values") else "")
                      for e in events])
+                stored = self.db.conn.total_changes - before
+                self.db.conn.executemany("insert or ignore into telemetry_dirty (device_id, minute_ms) values (?,?)",
+                                         sorted(minutes))
                 self.db.execute("commit")
             except Exception:
                 self.db.execute("rollback")
                 raise
-            after = self.db.execute("select count(*) from telemetry where device_id = ?", [device_id]).fetchone()[0]
-        return after - before, len(events) - (after - before)
+        return stored, len(events) - stored
 
     def telemetry(self, device_id: str | None, since_ms: int) -> list[dict]:
         sql = "select * from telemetry where ts_ms >= ?"

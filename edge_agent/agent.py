@@ -8,11 +8,14 @@ import uvicorn
 
 from edge_agent.config import AgentConfig
 from edge_agent.control_client import Backoff, ControlClient
+from edge_agent.capture import CapturingServing, load_redactor
 from edge_agent.engine import OgaEngine
+from edge_agent.golden import GoldenChecker
 from edge_agent.http_api import build_app
 from edge_agent.metrics import AgentMetrics
 from edge_agent.reconciler import Reconciler
 from edge_agent.runtime import Runtime
+from edge_agent.sampler import ResourceSampler
 from edge_agent.serving import Serving
 from edge_agent.state import AgentState
 from edge_agent.uploader import Uploader
@@ -26,19 +29,25 @@ class Agent:
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.state = AgentState(cfg.data_dir / "agent.db", cfg.telemetry_max_rows)
         self.runtime = Runtime(cfg.max_concurrent, cfg.max_queue)
-        self.serving = Serving(self.runtime, self.state, cfg.max_prompt_tokens, cfg.max_new_tokens,
-                               cfg.request_timeout_s)
+        serving_args = (self.runtime, self.state, cfg.max_prompt_tokens, cfg.max_new_tokens, cfg.request_timeout_s)
+        self.serving = CapturingServing(*serving_args, capture_rate=cfg.capture_rate,
+                                        redact=load_redactor(cfg.capture_redactor)) if cfg.capture_rate \
+            else Serving(*serving_args)
         self.client = ControlClient(cfg.control_plane)
         self.reconciler = Reconciler(cfg, self.state, self.runtime, engine_factory, self.client)
         self.uploader = Uploader(self.state, self.client, lambda: self.reconciler.device_id,
                                  cfg.telemetry_interval_s, cfg.telemetry_batch,
                                  Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
         self.metrics = AgentMetrics(self.runtime, self.state)
+        self.sampler = ResourceSampler(self.state, self.runtime, cfg.data_dir, cfg.sample_interval_s)
+        self.golden = GoldenChecker(self.state, self.runtime, cfg.golden_interval_s)
         self.app = build_app(self.serving, cfg.api_keys, self.metrics.render)
 
     def run(self) -> None:
         threads = [threading.Thread(target=self.reconciler.run, name="reconciler", daemon=True),
-                   threading.Thread(target=self.uploader.run, name="uploader", daemon=True)]
+                   threading.Thread(target=self.uploader.run, name="uploader", daemon=True),
+                   threading.Thread(target=self.sampler.run, name="sampler", daemon=True),
+                   threading.Thread(target=self.golden.run, name="golden", daemon=True)]
         for t in threads:
             t.start()
         host, port = self.cfg.http_host_port
@@ -50,6 +59,8 @@ class Agent:
         finally:
             self.reconciler.stop.set()
             self.uploader.stop.set()
+            self.sampler.stop.set()
+            self.golden.stop.set()
             try:
                 self.uploader.flush_once()
             except Exception as e:  # best effort on the way out; events stay in the outbox

@@ -46,6 +46,10 @@ class AgentConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
     min_download_rate_bps: int = 0       # 0 = no floor
+    sample_interval_s: float = 60.0      # resource samples (CPU, RSS, disk, queue); 0 = off
+    golden_interval_s: float = 0.0       # scheduled golden-prompt checks; 0 = off
+    capture_rate: float = 0.0            # share of requests captured (prompt + answer, redacted); 0 = off
+    capture_redactor: str = ""           # "module:function" str -> str; "" = edge_agent.capture.redact_default
 
     def __post_init__(self) -> None:
         _host_port(self.control_plane, "--control-plane")
@@ -56,6 +60,10 @@ class AgentConfig:
         for name in ("max_concurrent", "max_queue", "max_prompt_tokens", "max_new_tokens", "telemetry_batch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.sample_interval_s < 0 or self.golden_interval_s < 0:
+            raise ConfigError("sample and golden intervals must be 0 (off) or positive seconds")
+        if not 0.0 <= self.capture_rate <= 1.0:
+            raise ConfigError(f"capture_rate {self.capture_rate} must be between 0 and 1")
         if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")
 

@@ -2,6 +2,7 @@
 transport errors mapped to TransportError (retryable) or ArtifactInvalid/refusals (not retryable)."""
 from __future__ import annotations
 
+import json
 import random
 from typing import Iterator
 
@@ -102,7 +103,9 @@ class ControlClient:
             telemetry_pb2.TelemetryEvent(seq=e["seq"], ts_unix_ms=e["ts_ms"], kind=e["kind"], name=e["name"],
                                          model=e["model"], latency_ms=e["latency_ms"],
                                          first_token_ms=e["first_token_ms"], tokens_in=e["tokens_in"],
-                                         tokens_out=e["tokens_out"], outcome=e["outcome"], detail=e["detail"])
+                                         tokens_out=e["tokens_out"], outcome=e["outcome"], detail=e["detail"],
+                                         adapter=e.get("adapter") or "",
+                                         values=json.loads(e["vals"]) if e.get("vals") else {})
             for e in events])
         try:
             return self.telemetry.Upload(batch, metadata=self._md(), timeout=30)

@@ -22,12 +22,17 @@ class AgentState:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.lock = threading.RLock()
         self.max_outbox_rows = max_outbox_rows
+        self.observers: list = []   # called with each recorded event dict (edge_agent/metrics.py counts them)
         with self.lock:
             self.db["kv"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
             self.db.execute(
                 "create table if not exists outbox (seq integer primary key autoincrement, ts_ms integer, "
                 "kind text, name text, model text, latency_ms real, first_token_ms real, tokens_in integer, "
                 "tokens_out integer, outcome text, detail text)")
+            cols = {r[1] for r in self.db.execute("pragma table_info(outbox)").fetchall()}
+            for col in ("adapter", "vals"):  # outboxes written before these columns existed
+                if col not in cols:
+                    self.db.execute(f"alter table outbox add column {col} text default ''")
 
     # ---- key/value --------------------------------------------------------------------------------
     def get(self, key: str, default=None):
@@ -40,19 +45,24 @@ class AgentState:
 
     # ---- telemetry outbox -------------------------------------------------------------------------
     def record(self, kind: str, name: str, model: str = "", latency_ms: float = 0.0, first_token_ms: float = 0.0,
-               tokens_in: int = 0, tokens_out: int = 0, outcome: str = "ok", detail: str = "") -> None:
+               tokens_in: int = 0, tokens_out: int = 0, outcome: str = "ok", detail: str = "",
+               adapter: str = "", values: dict | None = None, detail_limit: int = 2000) -> None:
         with self.lock:
             self.db.execute(
                 "insert into outbox (ts_ms, kind, name, model, latency_ms, first_token_ms, tokens_in, tokens_out, "
-                "outcome, detail) values (?,?,?,?,?,?,?,?,?,?)",
+                "outcome, detail, adapter, vals) values (?,?,?,?,?,?,?,?,?,?,?,?)",
                 [int(time.time() * 1000), kind, name, model, latency_ms, first_token_ms, tokens_in, tokens_out,
-                 outcome, detail[:2000]])
+                 outcome, detail[:detail_limit], adapter, json.dumps(values) if values else ""])
             count = self.db.execute("select count(*) from outbox").fetchone()[0]
             if count > self.max_outbox_rows:
                 drop = count - self.max_outbox_rows
                 self.db.execute("delete from outbox where seq in (select seq from outbox order by seq limit ?)",
                                 [drop])
                 self.put("telemetry_dropped", self.get("telemetry_dropped", 0) + drop)
+        for observe in self.observers:
+            observe({"kind": kind, "name": name, "model": model, "latency_ms": latency_ms,
+                     "first_token_ms": first_token_ms, "tokens_in": tokens_in, "tokens_out": tokens_out,
+                     "outcome": outcome, "adapter": adapter})
 
     def pending(self, limit: int) -> list[dict]:
         return list(self.db.query("select * from outbox order by seq limit ?", [limit]))

@@ -85,14 +85,15 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cb,
 # ---- control plane ---------------------------------------------------------------------------------
 @cp_app.command("serve")
 def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the database, blobs and keys"),
-             listen: str = typer.Option("127.0.0.1:50051", help="HOST:PORT for gRPC")):
-    """Serve the fleet, artifact, telemetry and admin APIs over gRPC."""
+             listen: str = typer.Option("127.0.0.1:50051", help="HOST:PORT for gRPC"),
+             http: str = typer.Option("", help="dashboard + /metrics on PORT (loopback) or HOST:PORT; off if empty")):
+    """Serve the fleet, artifact, telemetry and admin APIs over gRPC (and the dashboard with --http)."""
     from control_plane.server import ControlPlaneConfig, serve_forever
     from slmops.errors import ConfigError
 
     _setup_logging()
     try:
-        serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen))
+        serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen, http=http))
     except ConfigError as e:
         fail(str(e))
 
@@ -106,7 +107,11 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
               device_name: str = typer.Option("", help="defaults to the host name"),
               max_concurrent: int = typer.Option(2, help="generations at once"),
               max_queue: int = typer.Option(8, help="requests waiting before 429"),
-              telemetry_interval: float = typer.Option(2.0, help="seconds between telemetry uploads")):
+              telemetry_interval: float = typer.Option(2.0, help="seconds between telemetry uploads"),
+              sample_interval: float = typer.Option(60.0, help="seconds between resource samples (0 = off)"),
+              golden_interval: float = typer.Option(0.0, help="seconds between golden-prompt checks (0 = off)"),
+              capture_rate: float = typer.Option(0.0, help="share of requests captured, redacted (0 = off)"),
+              capture_redactor: str = typer.Option("", help="redaction hook module:function (str -> str)")):
     """Enroll, follow the control plane's desired model, verify, install, serve and report."""
     from edge_agent.agent import Agent
     from edge_agent.config import AgentConfig
@@ -117,7 +122,9 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
         cfg = AgentConfig.from_env(control_plane=control_plane, data_dir=data_dir, http=http,
                                    enroll_token=enroll_token, device_name=device_name,
                                    max_concurrent=max_concurrent, max_queue=max_queue,
-                                   telemetry_interval_s=telemetry_interval)
+                                   telemetry_interval_s=telemetry_interval,
+                                   sample_interval_s=sample_interval, golden_interval_s=golden_interval,
+                                   capture_rate=capture_rate, capture_redactor=capture_redactor)
     except ConfigError as e:
         fail(str(e))
     Agent(cfg).run()

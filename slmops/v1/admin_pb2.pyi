@@ -160,3 +160,83 @@ class TelemetrySummary(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[DeviceTelemetry]
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ...) -> None: ...
+
+class RollupQuery(_message.Message):
+    __slots__ = ("device_id", "since_unix_ms", "until_unix_ms")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    since_unix_ms: int
+    until_unix_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ...) -> None: ...
+
+class MinuteRollup(_message.Message):
+    __slots__ = ("device_id", "minute_unix_ms", "requests", "errors", "p50_latency_ms", "p95_latency_ms", "tokens_per_s", "tokens_out", "cpu_percent", "rss_bytes", "golden_failed")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MINUTE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    P50_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GOLDEN_FAILED_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    minute_unix_ms: int
+    requests: int
+    errors: int
+    p50_latency_ms: float
+    p95_latency_ms: float
+    tokens_per_s: float
+    tokens_out: int
+    cpu_percent: float
+    rss_bytes: float
+    golden_failed: int
+    def __init__(self, device_id: _Optional[str] = ..., minute_unix_ms: _Optional[int] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., p50_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., tokens_out: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[float] = ..., golden_failed: _Optional[int] = ...) -> None: ...
+
+class RollupList(_message.Message):
+    __slots__ = ("minutes",)
+    MINUTES_FIELD_NUMBER: _ClassVar[int]
+    minutes: _containers.RepeatedCompositeFieldContainer[MinuteRollup]
+    def __init__(self, minutes: _Optional[_Iterable[_Union[MinuteRollup, _Mapping]]] = ...) -> None: ...
+
+class EventQuery(_message.Message):
+    __slots__ = ("device_id", "since_unix_ms", "limit")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    since_unix_ms: int
+    limit: int
+    def __init__(self, device_id: _Optional[str] = ..., since_unix_ms: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class TelemetryRecord(_message.Message):
+    __slots__ = ("device_id", "seq", "ts_unix_ms", "kind", "name", "model", "outcome", "detail", "latency_ms")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TS_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    seq: int
+    ts_unix_ms: int
+    kind: str
+    name: str
+    model: str
+    outcome: str
+    detail: str
+    latency_ms: float
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., ts_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., model: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ..., latency_ms: _Optional[float] = ...) -> None: ...
+
+class EventList(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TelemetryRecord]
+    def __init__(self, events: _Optional[_Iterable[_Union[TelemetryRecord, _Mapping]]] = ...) -> None: ...

@@ -71,6 +71,16 @@ class AdminStub:
                 request_serializer=slmops_dot_v1_dot_admin__pb2.TelemetryQuery.SerializeToString,
                 response_deserializer=slmops_dot_v1_dot_admin__pb2.TelemetrySummary.FromString,
                 _registered_method=True)
+        self.QueryRollups = channel.unary_unary(
+                '/slmops.v1.Admin/QueryRollups',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.RollupQuery.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.RollupList.FromString,
+                _registered_method=True)
+        self.ListEvents = channel.unary_unary(
+                '/slmops.v1.Admin/ListEvents',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.EventQuery.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.EventList.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -121,6 +131,20 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryRollups(self, request, context):
+        """Per-device-per-minute rollups, oldest first (telemetry views).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEvents(self, request, context):
+        """Raw events (not requests or samples), newest first (telemetry views).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +182,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.QueryTelemetry,
                     request_deserializer=slmops_dot_v1_dot_admin__pb2.TelemetryQuery.FromString,
                     response_serializer=slmops_dot_v1_dot_admin__pb2.TelemetrySummary.SerializeToString,
+            ),
+            'QueryRollups': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryRollups,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.RollupQuery.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.RollupList.SerializeToString,
+            ),
+            'ListEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEvents,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.EventQuery.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.EventList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +384,60 @@ class Admin:
             '/slmops.v1.Admin/QueryTelemetry',
             slmops_dot_v1_dot_admin__pb2.TelemetryQuery.SerializeToString,
             slmops_dot_v1_dot_admin__pb2.TelemetrySummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryRollups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/QueryRollups',
+            slmops_dot_v1_dot_admin__pb2.RollupQuery.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.RollupList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/ListEvents',
+            slmops_dot_v1_dot_admin__pb2.EventQuery.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.EventList.FromString,
             options,
             channel_credentials,
             insecure,

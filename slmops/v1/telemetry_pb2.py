@@ -24,19 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slmops/v1/telemetry.proto\x12\tslmops.v1\"\xd0\x01\n\x0eTelemetryEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x12\n\nts_unix_ms\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x07 \x01(\x01\x12\x11\n\ttokens_in\x18\x08 \x01(\x05\x12\x12\n\ntokens_out\x18\t \x01(\x05\x12\x0f\n\x07outcome\x18\n \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\"N\n\x0eTelemetryBatch\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12)\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x19.slmops.v1.TelemetryEvent\"S\n\tUploadAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t2F\n\tTelemetry\x12\x39\n\x06Upload\x12\x19.slmops.v1.TelemetryBatch\x1a\x14.slmops.v1.UploadAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slmops/v1/telemetry.proto\x12\tslmops.v1\"\xc7\x02\n\x0eTelemetryEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x12\n\nts_unix_ms\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\x12\n\nlatency_ms\x18\x06 \x01(\x01\x12\x16\n\x0e\x66irst_token_ms\x18\x07 \x01(\x01\x12\x11\n\ttokens_in\x18\x08 \x01(\x05\x12\x12\n\ntokens_out\x18\t \x01(\x05\x12\x0f\n\x07outcome\x18\n \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x0b \x01(\t\x12\x0f\n\x07\x61\x64\x61pter\x18\x0c \x01(\t\x12\x35\n\x06values\x18\r \x03(\x0b\x32%.slmops.v1.TelemetryEvent.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"N\n\x0eTelemetryBatch\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12)\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x19.slmops.v1.TelemetryEvent\"d\n\tUploadAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x10\n\x08rejected\x18\x03 \x01(\x03\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x0f\n\x07\x63lamped\x18\x05 \x01(\x03\x32\x46\n\tTelemetry\x12\x39\n\x06Upload\x12\x19.slmops.v1.TelemetryBatch\x1a\x14.slmops.v1.UploadAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slmops.v1.telemetry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TELEMETRYEVENT_VALUESENTRY']._loaded_options = None
+  _globals['_TELEMETRYEVENT_VALUESENTRY']._serialized_options = b'8\001'
   _globals['_TELEMETRYEVENT']._serialized_start=41
-  _globals['_TELEMETRYEVENT']._serialized_end=249
-  _globals['_TELEMETRYBATCH']._serialized_start=251
-  _globals['_TELEMETRYBATCH']._serialized_end=329
-  _globals['_UPLOADACK']._serialized_start=331
-  _globals['_UPLOADACK']._serialized_end=414
-  _globals['_TELEMETRY']._serialized_start=416
-  _globals['_TELEMETRY']._serialized_end=486
+  _globals['_TELEMETRYEVENT']._serialized_end=368
+  _globals['_TELEMETRYEVENT_VALUESENTRY']._serialized_start=323
+  _globals['_TELEMETRYEVENT_VALUESENTRY']._serialized_end=368
+  _globals['_TELEMETRYBATCH']._serialized_start=370
+  _globals['_TELEMETRYBATCH']._serialized_end=448
+  _globals['_UPLOADACK']._serialized_start=450
+  _globals['_UPLOADACK']._serialized_end=550
+  _globals['_TELEMETRY']._serialized_start=552
+  _globals['_TELEMETRY']._serialized_end=622
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,49 @@
+"""Prometheus text for the control plane's own /metrics: ingest counters kept in-process, fleet and
+telemetry-store gauges read from the store when scraped."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from control_plane.store import Store
+
+
+class _StoreCollector:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def collect(self):
+        db = self.store.db
+        devices = GaugeMetricFamily("slmops_cp_devices", "enrolled devices by reported state", labels=["state"])
+        for r in db.query("select state, count(*) as n from devices group by state"):
+            devices.add_metric([r["state"] or "unknown"], r["n"])
+        yield devices
+        rows = GaugeMetricFamily("slmops_cp_telemetry_rows", "raw telemetry rows stored")
+        rows.add_metric([], db.execute("select count(*) from telemetry").fetchone()[0])
+        yield rows
+        dirty = GaugeMetricFamily("slmops_cp_rollup_dirty_minutes", "device-minutes waiting for a rollup rebuild")
+        dirty.add_metric([], db.execute("select count(*) from telemetry_dirty").fetchone()[0])
+        yield dirty
+
+
+class ControlPlaneMetrics:
+    def __init__(self, store: Store):
+        self.registry = CollectorRegistry()
+        self.batches = Counter("slmops_cp_telemetry_batches", "telemetry batches received", ["result"],
+                               registry=self.registry)
+        self.events = Counter("slmops_cp_telemetry_events", "telemetry events received", ["result"],
+                              registry=self.registry)
+        self.ingest_seconds = Histogram("slmops_cp_telemetry_ingest_seconds", "time to check and store a batch",
+                                        registry=self.registry,
+                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        self.registry.register(_StoreCollector(store))
+
+    def count_upload(self, accepted: int, duplicates: int, rejected: int, clamped: int) -> None:
+        self.batches.labels("stored").inc()
+        for result, n in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected),
+                          ("clamped", clamped)):
+            if n:
+                self.events.labels(result).inc(n)
+
+    def render(self) -> str:
+        return generate_latest(self.registry).decode()

@@ -1,0 +1,135 @@
+"""The dashboard's HTTP routes (Starlette). Every page and JSON route needs the admin token: as
+`Authorization: Bearer TOKEN`, or the HttpOnly cookie that `/login?token=TOKEN` sets (then redirects, so the
+token leaves the address bar). `/metrics` (Prometheus) is open, like the agent's; bind to loopback.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from control_plane import rollups
+from control_plane.store import Store
+from control_plane.telemetry_views import TelemetryViews
+from control_plane.web import pages
+
+COOKIE = "slmops_admin"
+WINDOW_MIN = 60           # device charts
+RECENT_MIN = 15           # fleet overview figures
+
+
+def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starlette:
+    def token_of(request: Request) -> str:
+        got = request.headers.get("authorization", "")
+        return got[7:] if got.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+
+    def admin(request: Request) -> bool:
+        t = token_of(request)
+        return bool(t) and store.admin_role(t) is not None
+
+    def denied(request: Request) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "missing or unknown admin token (Authorization: Bearer TOKEN)"},
+                                status_code=401)
+        return HTMLResponse(pages.login_page(), status_code=401)
+
+    def with_health(d: dict, now: int, recent: dict) -> dict:
+        return {**d, "health": rollups.device_health(d["state"], d["last_seen_ms"], now, recent.get(d["device_id"]))}
+
+    def recent_figures(now: int, device_id: str | None = None) -> dict[str, dict]:
+        since = now - RECENT_MIN * 60_000
+        out = rollups.summarize(store.telemetry(device_id, since))
+        for m in views.minutes(device_id, since, now):
+            if m["golden_failed"]:
+                out.setdefault(m["device_id"], {})["golden_failed"] = \
+                    out.get(m["device_id"], {}).get("golden_failed", 0) + m["golden_failed"]
+        return out
+
+    def fleet_data(now: int) -> tuple[list[dict], dict]:
+        recent = recent_figures(now)
+        return [with_health(d, now, recent) for d in store.devices()], recent
+
+    def login(request: Request):
+        t = request.query_params.get("token", "")
+        if not t or store.admin_role(t) is None:
+            return HTMLResponse(pages.login_page("unknown admin token" if t else ""), status_code=401)
+        r = RedirectResponse("/", status_code=303)
+        r.set_cookie(COOKIE, t, httponly=True, samesite="strict", max_age=12 * 3600)
+        return r
+
+    def fleet(request: Request):
+        if not admin(request):
+            return denied(request)
+        now = _now_ms()
+        devices, recent = fleet_data(now)
+        return HTMLResponse(pages.fleet_page(devices, store.models(), recent, views.events(None, 0, 25), now,
+                                             RECENT_MIN))
+
+    def device(request: Request):
+        if not admin(request):
+            return denied(request)
+        d = store.device(request.path_params["device_id"])
+        if d is None:
+            return HTMLResponse(pages.layout("not found", "<section>no such device</section>", 0), status_code=404)
+        now = _now_ms()
+        window = _int_param(request, "minutes", WINDOW_MIN, 1, 60 * 24 * 7)
+        since = now - window * 60_000
+        summary = rollups.summarize(store.telemetry(d["device_id"], since)).get(d["device_id"], {})
+        d = with_health(d, now, recent_figures(now, d["device_id"]))
+        return HTMLResponse(pages.device_page(d, views.minutes(d["device_id"], since, now),
+                                              views.events(d["device_id"], 0, 50), views.latest_sample(d["device_id"]),
+                                              summary, now, window))
+
+    def api_fleet(request: Request):
+        if not admin(request):
+            return denied(request)
+        devices, recent = fleet_data(_now_ms())
+        keep = ("device_id", "name", "state", "message", "health", "current_name", "current_version",
+                "desired_name", "desired_version", "last_seen_ms", "agent_version")
+        return JSONResponse({"devices": [{k: d[k] for k in keep} | {"recent": recent.get(d["device_id"], {})}
+                                         for d in devices], "models": store.models()})
+
+    def api_minutes(request: Request):
+        if not admin(request):
+            return denied(request)
+        now = _now_ms()
+        window = _int_param(request, "minutes", WINDOW_MIN, 1, 60 * 24 * 90)
+        return JSONResponse({"minutes": views.minutes(request.path_params["device_id"], now - window * 60_000, now)})
+
+    def api_events(request: Request):
+        if not admin(request):
+            return denied(request)
+        limit = _int_param(request, "limit", 100, 1, 1000)
+        rows = views.events(request.path_params["device_id"], 0, limit)
+        return JSONResponse({"events": [{k: v for k, v in r.items() if k != "vals"} for r in rows]})
+
+    def api_captures(request: Request):
+        if not admin(request):
+            return denied(request)
+        lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in views.captures())
+        return Response("".join(lines), media_type="application/x-ndjson",
+                        headers={"Content-Disposition": 'attachment; filename="captures.jsonl"'})
+
+    def metrics(request: Request):
+        return PlainTextResponse(metrics_render() if metrics_render else "", media_type="text/plain; version=0.0.4")
+
+    return Starlette(routes=[
+        Route("/", fleet), Route("/login", login), Route("/devices/{device_id}", device),
+        Route("/api/fleet", api_fleet), Route("/api/devices/{device_id}/minutes", api_minutes),
+        Route("/api/devices/{device_id}/events", api_events), Route("/api/captures.jsonl", api_captures),
+        Route("/metrics", metrics)])
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    try:
+        return max(lo, min(hi, int(request.query_params.get(name, default))))
+    except ValueError:
+        return default
