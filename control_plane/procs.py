@@ -55,9 +55,10 @@ class Proc:
             self.popen.wait()
 
 
-def start_control_plane(data_dir: pathlib.Path, port: int, log_dir: pathlib.Path) -> Proc:
+def start_control_plane(data_dir: pathlib.Path, port: int, log_dir: pathlib.Path, extra: list[str] = (),
+                        env: dict | None = None) -> Proc:
     return Proc("control-plane", ["control-plane", "serve", "--data-dir", str(data_dir),
-                                  "--listen", f"127.0.0.1:{port}"], log_dir / "control-plane.log")
+                                  "--listen", f"127.0.0.1:{port}", *extra], log_dir / "control-plane.log", env)
 
 
 def start_agent(name: str, cp_port: int, data_dir: pathlib.Path, http_port: int, token: str,

@@ -17,7 +17,7 @@ from control_plane.registry import Registry
 from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServicer, TelemetryServicer
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryJob, TelemetryViews
-from slmops import signing
+from control_plane.trust_repo import Expiry, Repository
 from slmops.errors import ConfigError
 from slmops.v1 import admin_pb2_grpc, artifacts_pb2_grpc, fleet_pb2_grpc, telemetry_pb2_grpc
 
@@ -33,6 +33,10 @@ class ControlPlaneConfig:
     watch_tick_s: float = 1.0
     http: str = ""                 # dashboard + /metrics: "PORT" (loopback) or "HOST:PORT"; "" = off
     rollup_interval_s: float = 10.0
+    expiry: Expiry = Expiry()      # lifetime of each role's signed metadata
+    refresh_s: float = 5.0         # how often to re-sign what is about to expire and pick up new roots
+    # SLMOPS_DEBUG_DOWNLOAD_DELAY_S: seconds slept per 64 KiB chunk served (tests of slow retrieval only)
+    download_delay_s: float = float(os.environ.get("SLMOPS_DEBUG_DOWNLOAD_DELAY_S", "0") or 0)
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -52,8 +56,9 @@ class ControlPlane:
         data.mkdir(parents=True, exist_ok=True)
         self.store = Store(data / "control_plane.db")
         self.blobs = BlobStore(data / "blobs")
-        key = signing.load_or_create_private(data / "keys" / "signing.pem")
-        self.registry = Registry(self.store, self.blobs, key)
+        self.repo = Repository(data / "trust", self.store, cfg.expiry)
+        self.registry = Registry(self.store, self.blobs, self.repo)
+        self._stop_refresh = threading.Event()
         self.admin_token_path = data / "admin-token"
         if not self.admin_token_path.exists():
             token = self.store.create_admin_token("admin")
@@ -74,7 +79,8 @@ class ControlPlane:
                              options=[("grpc.max_receive_message_length", 8 << 20)])
         fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(self.store, self.registry, self.cfg.watch_tick_s),
                                                    server)
-        artifacts_pb2_grpc.add_ArtifactsServicer_to_server(ArtifactsServicer(self.store, self.blobs), server)
+        artifacts_pb2_grpc.add_ArtifactsServicer_to_server(
+            ArtifactsServicer(self.store, self.blobs, self.repo, self.cfg.download_delay_s), server)
         telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(self.store, self.views, self.metrics),
                                                            server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.store, self.blobs, self.registry, self.views),
@@ -94,14 +100,26 @@ class ControlPlane:
             self.http = HttpServer(build_app(self.store, self.views, self.metrics.render), *parse_http(self.cfg.http))
             self.http.start()
             log.info("dashboard on http://%s:%d/", self.http.host, self.http.port)
+        threading.Thread(target=self._refresh_loop, name="trust-refresh", daemon=True).start()
         log.info("control plane listening on %s (data %s)", self.cfg.listen.rpartition(":")[0] + f":{port}",
                  self.cfg.data_dir)
         return port
+
+    def _refresh_loop(self) -> None:
+        if self.cfg.refresh_s <= 0:
+            return  # re-signing disabled: metadata expires unless published again
+        while not self._stop_refresh.wait(self.cfg.refresh_s):
+            try:
+                if self.repo.refresh():
+                    log.info("re-signed trust metadata (timestamp v%d)", self.repo.state.timestamp.signed.version)
+            except Exception as e:  # keep serving; the next tick retries, devices see expiry if it persists
+                log.error("could not refresh signed metadata: %s", e)
 
     def stop(self, grace: float = 2.0) -> None:
         self.telemetry_job.stop.set()
         if self.http:
             self.http.stop()
+        self._stop_refresh.set()
         if self.server:
             self.health.enter_graceful_shutdown()
             self.server.stop(grace).wait()

@@ -37,9 +37,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_name is required")
         device_id, token = self.store.add_device(request.device_name, _hardware(request.hardware),
                                                  request.agent_version)
+        root_version = self.registry.repo.state.root_version
         return fleet_pb2.EnrollResponse(device_id=device_id, device_token=token,
-                                        signing_public_key=self.registry.public,
-                                        signing_key_id=self.registry.key_id)
+                                        trusted_root=self.registry.repo.root_bytes(root_version))
 
     def WatchDesiredState(self, request, context):
         dev = auth.require_device(self.store, context, request.device_id)
@@ -65,24 +65,20 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
 
 
 class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
-    def __init__(self, store: Store, blobs: BlobStore):
+    def __init__(self, store: Store, blobs: BlobStore, repo, download_delay_s: float = 0.0):
         self.store = store
         self.blobs = blobs
+        self.repo = repo
+        self.download_delay_s = download_delay_s  # debug/test only: simulates a slow link
 
-    def _allowed(self, dev: dict, name: str, version: str) -> bool:
-        return (name, version) in {(dev["desired_name"], dev["desired_version"]),
-                                   (dev["current_name"], dev["current_version"])}
-
-    def GetSignedManifest(self, request, context):
-        dev = auth.require_device(self.store, context)
-        row = self.store.model(request.name, request.version)
-        if row is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.name}@{request.version}")
-        if not self._allowed(dev, request.name, request.version):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"{request.name}@{request.version} is not assigned to device {dev['device_id']}")
-        return artifacts_pb2.SignedManifest(manifest=row["manifest"], signature=row["signature"],
-                                            key_id=row["key_id"])
+    def GetTrustMetadata(self, request, context):
+        auth.require_device(self.store, context)
+        if request.trusted_root_version < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "trusted_root_version must not be negative")
+        cur = self.repo.current()
+        return artifacts_pb2.TrustMetadata(roots=self.repo.roots_after(request.trusted_root_version),
+                                           timestamp=cur["timestamp"], snapshot=cur["snapshot"],
+                                           targets=cur["targets"])
 
     def Download(self, request, context):
         dev = auth.require_device(self.store, context)
@@ -100,7 +96,10 @@ class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
             context.abort(grpc.StatusCode.OUT_OF_RANGE,
                           f"offset {request.offset}/length {request.length} outside blob of {size} bytes")
         offset = request.offset
-        for data in self.blobs.read(request.sha256, request.offset, request.length):
+        chunk_size = 64 << 10 if self.download_delay_s else 1 << 20
+        for data in self.blobs.read(request.sha256, request.offset, request.length, chunk_size):
+            if self.download_delay_s:
+                time.sleep(self.download_delay_s)
             yield artifacts_pb2.BlobChunk(offset=offset, data=data)
             offset += len(data)
 
@@ -166,9 +165,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         except ArtifactInvalid as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         row = self.store.model(m.name, m.version)
-        import hashlib
         return admin_pb2.PublishResponse(model=common_pb2.ModelRef(name=m.name, version=m.version),
-                                         manifest_sha256=hashlib.sha256(row["manifest"]).hexdigest())
+                                         manifest_sha256=row["manifest_sha256"])
 
     def ListModels(self, request, context):
         auth.require_admin(self.store, context)

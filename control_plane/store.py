@@ -43,14 +43,16 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        self._wakers: dict[str, set[threading.Event]] = {}   # device id -> its watch streams' wake-ups
+        self.rollouts_changed = threading.Event()             # set by admin rollout actions; the driver waits on it
         self._create()
 
     def _create(self) -> None:
         db = self.db
         with self._lock:
             db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db["models"].create({"name": str, "version": str, "manifest": bytes, "signature": bytes,
-                                 "key_id": str, "precision": str, "total_bytes": int, "created_ms": int},
+            db["models"].create({"name": str, "version": str, "manifest": bytes, "manifest_sha256": str,
+                                 "precision": str, "total_bytes": int, "created_ms": int},
                                 pk=("name", "version"), if_not_exists=True)
             db["model_files"].create({"name": str, "version": str, "path": str, "sha256": str, "size": int},
                                      pk=("name", "version", "path"), if_not_exists=True)
@@ -78,6 +80,7 @@ class Store:
             db["telemetry_dirty"].create({"device_id": str, "minute_ms": int}, pk=("device_id", "minute_ms"),
                                          if_not_exists=True)
             db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+            self._create_fleet()
 
     # ---- meta / fleet default -------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -149,7 +152,8 @@ class Store:
 
     def touch(self, device_id: str, **fields) -> None:
         with self._lock:
-            self.db["devices"].update(device_id, {"last_seen_ms": now_ms(), **fields})
+            stamp = {"reported_ms": now_ms()} if "state" in fields else {}
+            self.db["devices"].update(device_id, {"last_seen_ms": now_ms(), **stamp, **fields})
 
     # ---- desired state ----------------------------------------------------------------------------
     def fleet_default(self) -> tuple[str, str] | None:
@@ -171,33 +175,44 @@ class Store:
                                                 "desired_rev": cur["desired_rev"] + 1})
                 n += 1
             self._changed.notify_all()
+            for did in device_ids:
+                for ev in self._wakers.get(did, ()):
+                    ev.set()
             return n
 
     def desired(self, device_id: str) -> DesiredState | None:
         d = self.device(device_id)
         return DesiredState(d["desired_name"], d["desired_version"], d["desired_rev"]) if d else None
 
-    def wait_for_change(self, device_id: str, seen_revision: int, timeout: float) -> DesiredState | None:
-        """Blocks until the device's desired revision differs from `seen_revision` or `timeout` passes."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                cur = self.desired(device_id)
-                if cur is None or cur.revision != seen_revision:
-                    return cur
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return cur
-                self._changed.wait(left)
+    def wait_for_change(self, device_id: str, seen_revision: int, timeout: float,
+                        wake: threading.Event | None = None) -> DesiredState | None:
+        """Blocks until the device's desired revision differs from `seen_revision`, `timeout` passes or `wake`
+        is set (e.g. by the stream's cancellation). Each waiter has its own event, so a change wakes only the
+        streams of the devices it concerns (a thousand watchers do not stampede on every change)."""
+        ev = wake or threading.Event()
+        with self._lock:
+            self._wakers.setdefault(device_id, set()).add(ev)
+        try:
+            cur = self.desired(device_id)
+            if cur is None or cur.revision != seen_revision:
+                return cur
+            ev.wait(timeout)
+            return self.desired(device_id)
+        finally:
+            with self._lock:
+                waiters = self._wakers.get(device_id, set())
+                waiters.discard(ev)
+                if not waiters:
+                    self._wakers.pop(device_id, None)
 
     # ---- models -----------------------------------------------------------------------------------
-    def add_model(self, name: str, version: str, manifest: bytes, signature: bytes, key_id: str,
+    def add_model(self, name: str, version: str, manifest: bytes, manifest_sha256: str,
                   precision: str, files: list[dict]) -> None:
         with self._lock:
             if self.model(name, version) is not None:
                 raise KeyError(f"{name}@{version} is already published; versions are immutable")
             self.db["models"].insert({"name": name, "version": version, "manifest": manifest,
-                                      "signature": signature, "key_id": key_id, "precision": precision,
+                                      "manifest_sha256": manifest_sha256, "precision": precision,
                                       "total_bytes": sum(f["size"] for f in files), "created_ms": now_ms()})
             self.db["model_files"].insert_all({"name": name, "version": version, **f} for f in files)
 
@@ -210,8 +225,10 @@ class Store:
                                   "order by created_ms"))
 
     def blob_in_model(self, sha256: str, name: str, version: str) -> bool:
-        rows = list(self.db.query("select 1 from model_files where sha256 = ? and name = ? and version = ?",
-                                  [sha256, name, version]))
+        """True when `sha256` is one of the model's files or its manifest."""
+        rows = list(self.db.query("select 1 from model_files where sha256 = ? and name = ? and version = ? union "
+                                  "select 1 from models where manifest_sha256 = ? and name = ? and version = ?",
+                                  [sha256, name, version, sha256, name, version]))
         return bool(rows)
 
     # ---- telemetry --------------------------------------------------------------------------------
@@ -250,3 +267,87 @@ class Store:
             sql += " and device_id = ?"
             args.append(device_id)
         return list(self.db.query(sql + " order by device_id, seq", args))
+
+
+    # ---- fleet: labels, pins, device keys, API tokens, rollouts, audit (issue 6) -------------------
+    def _create_fleet(self) -> None:
+        db = self.db
+        for table, cols in (("devices", {"labels": str, "pin_name": str, "pin_version": str, "reported_ms": int,
+                                         "public_key": str}),
+                            ("enroll_tokens", {"labels": str}), ("admin_tokens", {"name": str})):
+            for col, typ in cols.items():  # databases created before these columns existed
+                if col not in db[table].columns_dict:
+                    db[table].add_column(col, typ)
+        db["rollouts"].create({"rollout_id": str, "status": str, "state": str, "created_by": str,
+                               "created_ms": int, "updated_ms": int}, pk="rollout_id", if_not_exists=True)
+        db["rollouts"].create_index(["status"], if_not_exists=True)
+        db.execute("create table if not exists audit (id integer primary key autoincrement, ts_ms integer, "
+                   "who text, role text, action text, target text, result text, detail text)")
+
+    def set_enroll_labels(self, token: str, labels: dict) -> None:
+        with self._lock:
+            self.db.execute("update enroll_tokens set labels = ? where token_hash = ?",
+                            [json.dumps(labels, sort_keys=True), token_hash(token)])
+
+    def finish_enrollment(self, device_id: str, enroll_token: str, public_key: str) -> None:
+        """Applies the enrollment token's labels to the new device and records the key made on the device."""
+        rows = list(self.db.query("select labels from enroll_tokens where token_hash = ?", [token_hash(enroll_token)]))
+        labels = (rows[0]["labels"] if rows else "") or "{}"
+        with self._lock:
+            self.db["devices"].update(device_id, {"labels": labels, "public_key": public_key})
+
+    def set_labels(self, device_id: str, labels: dict) -> None:
+        with self._lock:
+            self.db["devices"].update(device_id, {"labels": json.dumps(labels, sort_keys=True)})
+
+    def set_pin(self, device_id: str, name: str, version: str) -> None:
+        """Pins a device to name@version (rollouts leave it alone), or unpins it with empty strings."""
+        with self._lock:
+            self.db["devices"].update(device_id, {"pin_name": name, "pin_version": version})
+        if name:
+            self.set_desired(name, version, [device_id])
+
+    def create_api_token(self, role: str, name: str) -> str:
+        token = "slm_admin_" + secrets.token_urlsafe(24)
+        with self._lock:
+            self.db["admin_tokens"].insert({"token_hash": token_hash(token), "role": role, "name": name,
+                                            "created_ms": now_ms()})
+        return token
+
+    def admin_principal(self, token: str) -> dict | None:
+        """{"name", "role"} of an API token; a token without a name is named by its hash prefix."""
+        th = token_hash(token)
+        rows = list(self.db.query("select role, name from admin_tokens where token_hash = ?", [th]))
+        return {"name": rows[0]["name"] or f"token:{th[:10]}", "role": rows[0]["role"]} if rows else None
+
+    def save_rollout(self, rollout_id: str, status: str, state: str, created_by: str = "") -> None:
+        with self._lock:
+            row = {"rollout_id": rollout_id, "status": status, "state": state, "updated_ms": now_ms()}
+            if self.rollout_row(rollout_id) is None:
+                row.update(created_by=created_by, created_ms=now_ms())
+                self.db["rollouts"].insert(row)
+            else:
+                self.db["rollouts"].update(rollout_id, row)
+
+    def rollout_row(self, rollout_id: str) -> dict | None:
+        rows = list(self.db.query("select * from rollouts where rollout_id = ?", [rollout_id]))
+        return rows[0] if rows else None
+
+    def rollout_rows(self, statuses: tuple[str, ...] = ()) -> list[dict]:
+        if statuses:
+            marks = ",".join("?" * len(statuses))
+            return list(self.db.query(f"select * from rollouts where status in ({marks}) order by created_ms",
+                                      list(statuses)))
+        return list(self.db.query("select * from rollouts order by created_ms"))
+
+    def audit(self, who: str, role: str, action: str, target: str, result: str, detail: str = "") -> None:
+        with self._lock:
+            self.db.execute("insert into audit (ts_ms, who, role, action, target, result, detail) "
+                            "values (?,?,?,?,?,?,?)", [now_ms(), who, role, action, target[:300], result,
+                                                       detail[:1000]])
+
+    def audit_log(self, limit: int = 100, action: str = "") -> list[dict]:
+        sql, args = "select * from audit", []
+        if action:
+            sql, args = sql + " where action = ?", [action]
+        return list(self.db.query(sql + " order by id desc limit ?", args + [limit]))

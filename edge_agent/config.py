@@ -45,7 +45,8 @@ class AgentConfig:
     telemetry_max_rows: int = 100_000    # local buffer bound; oldest dropped first
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
-    min_download_rate_bps: int = 0       # 0 = no floor
+    min_download_rate_bps: int = 0       # 0 = no floor (slow-retrieval defence when set)
+    trusted_root: pathlib.Path | None = None  # a root.json shipped with the agent; else pinned at enrollment
     sample_interval_s: float = 60.0      # resource samples (CPU, RSS, disk, queue); 0 = off
     golden_interval_s: float = 0.0       # scheduled golden-prompt checks; 0 = off
     capture_rate: float = 0.0            # share of requests captured (prompt + answer, redacted); 0 = off

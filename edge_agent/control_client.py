@@ -83,12 +83,13 @@ class ControlClient:
         except grpc.RpcError as e:
             raise map_rpc_error(e, "report status") from e
 
-    def manifest(self, name: str, version: str) -> artifacts_pb2.SignedManifest:
+    def trust_metadata(self, trusted_root_version: int) -> artifacts_pb2.TrustMetadata:
         try:
-            return self.artifacts.GetSignedManifest(artifacts_pb2.GetManifestRequest(name=name, version=version),
-                                                    metadata=self._md(), timeout=30)
+            return self.artifacts.GetTrustMetadata(
+                artifacts_pb2.TrustMetadataRequest(trusted_root_version=trusted_root_version),
+                metadata=self._md(), timeout=30)
         except grpc.RpcError as e:
-            raise map_rpc_error(e, f"get manifest {name}@{version}") from e
+            raise map_rpc_error(e, "get trust metadata") from e
 
     def download(self, sha256: str, offset: int) -> Iterator[bytes]:
         try:

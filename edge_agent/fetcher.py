@@ -46,8 +46,8 @@ class BlobCache:
                 for chunk in fetch_range(entry.sha256, offset):
                     if offset + len(chunk) > entry.size:
                         f.truncate(entry.size)
-                        raise ArtifactInvalid(f"{entry.path}: server sent more than the signed "
-                                              f"{entry.size} bytes")
+                        raise ArtifactInvalid(f"endless data: {entry.path}: the server sent more than the "
+                                              f"signed {entry.size} bytes")
                     f.write(chunk)
                     offset += len(chunk)
                     got += len(chunk)
@@ -55,7 +55,8 @@ class BlobCache:
                         progress(len(chunk))
                     elapsed = time.monotonic() - started
                     if min_rate_bps and elapsed > 2.0 and got / elapsed < min_rate_bps:
-                        raise ArtifactInvalid(f"{entry.path}: download slower than {min_rate_bps} B/s")
+                        raise ArtifactInvalid(f"slow retrieval: {entry.path} arrived at {got / elapsed:.0f} B/s, "
+                                              f"below the floor of {min_rate_bps} B/s")
             f.flush()
             os.fsync(f.fileno())
         try:

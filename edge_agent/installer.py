@@ -1,4 +1,4 @@
-"""Atomic install: verified blobs are linked into a staging folder, the signed manifest is written beside
+"""Atomic install: verified blobs are linked into a staging folder, the trusted manifest is written beside
 them, and the folder is renamed to models/<name>/<version>. A crash leaves either nothing or a whole model.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import tempfile
 from slmops.manifest import Manifest
 
 
-def install(manifest: Manifest, manifest_bytes: bytes, signature: bytes, blob_path, models_dir) -> pathlib.Path:
+def install(manifest: Manifest, manifest_bytes: bytes, blob_path, models_dir) -> pathlib.Path:
     models_dir = pathlib.Path(models_dir)
     dest = models_dir / manifest.name / manifest.version
     if dest.exists():
@@ -28,7 +28,6 @@ def install(manifest: Manifest, manifest_bytes: bytes, signature: bytes, blob_pa
             except OSError:
                 shutil.copyfile(src, target)
         (staging / "manifest.json").write_bytes(manifest_bytes)
-        (staging / "manifest.sig").write_bytes(signature)
         fd = os.open(staging, os.O_RDONLY)
         try:
             os.fsync(fd)

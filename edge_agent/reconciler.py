@@ -5,21 +5,25 @@ is recorded as an event and reported; the serving model is never touched by a fa
 from __future__ import annotations
 
 import logging
+import pathlib
 import platform
 import shutil
 import threading
 import time
 
-from edge_agent import installer
+import datetime as dt
+
+from edge_agent import installer, trust
 from edge_agent.config import AGENT_VERSION, AgentConfig
 from edge_agent.control_client import Backoff, ControlClient, Refused
 from edge_agent.engine import SamplingParams
 from edge_agent.fetcher import BlobCache
 from edge_agent.runtime import Runtime
 from edge_agent.state import AgentState
-from edge_agent.verify import verify_manifest
+from edge_agent.fetcher import sha256_of
+from edge_agent.verify import check_file
 from slmops.errors import ArtifactInvalid, ModelLoadError, TransportError
-from slmops.manifest import Manifest
+from slmops.manifest import FileEntry, Manifest
 from slmops.v1 import common_pb2
 
 log = logging.getLogger("slmops.agent")
@@ -74,10 +78,8 @@ class Reconciler:
         m = None
         try:
             raw = (path / "manifest.json").read_bytes()
-            m = verify_manifest(raw, (path / "manifest.sig").read_bytes(), self.state.get("key_id"),
-                                bytes.fromhex(self.state.get("pinned_key")), cur["name"], cur["version"])
-            from edge_agent.fetcher import sha256_of
-            from edge_agent.verify import check_file
+            trust.installed_is_trusted(self.trusted(), cur["name"], cur["version"], raw)
+            m = Manifest.from_json(raw)
             for f in m.files:
                 check_file(f, sha256_of(path / f.path), (path / f.path).stat().st_size)
             engine = self.engine_factory(path, m)
@@ -93,7 +95,20 @@ class Reconciler:
                 self.blobs.path(f.sha256).unlink(missing_ok=True)
             self.state.put("current", None)
 
+    # ---- trusted metadata (persisted, so a restart keeps its knowledge of versions) -------------------
+    def trusted(self) -> trust.Trusted:
+        saved = self.state.get("trust")
+        if saved is None:
+            raise ArtifactInvalid("no trusted root: enroll first or start with --trusted-root")
+        return trust.Trusted(**{k: bytes.fromhex(v) if v else None for k, v in saved.items()})
+
+    def save_trusted(self, t: trust.Trusted) -> None:
+        self.state.put("trust", {k: getattr(t, k).hex() if getattr(t, k) else None
+                                 for k in ("root", "timestamp", "snapshot", "targets")})
+
     def enroll(self) -> None:
+        if self.cfg.trusted_root and self.state.get("trust") is None:
+            self.save_trusted(trust.Trusted(root=pathlib.Path(self.cfg.trusted_root).read_bytes()))
         ident = self.state.get("identity")
         if ident:
             self.device_id, self.client.token = ident["device_id"], ident["token"]
@@ -114,8 +129,8 @@ class Reconciler:
                 self.stop.wait(delay)
         else:
             return
-        self.state.put("pinned_key", resp.signing_public_key.hex())
-        self.state.put("key_id", resp.signing_key_id)
+        if self.state.get("trust") is None:
+            self.save_trusted(trust.Trusted(root=resp.trusted_root))
         self.state.put("identity", {"device_id": resp.device_id, "token": resp.device_token, "name": name})
         self.device_id, self.client.token = resp.device_id, resp.device_token
         log.info("enrolled as %s", resp.device_id)
@@ -179,23 +194,36 @@ class Reconciler:
             self.state.put("failed", failed)
             self.report("error", f"fetch refused for {ref}: {e}")
 
+    def verified_manifest(self, name: str, version: str) -> tuple[Manifest, bytes]:
+        """Fresh signed metadata -> the target for name@version -> its manifest, each step verified."""
+        md = self.client.trust_metadata(trust.root_version(self.trusted()))
+        new_trusted, targets = trust.update(
+            self.trusted(), trust.Fetched(tuple(md.roots), md.timestamp, md.snapshot, md.targets),
+            dt.datetime.now(dt.timezone.utc))
+        self.save_trusted(new_trusted)
+        target = trust.find_target(targets, name, version)
+        hw = hardware_facts(self.cfg.data_dir)
+        trust.check_fit(target, hw.hardware_class, list(hw.execution_providers))
+        entry = FileEntry("manifest.json", target.hashes["sha256"], target.length)
+        path = self.blobs.fetch(entry, self.client.download, self.cfg.min_download_rate_bps)
+        raw = path.read_bytes()
+        trust.check_manifest(target, raw)
+        m = Manifest.from_json(raw)
+        if (m.name, m.version) != (name, version):
+            raise ArtifactInvalid(f"mix-and-match: target {target.path} holds a manifest for {m.ref}")
+        return m, raw
+
     def update(self, name: str, version: str) -> None:
         ref = f"{name}@{version}"
         t0 = time.monotonic()
         self.report("fetching", ref)
-        sm = self.client.manifest(name, version)
-        m = verify_manifest(sm.manifest, sm.signature, sm.key_id, bytes.fromhex(self.state.get("pinned_key")),
-                            name, version)
-        providers = hardware_facts(self.cfg.data_dir).execution_providers
-        if m.execution_provider not in providers:
-            raise ArtifactInvalid(f"{ref} targets execution provider {m.execution_provider!r}; this device has "
-                                  f"{', '.join(providers)}")
+        m, manifest_bytes = self.verified_manifest(name, version)
         for f in m.files:
             self.blobs.fetch(f, self.client.download, self.cfg.min_download_rate_bps)
         self.state.record("event", "download", model=ref, latency_ms=(time.monotonic() - t0) * 1000,
                           detail=f"{m.total_bytes} bytes")
         self.report("installing", ref)
-        path = installer.install(m, sm.manifest, sm.signature, self.blobs.path, self.models_dir)
+        path = installer.install(m, manifest_bytes, self.blobs.path, self.models_dir)
         engine = self.engine_factory(path, m)
         smoke_test(engine, m)
         old = self.runtime.swap(engine, m)

@@ -26,10 +26,11 @@ devices_app = typer.Typer(no_args_is_help=True, help="Devices in the fleet.")
 tokens_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens.")
 rollout_app = typer.Typer(no_args_is_help=True, help="Decide which device runs which version.")
 telemetry_app = typer.Typer(no_args_is_help=True, help="What the fleet reported.")
-train_app = typer.Typer(no_args_is_help=True, help="Train models (control-plane install).")
+from training.cli import train_app  # noqa: E402  (imports only typer/rich; torch is imported per command)
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and root metadata (TUF-style roles).")
 for name, sub in (("control-plane", cp_app), ("agent", agent_app), ("models", models_app),
                   ("devices", devices_app), ("tokens", tokens_app), ("rollout", rollout_app),
-                  ("telemetry", telemetry_app), ("train", train_app)):
+                  ("telemetry", telemetry_app), ("train", train_app), ("keys", keys_app)):
     app.add_typer(sub, name=name)
 
 CP_OPT = typer.Option(os.environ.get("SLMOPS_CONTROL_PLANE", "127.0.0.1:50051"), "--control-plane",
@@ -86,16 +87,60 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cb,
 @cp_app.command("serve")
 def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the database, blobs and keys"),
              listen: str = typer.Option("127.0.0.1:50051", help="HOST:PORT for gRPC"),
-             http: str = typer.Option("", help="dashboard + /metrics on PORT (loopback) or HOST:PORT; off if empty")):
+             http: str = typer.Option("", help="dashboard + /metrics on PORT (loopback) or HOST:PORT; off if empty"),
+             timestamp_expiry: float = typer.Option(86400, help="seconds a signed timestamp stays valid"),
+             resign_interval: float = typer.Option(
+                 -1, help="seconds between checks that re-sign expiring metadata and pick up new roots "
+                          "(default: min(5, expiry/4); 0 disables, e.g. to test freeze defences)")):
     """Serve the fleet, artifact, telemetry and admin APIs over gRPC (and the dashboard with --http)."""
+    import datetime as dt
+
     from control_plane.server import ControlPlaneConfig, serve_forever
+    from control_plane.trust_repo import Expiry
     from slmops.errors import ConfigError
 
     _setup_logging()
     try:
-        serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen, http=http))
+        expiry = Expiry(timestamp=dt.timedelta(seconds=timestamp_expiry))
+        serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen, http=http, expiry=expiry,
+                                         refresh_s=resign_interval if resign_interval >= 0
+                                         else min(5.0, max(0.2, timestamp_expiry / 4))))
     except ConfigError as e:
         fail(str(e))
+
+
+@keys_app.command("init")
+def keys_init(trust_dir: pathlib.Path = typer.Option(..., help="the control plane's DATA_DIR/trust"),
+              root_key_dir: Optional[pathlib.Path] = typer.Option(
+                  None, help="write the root key here (keep it offline) instead of next to the online keys")):
+    """Create one Ed25519 key per role (root, targets, snapshot, timestamp) and root v1."""
+    from control_plane.trust_repo import init_trust
+    from slmops.errors import ConfigError
+
+    try:
+        md = init_trust(trust_dir, root_key_dir)
+    except ConfigError as e:
+        fail(str(e))
+    console.print(f"root v{md.signed.version} written to {trust_dir}/roots/1.root.json; "
+                  f"root key in {root_key_dir or trust_dir / 'keys'}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(role: str, trust_dir: pathlib.Path = typer.Option(..., help="the control plane's DATA_DIR/trust"),
+                root_key: List[pathlib.Path] = typer.Option(..., help="current root key file(s), to sign"),
+                threshold: int = typer.Option(1, help="signatures the role needs from now on"),
+                extra_keys: int = typer.Option(0, help="additional keys for the role (for threshold > 1)")):
+    """Replace (revoke) every key of ROLE; writes root vN+1 signed by the current root keys. A running control
+    plane picks the new root up within seconds and re-signs its metadata; agents follow the root chain."""
+    from control_plane.trust_repo import rotate_key
+    from slmops.errors import ConfigError
+
+    try:
+        md = rotate_key(trust_dir, role, list(root_key), threshold=threshold, extra_keys=extra_keys)
+    except ConfigError as e:
+        fail(str(e))
+    console.print(f"root v{md.signed.version}: {role} now has {len(md.signed.roles[role].keyids)} key(s), "
+                  f"threshold {md.signed.roles[role].threshold}")
 
 
 # ---- agent -----------------------------------------------------------------------------------------
@@ -111,7 +156,11 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
               sample_interval: float = typer.Option(60.0, help="seconds between resource samples (0 = off)"),
               golden_interval: float = typer.Option(0.0, help="seconds between golden-prompt checks (0 = off)"),
               capture_rate: float = typer.Option(0.0, help="share of requests captured, redacted (0 = off)"),
-              capture_redactor: str = typer.Option("", help="redaction hook module:function (str -> str)")):
+              capture_redactor: str = typer.Option("", help="redaction hook module:function (str -> str)"),
+              trusted_root: Optional[pathlib.Path] = typer.Option(
+                  None, help="root.json shipped with the device (else the control plane's root is pinned at "
+                             "enrollment)"),
+              min_download_rate: int = typer.Option(0, help="bytes/s below which a download is abandoned")):
     """Enroll, follow the control plane's desired model, verify, install, serve and report."""
     from edge_agent.agent import Agent
     from edge_agent.config import AgentConfig
@@ -124,7 +173,9 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
                                    max_concurrent=max_concurrent, max_queue=max_queue,
                                    telemetry_interval_s=telemetry_interval,
                                    sample_interval_s=sample_interval, golden_interval_s=golden_interval,
-                                   capture_rate=capture_rate, capture_redactor=capture_redactor)
+                                   capture_rate=capture_rate, capture_redactor=capture_redactor,
+                                   trusted_root=trusted_root,
+                                   min_download_rate_bps=min_download_rate)
     except ConfigError as e:
         fail(str(e))
     Agent(cfg).run()
@@ -232,16 +283,6 @@ def print_telemetry(rows) -> None:
 
 
 # ---- training / export -----------------------------------------------------------------------------
-@train_app.command("tiny")
-def train_tiny(out_dir: pathlib.Path, steps: int = typer.Option(80), seed: int = typer.Option(0)):
-    """Train a tiny Llama (and its tokenizer) on the shipped support dataset; save an HF folder."""
-    from training.tiny import build_tiny_model
-
-    summary = build_tiny_model(out_dir, steps=steps, seed=seed, log=console.print)
-    console.print(f"saved {out_dir}: {summary['params']:,} params, loss {summary['first_loss']:.2f} -> "
-                  f"{summary['last_loss']:.2f}")
-
-
 @app.command("export")
 def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/JSON) or a Hugging Face folder"),
            out_dir: pathlib.Path = typer.Argument(...),

@@ -55,8 +55,8 @@ class Cluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.cp_port}"
 
-    def start_cp(self):
-        self.cp = start_control_plane(self.cp_dir, self.cp_port, self.logs)
+    def start_cp(self, extra: list[str] = (), env: dict | None = None):
+        self.cp = start_control_plane(self.cp_dir, self.cp_port, self.logs, extra, env)
         self.procs.append(self.cp)
         wait_healthy(self.address, timeout=30)
         if self.admin is None:
@@ -64,7 +64,7 @@ class Cluster:
         return self.cp
 
     def publish(self, bundle: pathlib.Path, name: str, version: str, **extra):
-        m = manifest_for_dir(bundle, name, version, "int4", **extra)
+        m = manifest_for_dir(bundle, name, version, extra.pop("precision", "int4"), **extra)
         self.admin.publish(bundle, m)
         return m
 

@@ -80,12 +80,21 @@ class SetDesiredResponse(_message.Message):
     def __init__(self, devices_updated: _Optional[int] = ...) -> None: ...
 
 class CreateEnrollTokenRequest(_message.Message):
-    __slots__ = ("uses", "ttl_seconds")
+    __slots__ = ("uses", "ttl_seconds", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     USES_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     uses: int
     ttl_seconds: int
-    def __init__(self, uses: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, uses: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EnrollToken(_message.Message):
     __slots__ = ("token", "expires_unix_ms", "uses")
@@ -98,7 +107,14 @@ class EnrollToken(_message.Message):
     def __init__(self, token: _Optional[str] = ..., expires_unix_ms: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("device_id", "name", "current", "desired", "state", "message", "last_seen_unix_ms", "hardware", "agent_version")
+    __slots__ = ("device_id", "name", "current", "desired", "state", "message", "last_seen_unix_ms", "hardware", "agent_version", "labels", "pinned")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +124,8 @@ class Device(_message.Message):
     LAST_SEEN_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     current: _common_pb2.ModelRef
@@ -117,7 +135,9 @@ class Device(_message.Message):
     last_seen_unix_ms: int
     hardware: _common_pb2.Hardware
     agent_version: str
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., current: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., desired: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., last_seen_unix_ms: _Optional[int] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    labels: _containers.ScalarMap[str, str]
+    pinned: _common_pb2.ModelRef
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., current: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., desired: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., last_seen_unix_ms: _Optional[int] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., agent_version: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., pinned: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class DeviceList(_message.Message):
     __slots__ = ("devices",)
@@ -160,6 +180,230 @@ class TelemetrySummary(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[DeviceTelemetry]
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceTelemetry, _Mapping]]] = ...) -> None: ...
+
+class Selector(_message.Message):
+    __slots__ = ("labels", "hardware_classes", "all_devices")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    HARDWARE_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    ALL_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    labels: _containers.ScalarMap[str, str]
+    hardware_classes: _containers.RepeatedScalarFieldContainer[str]
+    all_devices: bool
+    def __init__(self, labels: _Optional[_Mapping[str, str]] = ..., hardware_classes: _Optional[_Iterable[str]] = ..., all_devices: _Optional[bool] = ...) -> None: ...
+
+class Wave(_message.Message):
+    __slots__ = ("devices", "percent")
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    devices: int
+    percent: float
+    def __init__(self, devices: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
+
+class HealthGate(_message.Message):
+    __slots__ = ("min_success_ratio", "max_failure_ratio", "max_error_rate", "min_requests", "max_p95_latency_ms", "min_soak_seconds", "install_timeout_seconds")
+    MIN_SUCCESS_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILURE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_P95_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SOAK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    min_success_ratio: float
+    max_failure_ratio: float
+    max_error_rate: float
+    min_requests: int
+    max_p95_latency_ms: float
+    min_soak_seconds: float
+    install_timeout_seconds: float
+    def __init__(self, min_success_ratio: _Optional[float] = ..., max_failure_ratio: _Optional[float] = ..., max_error_rate: _Optional[float] = ..., min_requests: _Optional[int] = ..., max_p95_latency_ms: _Optional[float] = ..., min_soak_seconds: _Optional[float] = ..., install_timeout_seconds: _Optional[float] = ...) -> None: ...
+
+class CreateRolloutRequest(_message.Message):
+    __slots__ = ("model", "selector", "strategy", "canary", "waves", "max_devices_per_minute", "gate", "variants")
+    class VariantsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEVICES_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    model: _common_pb2.ModelRef
+    selector: Selector
+    strategy: str
+    canary: Wave
+    waves: _containers.RepeatedCompositeFieldContainer[Wave]
+    max_devices_per_minute: int
+    gate: HealthGate
+    variants: _containers.ScalarMap[str, str]
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., strategy: _Optional[str] = ..., canary: _Optional[_Union[Wave, _Mapping]] = ..., waves: _Optional[_Iterable[_Union[Wave, _Mapping]]] = ..., max_devices_per_minute: _Optional[int] = ..., gate: _Optional[_Union[HealthGate, _Mapping]] = ..., variants: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RolloutRef(_message.Message):
+    __slots__ = ("rollout_id",)
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    def __init__(self, rollout_id: _Optional[str] = ...) -> None: ...
+
+class RolloutDevice(_message.Message):
+    __slots__ = ("device_id", "target", "previous", "wave", "outcome", "why")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    WAVE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    target: _common_pb2.ModelRef
+    previous: _common_pb2.ModelRef
+    wave: int
+    outcome: str
+    why: str
+    def __init__(self, device_id: _Optional[str] = ..., target: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., previous: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., wave: _Optional[int] = ..., outcome: _Optional[str] = ..., why: _Optional[str] = ...) -> None: ...
+
+class Rollout(_message.Message):
+    __slots__ = ("rollout_id", "model", "selector", "waves", "max_devices_per_minute", "gate", "variants", "status", "wave", "reason", "created_unix_ms", "updated_unix_ms", "created_by", "assigned", "succeeded", "failed", "pending", "devices")
+    class VariantsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    WAVES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEVICES_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    WAVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    model: _common_pb2.ModelRef
+    selector: Selector
+    waves: _containers.RepeatedCompositeFieldContainer[Wave]
+    max_devices_per_minute: int
+    gate: HealthGate
+    variants: _containers.ScalarMap[str, str]
+    status: str
+    wave: int
+    reason: str
+    created_unix_ms: int
+    updated_unix_ms: int
+    created_by: str
+    assigned: int
+    succeeded: int
+    failed: int
+    pending: int
+    devices: _containers.RepeatedCompositeFieldContainer[RolloutDevice]
+    def __init__(self, rollout_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., selector: _Optional[_Union[Selector, _Mapping]] = ..., waves: _Optional[_Iterable[_Union[Wave, _Mapping]]] = ..., max_devices_per_minute: _Optional[int] = ..., gate: _Optional[_Union[HealthGate, _Mapping]] = ..., variants: _Optional[_Mapping[str, str]] = ..., status: _Optional[str] = ..., wave: _Optional[int] = ..., reason: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., created_by: _Optional[str] = ..., assigned: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., pending: _Optional[int] = ..., devices: _Optional[_Iterable[_Union[RolloutDevice, _Mapping]]] = ...) -> None: ...
+
+class RolloutList(_message.Message):
+    __slots__ = ("rollouts",)
+    ROLLOUTS_FIELD_NUMBER: _ClassVar[int]
+    rollouts: _containers.RepeatedCompositeFieldContainer[Rollout]
+    def __init__(self, rollouts: _Optional[_Iterable[_Union[Rollout, _Mapping]]] = ...) -> None: ...
+
+class PinDeviceRequest(_message.Message):
+    __slots__ = ("device_id", "model")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    model: _common_pb2.ModelRef
+    def __init__(self, device_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
+
+class SetDeviceLabelsRequest(_message.Message):
+    __slots__ = ("device_id", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, device_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class DeviceRef(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class CreateApiTokenRequest(_message.Message):
+    __slots__ = ("role", "name")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    name: str
+    def __init__(self, role: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ApiToken(_message.Message):
+    __slots__ = ("token", "role", "name")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    role: str
+    name: str
+    def __init__(self, token: _Optional[str] = ..., role: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class AuditQuery(_message.Message):
+    __slots__ = ("limit", "action")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    action: str
+    def __init__(self, limit: _Optional[int] = ..., action: _Optional[str] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("ts_unix_ms", "who", "role", "action", "target", "result", "detail")
+    TS_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ts_unix_ms: int
+    who: str
+    role: str
+    action: str
+    target: str
+    result: str
+    detail: str
+    def __init__(self, ts_unix_ms: _Optional[int] = ..., who: _Optional[str] = ..., role: _Optional[str] = ..., action: _Optional[str] = ..., target: _Optional[str] = ..., result: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class AuditList(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ...) -> None: ...
 
 class RollupQuery(_message.Message):
     __slots__ = ("device_id", "since_unix_ms", "until_unix_ms")

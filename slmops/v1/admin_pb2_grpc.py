@@ -71,6 +71,66 @@ class AdminStub:
                 request_serializer=slmops_dot_v1_dot_admin__pb2.TelemetryQuery.SerializeToString,
                 response_deserializer=slmops_dot_v1_dot_admin__pb2.TelemetrySummary.FromString,
                 _registered_method=True)
+        self.CreateRollout = channel.unary_unary(
+                '/slmops.v1.Admin/CreateRollout',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.CreateRolloutRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/slmops.v1.Admin/GetRollout',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.RolloutRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/slmops.v1.Admin/ListRollouts',
+                request_serializer=slmops_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.RolloutList.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/slmops.v1.Admin/PauseRollout',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.RolloutRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/slmops.v1.Admin/ResumeRollout',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.RolloutRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/slmops.v1.Admin/AbortRollout',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.RolloutRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+                _registered_method=True)
+        self.PinDevice = channel.unary_unary(
+                '/slmops.v1.Admin/PinDevice',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.PinDeviceRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Device.FromString,
+                _registered_method=True)
+        self.SetDeviceLabels = channel.unary_unary(
+                '/slmops.v1.Admin/SetDeviceLabels',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.SetDeviceLabelsRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Device.FromString,
+                _registered_method=True)
+        self.GetDevice = channel.unary_unary(
+                '/slmops.v1.Admin/GetDevice',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.DeviceRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Device.FromString,
+                _registered_method=True)
+        self.SelectDevices = channel.unary_unary(
+                '/slmops.v1.Admin/SelectDevices',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.Selector.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.DeviceList.FromString,
+                _registered_method=True)
+        self.CreateApiToken = channel.unary_unary(
+                '/slmops.v1.Admin/CreateApiToken',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.CreateApiTokenRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.ApiToken.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/slmops.v1.Admin/ListAudit',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.AuditQuery.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.AuditList.FromString,
+                _registered_method=True)
         self.QueryRollups = channel.unary_unary(
                 '/slmops.v1.Admin/QueryRollups',
                 request_serializer=slmops_dot_v1_dot_admin__pb2.RollupQuery.SerializeToString,
@@ -131,6 +191,80 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRollout(self, request, context):
+        """---- fleet (issue 6): rollouts with health gates, device labels and pins, API tokens, audit ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinDevice(self, request, context):
+        """Pins a device to a version (rollouts leave it alone); an empty model unpins it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDeviceLabels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SelectDevices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def QueryRollups(self, request, context):
         """Per-device-per-minute rollups, oldest first (telemetry views).
         """
@@ -182,6 +316,66 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.QueryTelemetry,
                     request_deserializer=slmops_dot_v1_dot_admin__pb2.TelemetryQuery.FromString,
                     response_serializer=slmops_dot_v1_dot_admin__pb2.TelemetrySummary.SerializeToString,
+            ),
+            'CreateRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRollout,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.CreateRolloutRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Rollout.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.RolloutRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Rollout.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=slmops_dot_v1_dot_common__pb2.Empty.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.RolloutList.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.RolloutRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Rollout.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.RolloutRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Rollout.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.RolloutRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Rollout.SerializeToString,
+            ),
+            'PinDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinDevice,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.PinDeviceRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Device.SerializeToString,
+            ),
+            'SetDeviceLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeviceLabels,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.SetDeviceLabelsRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Device.SerializeToString,
+            ),
+            'GetDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDevice,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.DeviceRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Device.SerializeToString,
+            ),
+            'SelectDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.SelectDevices,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.Selector.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.DeviceList.SerializeToString,
+            ),
+            'CreateApiToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiToken,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.CreateApiTokenRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.ApiToken.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.AuditQuery.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.AuditList.SerializeToString,
             ),
             'QueryRollups': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryRollups,
@@ -384,6 +578,330 @@ class Admin:
             '/slmops.v1.Admin/QueryTelemetry',
             slmops_dot_v1_dot_admin__pb2.TelemetryQuery.SerializeToString,
             slmops_dot_v1_dot_admin__pb2.TelemetrySummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/CreateRollout',
+            slmops_dot_v1_dot_admin__pb2.CreateRolloutRequest.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/GetRollout',
+            slmops_dot_v1_dot_admin__pb2.RolloutRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/ListRollouts',
+            slmops_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.RolloutList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/PauseRollout',
+            slmops_dot_v1_dot_admin__pb2.RolloutRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/ResumeRollout',
+            slmops_dot_v1_dot_admin__pb2.RolloutRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/AbortRollout',
+            slmops_dot_v1_dot_admin__pb2.RolloutRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Rollout.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/PinDevice',
+            slmops_dot_v1_dot_admin__pb2.PinDeviceRequest.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeviceLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/SetDeviceLabels',
+            slmops_dot_v1_dot_admin__pb2.SetDeviceLabelsRequest.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/GetDevice',
+            slmops_dot_v1_dot_admin__pb2.DeviceRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SelectDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/SelectDevices',
+            slmops_dot_v1_dot_admin__pb2.Selector.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.DeviceList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/CreateApiToken',
+            slmops_dot_v1_dot_admin__pb2.CreateApiTokenRequest.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.ApiToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/ListAudit',
+            slmops_dot_v1_dot_admin__pb2.AuditQuery.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.AuditList.FromString,
             options,
             channel_credentials,
             insecure,

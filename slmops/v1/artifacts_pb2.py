@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slmops/v1/artifacts.proto\x12\tslmops.v1\"3\n\x12GetManifestRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"E\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x0e\n\x06key_id\x18\x03 \x01(\t\"A\n\x0f\x44ownloadRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\")\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32\x9a\x01\n\tArtifacts\x12M\n\x11GetSignedManifest\x12\x1d.slmops.v1.GetManifestRequest\x1a\x19.slmops.v1.SignedManifest\x12>\n\x08\x44ownload\x12\x1a.slmops.v1.DownloadRequest\x1a\x14.slmops.v1.BlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19slmops/v1/artifacts.proto\x12\tslmops.v1\"4\n\x14TrustMetadataRequest\x12\x1c\n\x14trusted_root_version\x18\x01 \x01(\x03\"T\n\rTrustMetadata\x12\r\n\x05roots\x18\x01 \x03(\x0c\x12\x11\n\ttimestamp\x18\x02 \x01(\x0c\x12\x10\n\x08snapshot\x18\x03 \x01(\x0c\x12\x0f\n\x07targets\x18\x04 \x01(\x0c\"A\n\x0f\x44ownloadRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\")\n\tBlobChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32\x9a\x01\n\tArtifacts\x12M\n\x10GetTrustMetadata\x12\x1f.slmops.v1.TrustMetadataRequest\x1a\x18.slmops.v1.TrustMetadata\x12>\n\x08\x44ownload\x12\x1a.slmops.v1.DownloadRequest\x1a\x14.slmops.v1.BlobChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slmops.v1.artifacts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETMANIFESTREQUEST']._serialized_start=40
-  _globals['_GETMANIFESTREQUEST']._serialized_end=91
-  _globals['_SIGNEDMANIFEST']._serialized_start=93
-  _globals['_SIGNEDMANIFEST']._serialized_end=162
-  _globals['_DOWNLOADREQUEST']._serialized_start=164
-  _globals['_DOWNLOADREQUEST']._serialized_end=229
-  _globals['_BLOBCHUNK']._serialized_start=231
-  _globals['_BLOBCHUNK']._serialized_end=272
-  _globals['_ARTIFACTS']._serialized_start=275
-  _globals['_ARTIFACTS']._serialized_end=429
+  _globals['_TRUSTMETADATAREQUEST']._serialized_start=40
+  _globals['_TRUSTMETADATAREQUEST']._serialized_end=92
+  _globals['_TRUSTMETADATA']._serialized_start=94
+  _globals['_TRUSTMETADATA']._serialized_end=178
+  _globals['_DOWNLOADREQUEST']._serialized_start=180
+  _globals['_DOWNLOADREQUEST']._serialized_end=245
+  _globals['_BLOBCHUNK']._serialized_start=247
+  _globals['_BLOBCHUNK']._serialized_end=288
+  _globals['_ARTIFACTS']._serialized_start=291
+  _globals['_ARTIFACTS']._serialized_end=445
 # @@protoc_insertion_point(module_scope)

@@ -1,26 +1,28 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
 from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class GetManifestRequest(_message.Message):
-    __slots__ = ("name", "version")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    VERSION_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    version: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+class TrustMetadataRequest(_message.Message):
+    __slots__ = ("trusted_root_version",)
+    TRUSTED_ROOT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    trusted_root_version: int
+    def __init__(self, trusted_root_version: _Optional[int] = ...) -> None: ...
 
-class SignedManifest(_message.Message):
-    __slots__ = ("manifest", "signature", "key_id")
-    MANIFEST_FIELD_NUMBER: _ClassVar[int]
-    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    manifest: bytes
-    signature: bytes
-    key_id: str
-    def __init__(self, manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
+class TrustMetadata(_message.Message):
+    __slots__ = ("roots", "timestamp", "snapshot", "targets")
+    ROOTS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    roots: _containers.RepeatedScalarFieldContainer[bytes]
+    timestamp: bytes
+    snapshot: bytes
+    targets: bytes
+    def __init__(self, roots: _Optional[_Iterable[bytes]] = ..., timestamp: _Optional[bytes] = ..., snapshot: _Optional[bytes] = ..., targets: _Optional[bytes] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("sha256", "offset", "length")

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ArtifactsStub:
-    """Devices fetch signed metadata and content-addressed blobs here.
+    """Devices fetch TUF-style signed metadata and content-addressed blobs here.
     """
 
     def __init__(self, channel):
@@ -35,10 +35,10 @@ class ArtifactsStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.GetSignedManifest = channel.unary_unary(
-                '/slmops.v1.Artifacts/GetSignedManifest',
-                request_serializer=slmops_dot_v1_dot_artifacts__pb2.GetManifestRequest.SerializeToString,
-                response_deserializer=slmops_dot_v1_dot_artifacts__pb2.SignedManifest.FromString,
+        self.GetTrustMetadata = channel.unary_unary(
+                '/slmops.v1.Artifacts/GetTrustMetadata',
+                request_serializer=slmops_dot_v1_dot_artifacts__pb2.TrustMetadataRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_artifacts__pb2.TrustMetadata.FromString,
                 _registered_method=True)
         self.Download = channel.unary_stream(
                 '/slmops.v1.Artifacts/Download',
@@ -48,11 +48,12 @@ class ArtifactsStub:
 
 
 class ArtifactsServicer:
-    """Devices fetch signed metadata and content-addressed blobs here.
+    """Devices fetch TUF-style signed metadata and content-addressed blobs here.
     """
 
-    def GetSignedManifest(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+    def GetTrustMetadata(self, request, context):
+        """Every root newer than the device's, plus the current timestamp, snapshot and targets metadata.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -67,10 +68,10 @@ class ArtifactsServicer:
 
 def add_ArtifactsServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'GetSignedManifest': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetSignedManifest,
-                    request_deserializer=slmops_dot_v1_dot_artifacts__pb2.GetManifestRequest.FromString,
-                    response_serializer=slmops_dot_v1_dot_artifacts__pb2.SignedManifest.SerializeToString,
+            'GetTrustMetadata': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrustMetadata,
+                    request_deserializer=slmops_dot_v1_dot_artifacts__pb2.TrustMetadataRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_artifacts__pb2.TrustMetadata.SerializeToString,
             ),
             'Download': grpc.unary_stream_rpc_method_handler(
                     servicer.Download,
@@ -86,11 +87,11 @@ def add_ArtifactsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Artifacts:
-    """Devices fetch signed metadata and content-addressed blobs here.
+    """Devices fetch TUF-style signed metadata and content-addressed blobs here.
     """
 
     @staticmethod
-    def GetSignedManifest(request,
+    def GetTrustMetadata(request,
             target,
             options=(),
             channel_credentials=None,
@@ -103,9 +104,9 @@ class Artifacts:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/slmops.v1.Artifacts/GetSignedManifest',
-            slmops_dot_v1_dot_artifacts__pb2.GetManifestRequest.SerializeToString,
-            slmops_dot_v1_dot_artifacts__pb2.SignedManifest.FromString,
+            '/slmops.v1.Artifacts/GetTrustMetadata',
+            slmops_dot_v1_dot_artifacts__pb2.TrustMetadataRequest.SerializeToString,
+            slmops_dot_v1_dot_artifacts__pb2.TrustMetadata.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from slmops.v1 import common_pb2 as slmops_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15slmops/v1/fleet.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"x\n\rEnrollRequest\x12\x14\n\x0c\x65nroll_token\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12%\n\x08hardware\x18\x03 \x01(\x0b\x32\x13.slmops.v1.Hardware\x12\x15\n\ragent_version\x18\x04 \x01(\t\"m\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12\x1a\n\x12signing_public_key\x18\x03 \x01(\x0c\x12\x16\n\x0esigning_key_id\x18\x04 \x01(\t\"!\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"D\n\x0c\x44\x65siredState\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.slmops.v1.ModelRef\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x8e\x01\n\x0cStatusReport\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12$\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x13.slmops.v1.ModelRef\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12%\n\x08hardware\x18\x05 \x01(\x0b\x32\x13.slmops.v1.Hardware2\xca\x01\n\x05\x46leet\x12=\n\x06\x45nroll\x12\x18.slmops.v1.EnrollRequest\x1a\x19.slmops.v1.EnrollResponse\x12G\n\x11WatchDesiredState\x12\x17.slmops.v1.WatchRequest\x1a\x17.slmops.v1.DesiredState0\x01\x12\x39\n\x0cReportStatus\x12\x17.slmops.v1.StatusReport\x1a\x10.slmops.v1.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15slmops/v1/fleet.proto\x12\tslmops.v1\x1a\x16slmops/v1/common.proto\"\x93\x01\n\rEnrollRequest\x12\x14\n\x0c\x65nroll_token\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12%\n\x08hardware\x18\x03 \x01(\x0b\x32\x13.slmops.v1.Hardware\x12\x15\n\ragent_version\x18\x04 \x01(\t\x12\x19\n\x11\x64\x65vice_public_key\x18\x05 \x01(\x0c\"O\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12\x14\n\x0ctrusted_root\x18\x03 \x01(\x0c\"!\n\x0cWatchRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"D\n\x0c\x44\x65siredState\x12\"\n\x05model\x18\x01 \x01(\x0b\x32\x13.slmops.v1.ModelRef\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x8e\x01\n\x0cStatusReport\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12$\n\x07\x63urrent\x18\x02 \x01(\x0b\x32\x13.slmops.v1.ModelRef\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12%\n\x08hardware\x18\x05 \x01(\x0b\x32\x13.slmops.v1.Hardware2\xca\x01\n\x05\x46leet\x12=\n\x06\x45nroll\x12\x18.slmops.v1.EnrollRequest\x1a\x19.slmops.v1.EnrollResponse\x12G\n\x11WatchDesiredState\x12\x17.slmops.v1.WatchRequest\x1a\x17.slmops.v1.DesiredState0\x01\x12\x39\n\x0cReportStatus\x12\x17.slmops.v1.StatusReport\x1a\x10.slmops.v1.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'slmops.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENROLLREQUEST']._serialized_start=60
-  _globals['_ENROLLREQUEST']._serialized_end=180
-  _globals['_ENROLLRESPONSE']._serialized_start=182
-  _globals['_ENROLLRESPONSE']._serialized_end=291
-  _globals['_WATCHREQUEST']._serialized_start=293
-  _globals['_WATCHREQUEST']._serialized_end=326
-  _globals['_DESIREDSTATE']._serialized_start=328
-  _globals['_DESIREDSTATE']._serialized_end=396
-  _globals['_STATUSREPORT']._serialized_start=399
-  _globals['_STATUSREPORT']._serialized_end=541
-  _globals['_FLEET']._serialized_start=544
-  _globals['_FLEET']._serialized_end=746
+  _globals['_ENROLLREQUEST']._serialized_start=61
+  _globals['_ENROLLREQUEST']._serialized_end=208
+  _globals['_ENROLLRESPONSE']._serialized_start=210
+  _globals['_ENROLLRESPONSE']._serialized_end=289
+  _globals['_WATCHREQUEST']._serialized_start=291
+  _globals['_WATCHREQUEST']._serialized_end=324
+  _globals['_DESIREDSTATE']._serialized_start=326
+  _globals['_DESIREDSTATE']._serialized_end=394
+  _globals['_STATUSREPORT']._serialized_start=397
+  _globals['_STATUSREPORT']._serialized_end=539
+  _globals['_FLEET']._serialized_start=542
+  _globals['_FLEET']._serialized_end=744
 # @@protoc_insertion_point(module_scope)

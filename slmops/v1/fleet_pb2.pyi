@@ -7,28 +7,28 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("enroll_token", "device_name", "hardware", "agent_version")
+    __slots__ = ("enroll_token", "device_name", "hardware", "agent_version", "device_public_key")
     ENROLL_TOKEN_FIELD_NUMBER: _ClassVar[int]
     DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
     HARDWARE_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     enroll_token: str
     device_name: str
     hardware: _common_pb2.Hardware
     agent_version: str
-    def __init__(self, enroll_token: _Optional[str] = ..., device_name: _Optional[str] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    device_public_key: bytes
+    def __init__(self, enroll_token: _Optional[str] = ..., device_name: _Optional[str] = ..., hardware: _Optional[_Union[_common_pb2.Hardware, _Mapping]] = ..., agent_version: _Optional[str] = ..., device_public_key: _Optional[bytes] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
-    __slots__ = ("device_id", "device_token", "signing_public_key", "signing_key_id")
+    __slots__ = ("device_id", "device_token", "trusted_root")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
-    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
-    SIGNING_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRUSTED_ROOT_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     device_token: str
-    signing_public_key: bytes
-    signing_key_id: str
-    def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., signing_public_key: _Optional[bytes] = ..., signing_key_id: _Optional[str] = ...) -> None: ...
+    trusted_root: bytes
+    def __init__(self, device_id: _Optional[str] = ..., device_token: _Optional[str] = ..., trusted_root: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("device_id",)
