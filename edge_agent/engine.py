@@ -55,17 +55,30 @@ class OgaEngine:
         except Exception as e:  # og raises RuntimeError/OSError with C++ messages; map once here
             raise ModelLoadError(f"cannot load {manifest.ref} from {self.model_dir}: {e}") from e
         self.provider = providers[0]
+        # LoRA adapters are loaded once per engine and chosen per request (generator.set_active_adapter).
+        self.adapters = og.Adapters(self.model)
+        self.adapter_versions: dict[str, str] = {}
+        for a in manifest.adapters:
+            self.load_adapter(self.model_dir / a["path"], a["name"], a["version"])
         genai = json.loads((self.model_dir / "genai_config.json").read_text())
         self.context_length = int(genai["model"].get("context_length") or genai["search"]["max_length"])
         self.chat = ChatFormat.from_dict(manifest.chat_format)
         eos = genai["model"].get("eos_token_id")
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
 
+    def load_adapter(self, path: pathlib.Path, name: str, version: str) -> None:
+        """Makes `name` selectable per request; an adapter that does not fit the model is a ModelLoadError."""
+        try:
+            self.adapters.load(str(path), name)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load adapter {name!r} from {path} into {self.manifest.ref}: {e}") from e
+        self.adapter_versions[name] = version
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
-    def generate(self, prompt: str, params: SamplingParams, cancelled: Callable[[], bool] = lambda: False
-                 ) -> Generation:
+    def generate(self, prompt: str, params: SamplingParams, cancelled: Callable[[], bool] = lambda: False,
+                 adapter: str | None = None) -> Generation:
         og = self.og
         tokens = self.tokenizer.encode(prompt)
         max_length = min(self.context_length, len(tokens) + params.max_new_tokens)
@@ -82,6 +95,8 @@ class OgaEngine:
 
         def run() -> Iterator[str]:
             generator = og.Generator(self.model, gp)
+            if adapter:
+                generator.set_active_adapter(self.adapters, adapter)
             stream = self.tokenizer.create_stream()
             generator.append_tokens(tokens)
             text = ""
@@ -119,4 +134,5 @@ class OgaEngine:
         return int(tok) in self.eos_ids
 
     def close(self) -> None:
+        del self.adapters
         del self.model

@@ -99,8 +99,12 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
         data = []
         if slot:
             m = slot.manifest
-            data.append({"id": m.name, "object": "model", "created": int(m.created_unix_ms / 1000),
+            created = int(m.created_unix_ms / 1000)
+            data.append({"id": m.name, "object": "model", "created": created,
                          "owned_by": "slmops", "version": m.version, "precision": m.precision})
+            for name, version in sorted(getattr(slot.engine, "adapter_versions", {}).items()):
+                data.append({"id": f"{m.name}:{name}", "object": "model", "created": created, "owned_by": "slmops",
+                             "version": version, "parent": m.name, "base_version": m.version})
         return JSONResponse({"object": "list", "data": data})
 
     async def healthz(request: Request):

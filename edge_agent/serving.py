@@ -21,6 +21,23 @@ class Outcome:
     finish_reason: str = ""
 
 
+def resolve_model(requested: str, name: str, ref: str, adapters: dict) -> str | None:
+    """The adapter a request names (`BASE` or `BASE:ADAPTER`; BASE is the name or name@version), or a 404."""
+    if not requested:
+        return None
+    base, _, adapter = requested.partition(":")
+    if base not in (name, ref):
+        raise BadRequest(f"model {requested!r} is not served here; this agent serves {name!r}"
+                         + (f" with adapters {', '.join(sorted(adapters))}" if adapters else ""),
+                         "model", status=404, code="model_not_found")
+    if not adapter and requested.endswith(":"):
+        raise BadRequest(f"model {requested!r} names an empty adapter", "model", status=404, code="model_not_found")
+    if adapter and adapter not in adapters:
+        raise BadRequest(f"adapter {adapter!r} is not loaded for {name!r}; available: "
+                         f"{', '.join(sorted(adapters)) or 'none'}", "model", status=404, code="model_not_found")
+    return adapter or None
+
+
 class Serving:
     def __init__(self, runtime: Runtime, state: AgentState, max_prompt_tokens: int, max_new_tokens: int,
                  request_timeout_s: float):
@@ -43,11 +60,9 @@ class Serving:
         try:
             with self.runtime.admit(wait_s=self.timeout) as slot:
                 m = slot.manifest
-                if req.model and req.model not in (m.name, m.ref):
-                    raise BadRequest(f"model {req.model!r} is not served here; this agent serves {m.name!r}",
-                                     "model", status=404, code="model_not_found")
-                outcome.model = m.ref
                 engine = slot.engine
+                adapter = resolve_model(req.model, m.name, m.ref, getattr(engine, "adapter_versions", {}))
+                outcome.model = f"{m.ref}:{adapter}" if adapter else m.ref
                 prompt = engine.chat.render(list(req.messages)) if req.messages is not None else req.prompt
                 n_prompt = engine.count_tokens(prompt)
                 outcome.prompt_tokens = n_prompt
@@ -67,7 +82,8 @@ class Serving:
                     stop=req.stop + tuple(m.chat_format.get("stop", ())))
                 deadline = t0 + self.timeout
                 gen = engine.generate(prompt, params,
-                                      cancelled=lambda: cancelled() or time.monotonic() > deadline)
+                                      cancelled=lambda: cancelled() or time.monotonic() > deadline,
+                                      **({"adapter": adapter} if adapter else {}))
                 for piece in gen:
                     if first is None:
                         first = time.monotonic()

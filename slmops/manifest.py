@@ -43,6 +43,10 @@ class Manifest:
     min_agent_version: str = "0.1.0"
     created_unix_ms: int = 0
     schema: int = SCHEMA
+    # Runtime LoRA adapters shipped in this bundle: ({"name", "path", "version"}, ...), served as BASE:NAME.
+    adapters: tuple = ()
+    # For an adapter-only bundle: the base it needs installed ({"name", "version"}); empty for a full model.
+    base: dict = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -56,6 +60,12 @@ class Manifest:
         d = asdict(self)
         d["files"] = [asdict(f) for f in self.files]
         d["golden_prompts"] = list(self.golden_prompts)
+        # Left out when empty, so a manifest without adapters keeps its bytes and older agents still parse it.
+        for optional in ("adapters", "base"):
+            if not d[optional]:
+                del d[optional]
+            elif optional == "adapters":
+                d["adapters"] = [dict(a) for a in self.adapters]
         return canonical.dumps(d)
 
     @classmethod
@@ -76,7 +86,8 @@ class Manifest:
             raise ArtifactInvalid(f"manifest has unknown fields: {', '.join(sorted(unknown))}")
         try:
             files = tuple(FileEntry(str(f["path"]), str(f["sha256"]), int(f["size"])) for f in d.pop("files"))
-            m = cls(files=files, golden_prompts=tuple(d.pop("golden_prompts", ())), **d)
+            adapters = tuple(dict(a) for a in d.pop("adapters", ()))
+            m = cls(files=files, golden_prompts=tuple(d.pop("golden_prompts", ())), adapters=adapters, **d)
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactInvalid(f"manifest is missing or has a malformed field: {e}") from e
         m.validate()
@@ -103,9 +114,31 @@ class Manifest:
                 raise ArtifactInvalid(f"file {f.path!r} has a malformed sha256")
             if f.size < 0:
                 raise ArtifactInvalid(f"file {f.path!r} has a negative size")
+        self._validate_adapters(seen)
+        if self.base:
+            return  # an adapter-only bundle: the model files come from the base it names
         for needed in ("genai_config.json", "tokenizer.json"):
             if needed not in seen:
                 raise ArtifactInvalid(f"bundle has no {needed}")
+
+    def _validate_adapters(self, paths: set) -> None:
+        names = set()
+        for a in self.adapters:
+            if not isinstance(a, dict) or set(a) != {"name", "path", "version"}:
+                raise ArtifactInvalid(f"adapter entry {a!r} must have exactly name, path and version")
+            if not isinstance(a["name"], str) or not _NAME.match(a["name"]) or a["name"] in names:
+                raise ArtifactInvalid(f"adapter name {a['name']!r} must match {_NAME.pattern} and be unique")
+            names.add(a["name"])
+            if a["path"] not in paths:
+                raise ArtifactInvalid(f"adapter {a['name']!r} file {a['path']!r} is not among the bundle's files")
+            if not isinstance(a["version"], str) or not _NAME.match(a["version"]):
+                raise ArtifactInvalid(f"adapter {a['name']!r} version {a['version']!r} must match {_NAME.pattern}")
+        if self.base:
+            if set(self.base) != {"name", "version"} or not all(
+                    isinstance(v, str) and _NAME.match(v) for v in self.base.values()):
+                raise ArtifactInvalid(f"base {self.base!r} must be {{name, version}} of an installed model")
+            if not self.adapters:
+                raise ArtifactInvalid("a bundle that names a base must carry at least one adapter")
 
 
 def sha256_file(path: pathlib.Path, bufsize: int = 1 << 20) -> str:

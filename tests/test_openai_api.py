@@ -23,11 +23,12 @@ from slmops.manifest import manifest_for_dir
 
 
 class Server:
-    def __init__(self, tmp, engine_dir=None, api_keys=(), max_concurrent=2, max_queue=4, max_prompt_tokens=256):
+    def __init__(self, tmp, engine_dir=None, api_keys=(), max_concurrent=2, max_queue=4, max_prompt_tokens=256,
+                 precision="int4", adapters=()):
         self.state = AgentState(tmp / "agent.db")
         self.runtime = Runtime(max_concurrent, max_queue)
         if engine_dir is not None:
-            m = manifest_for_dir(engine_dir, "tiny", "v1", "int4")
+            m = manifest_for_dir(engine_dir, "tiny", "v1", precision, adapters=tuple(adapters))
             self.runtime.swap(OgaEngine(engine_dir, m), m)
         self.serving = Serving(self.runtime, self.state, max_prompt_tokens, 64, request_timeout_s=30)
         self.port = free_port()

@@ -1,0 +1,236 @@
+"""Runtime LoRA adapters: a base exported once with slots, peft adapters converted without rebuilding it,
+equal to PeftModel in fp32, refused for another base, and served per request as BASE:ADAPTER."""
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import openai
+import pytest
+
+from test_openai_api import Server  # the real-HTTP harness (uvicorn + the official client)
+from training.adapters import AdapterError, convert_adapter, export_base_with_slots, read_slots, stamp_base
+from training.export import ExportOptions, export_onnx
+
+quiet = dict(log=lambda m: None)
+PROMPT = "<|im_start|>user\nKestrel K2 error code E17?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def make_adapter(base_dir: pathlib.Path, out: pathlib.Path, r: int, targets: list[str], seed: int) -> pathlib.Path:
+    """A peft LoRA adapter with non-zero B (as after training), saved and stamped with its base."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    model.save_pretrained(out)
+    stamp_base(out, base_dir)
+    return out
+
+
+@pytest.fixture(scope="module")
+def lora(tiny_hf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora")
+    a = make_adapter(tiny_hf, root / "peft-a", 4, ["q_proj", "v_proj", "down_proj"], seed=1)
+    b = make_adapter(tiny_hf, root / "peft-b", 8, ["q_proj", "v_proj"], seed=2)  # another rank, fewer modules
+    base = export_base_with_slots(tiny_hf, a, root / "base-fp32", ExportOptions("fp32"), **quiet)
+    files = {n: convert_adapter(p, base, root / f"{n}.onnx_adapter") for n, p in (("a", a), ("b", b))}
+    return {"root": root, "peft": {"a": a, "b": b}, "base": base, "files": files}
+
+
+def og_logits(model_dir, adapter_file=None):
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    ids = og.Tokenizer(model).encode(PROMPT)
+    gp = og.GeneratorParams(model)
+    gp.set_search_options(max_length=len(ids) + 1)
+    g = og.Generator(model, gp)
+    if adapter_file:
+        adapters = og.Adapters(model)
+        adapters.load(str(adapter_file), "x")
+        g.set_active_adapter(adapters, "x")
+    g.append_tokens(ids)
+    return ids.tolist(), np.asarray(g.get_output("logits"))[0]
+
+
+def torch_logits(tiny_hf, ids, peft_dir=None):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf)
+    if peft_dir:
+        model = PeftModel.from_pretrained(model, peft_dir)
+    with torch.no_grad():
+        return model.eval()(torch.tensor([ids])).logits[0].numpy()
+
+
+@pytest.mark.parametrize("name", [None, "a", "b"])
+def test_adapter_logits_equal_peftmodel_in_fp32(tiny_hf, lora, name):
+    ids, got = og_logits(lora["base"], lora["files"][name] if name else None)
+    want = torch_logits(tiny_hf, ids, lora["peft"][name] if name else None)
+    assert np.abs(got - want).max() < 1e-4
+    if name:  # the adapter really changes the model
+        assert np.abs(want - torch_logits(tiny_hf, ids)).max() > 1e-2
+
+
+def test_slots_are_inputs_with_a_free_rank_and_the_adapter_is_small(lora):
+    slots = read_slots(lora["base"])["slots"]
+    assert len(slots) == 2 * 3 * 2  # layers x modules x (A, B)
+    assert all(None in s["shape"] for s in slots.values())
+    assert lora["files"]["a"].stat().st_size < 50_000
+
+
+def test_int4_base_keeps_lora_in_float_and_serves_adapters(tiny_hf, lora, tmp_path):
+    import onnx
+
+    base = export_base_with_slots(tiny_hf, lora["peft"]["a"], tmp_path / "int4", ExportOptions("int4"), **quiet)
+    graph = onnx.load(str(base / "model.onnx"), load_external_data=False).graph
+    lora_ops = {n.op_type for n in graph.node if "/lora_" in n.name}
+    assert lora_ops == {"MatMul"}
+    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    f = convert_adapter(lora["peft"]["a"], base, tmp_path / "a.onnx_adapter")
+    _, plain = og_logits(base)
+    _, adapted = og_logits(base, f)
+    assert np.isfinite(adapted).all() and np.abs(adapted - plain).max() > 1e-2
+
+
+def test_adapter_for_another_base_is_refused_with_the_mismatch_named(tiny_hf, lora, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    # same shapes, different weights: caught by the base fingerprint
+    other = tmp_path / "other-hf"
+    torch.manual_seed(5)
+    AutoModelForCausalLM.from_config(LlamaConfig.from_pretrained(tiny_hf)).save_pretrained(other)
+    for n in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_hf / n, other / n)
+    foreign = make_adapter(other, tmp_path / "foreign", 4, ["q_proj", "v_proj"], seed=3)
+    with pytest.raises(AdapterError, match="was trained for base"):
+        convert_adapter(foreign, lora["base"], tmp_path / "f.onnx_adapter")
+    # different shapes (a wider model), no fingerprint to go by: caught by the slot shapes
+    wide = tmp_path / "wide-hf"
+    cfg = LlamaConfig.from_pretrained(tiny_hf)
+    cfg.hidden_size, cfg.intermediate_size = 96, 192
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(wide)
+    wide_adapter = make_adapter(wide, tmp_path / "wide", 4, ["q_proj"], seed=4)
+    (wide_adapter / "slmops_base.json").unlink()
+    cfg_file = wide_adapter / "adapter_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "base_model_name_or_path": "elsewhere"}))
+    with pytest.raises(AdapterError, match=r"q_proj.lora_A.weight has shape \[4, 96\].*needs \[64, 'r'\]"):
+        convert_adapter(wide_adapter, lora["base"], tmp_path / "w.onnx_adapter")
+    # a module the base has no slot for
+    up = make_adapter(tiny_hf, tmp_path / "up", 4, ["up_proj"], seed=6)
+    with pytest.raises(AdapterError, match="no LoRA slot for layer 0 up_proj"):
+        convert_adapter(up, lora["base"], tmp_path / "u.onnx_adapter")
+    assert not list(tmp_path.glob("*.onnx_adapter"))
+
+
+# ---- served per request --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(tiny_hf, lora, tmp_path_factory):
+    """One agent serving the slotted base with adapters a and b; one serving adapter a merged into the base."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("served")
+    bundle = root / "bundle"
+    shutil.copytree(lora["base"], bundle)
+    (bundle / "adapters").mkdir()
+    entries = []
+    for name, version in (("a", "a1"), ("b", "b7")):
+        shutil.copy(lora["files"][name], bundle / "adapters" / f"{name}.onnx_adapter")
+        entries.append({"name": name, "path": f"adapters/{name}.onnx_adapter", "version": version})
+    merged_hf = root / "merged-hf"
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_hf), lora["peft"]["a"]) \
+        .merge_and_unload().save_pretrained(merged_hf)
+    for n in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_hf / n, merged_hf / n)
+    merged = export_onnx(merged_hf, root / "merged-fp32", ExportOptions("fp32"), **quiet)
+    plain = export_onnx(tiny_hf, root / "plain-fp32", ExportOptions("fp32"), **quiet)
+    servers = {"adapters": Server(root / "s1", bundle, precision="fp32", adapters=entries),
+               "merged": Server(root / "s2", merged, precision="fp32"),
+               "plain": Server(root / "s3", plain, precision="fp32")}
+    yield servers
+    for s in servers.values():
+        s.stop()
+
+
+def chat(server, model, max_tokens=24):
+    r = server.client().chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Kestrel K2 error code E17?"}], max_tokens=max_tokens)
+    return r.model, r.choices[0].message.content
+
+
+def test_adapter_request_equals_the_merged_model(served):
+    model, text = chat(served["adapters"], "tiny:a")
+    assert model == "tiny@v1:a"
+    assert text == chat(served["merged"], "tiny")[1]
+    assert chat(served["adapters"], "tiny")[1] == chat(served["plain"], "tiny")[1]  # no adapter == the base
+    assert text != chat(served["plain"], "tiny")[1]
+
+
+def test_adapters_are_chosen_per_request_and_streaming_agrees(served):
+    c = served["adapters"].client()
+    texts = {m: chat(served["adapters"], m)[1] for m in ("tiny:b", "tiny", "tiny:a", "tiny@v1:b")}
+    # interleaved requests do not leak an adapter into the next one
+    assert texts["tiny"] == chat(served["plain"], "tiny")[1]
+    assert texts["tiny:a"] == chat(served["merged"], "tiny")[1]
+    assert texts["tiny:b"] == texts["tiny@v1:b"] != texts["tiny"]
+    pieces = [ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+        model="tiny:a", messages=[{"role": "user", "content": "Kestrel K2 error code E17?"}], max_tokens=24,
+        stream=True) if ch.choices]
+    assert "".join(pieces) == texts["tiny:a"]
+
+
+def test_models_lists_the_base_and_its_adapters_with_versions(served):
+    data = served["adapters"].client().models.list().data
+    assert [(m.id, m.version) for m in data] == [("tiny", "v1"), ("tiny:a", "a1"), ("tiny:b", "b7")]
+    assert data[1].model_extra["parent"] == "tiny"
+
+
+@pytest.mark.parametrize("model", ["tiny:nope", "tiny:", "other:a"])
+def test_unknown_adapter_or_base_is_404(served, model):
+    with pytest.raises(openai.NotFoundError) as e:
+        chat(served["adapters"], model)
+    assert model in str(e.value) or "adapter" in str(e.value)
+
+
+# ---- the bundle manifest ---------------------------------------------------------------------------------
+def test_bundle_with_adapters_round_trips_and_plain_manifests_keep_their_bytes(lora, tmp_path):
+    from slmops.errors import ArtifactInvalid
+    from slmops.manifest import Manifest, manifest_for_dir
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(lora["base"], bundle)
+    shutil.copy(lora["files"]["a"], bundle / "a.onnx_adapter")
+    entry = {"name": "a", "path": "a.onnx_adapter", "version": "a1"}
+    m = manifest_for_dir(bundle, "tiny", "v2", "fp32", adapters=(entry,), metrics={"perplexity": 2.9})
+    back = Manifest.from_json(m.to_json())
+    assert back == m and back.to_json() == m.to_json() and back.adapters == (entry,)
+    plain = manifest_for_dir(lora["base"], "tiny", "v1", "fp32")
+    assert b"adapters" not in plain.to_json() and b'"base"' not in plain.to_json()
+    # an adapter-only bundle: just the adapter file, and the base it needs
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(lora["files"]["b"], only / "b.onnx_adapter")
+    m2 = manifest_for_dir(only, "tiny-b", "v1", "fp32", base={"name": "tiny", "version": "v1"},
+                          adapters=({"name": "b", "path": "b.onnx_adapter", "version": "b1"},))
+    assert Manifest.from_json(m2.to_json()).base == {"name": "tiny", "version": "v1"}
+    for bad, match in ((dict(adapters=({"name": "a", "path": "missing.onnx_adapter", "version": "1"},)),
+                        "not among the bundle's files"),
+                       (dict(adapters=({"name": "a", "path": "a.onnx_adapter"},)), "exactly name, path and version"),
+                       (dict(adapters=(entry, entry)), "unique")):
+        with pytest.raises(ArtifactInvalid, match=match):
+            manifest_for_dir(bundle, "tiny", "v3", "fp32", **bad)
+    with pytest.raises(ArtifactInvalid, match="no genai_config.json"):
+        manifest_for_dir(only, "tiny-b", "v1", "fp32")
