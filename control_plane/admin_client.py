@@ -83,5 +83,13 @@ class AdminClient:
         return self._call(self.stub.QueryTelemetry, admin_pb2.TelemetryQuery(
             device_id=device_id, since_unix_ms=since_unix_ms)).devices
 
+    def rollups(self, device_id: str = "", since_unix_ms: int = 0, until_unix_ms: int = 0):
+        return self._call(self.stub.QueryRollups, admin_pb2.RollupQuery(
+            device_id=device_id, since_unix_ms=since_unix_ms, until_unix_ms=until_unix_ms)).minutes
+
+    def events(self, device_id: str = "", since_unix_ms: int = 0, limit: int = 0):
+        return self._call(self.stub.ListEvents, admin_pb2.EventQuery(
+            device_id=device_id, since_unix_ms=since_unix_ms, limit=limit)).events
+
     def close(self) -> None:
         self.channel.close()

@@ -157,6 +157,10 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
               golden_interval: float = typer.Option(0.0, help="seconds between golden-prompt checks (0 = off)"),
               capture_rate: float = typer.Option(0.0, help="share of requests captured, redacted (0 = off)"),
               capture_redactor: str = typer.Option("", help="redaction hook module:function (str -> str)"),
+              sample_interval: float = typer.Option(60.0, help="seconds between resource samples (0 = off)"),
+              golden_interval: float = typer.Option(0.0, help="seconds between golden-prompt checks (0 = off)"),
+              capture_rate: float = typer.Option(0.0, help="share of requests captured, redacted (0 = off)"),
+              capture_redactor: str = typer.Option("", help="redaction hook module:function (str -> str)"),
               trusted_root: Optional[pathlib.Path] = typer.Option(
                   None, help="root.json shipped with the device (else the control plane's root is pinned at "
                              "enrollment)"),
@@ -172,6 +176,8 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
                                    enroll_token=enroll_token, device_name=device_name,
                                    max_concurrent=max_concurrent, max_queue=max_queue,
                                    telemetry_interval_s=telemetry_interval,
+                                   sample_interval_s=sample_interval, golden_interval_s=golden_interval,
+                                   capture_rate=capture_rate, capture_redactor=capture_redactor,
                                    sample_interval_s=sample_interval, golden_interval_s=golden_interval,
                                    capture_rate=capture_rate, capture_redactor=capture_redactor,
                                    trusted_root=trusted_root,
@@ -266,12 +272,52 @@ def devices_list(control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN
 
 @telemetry_app.command("summary")
 def telemetry_summary(device: str = typer.Option("", help="one device id"),
-                      since: float = typer.Option(0, help="only the last N seconds (0 = everything)"),
+                      since: str = typer.Option("", help="90s, 15m, 2h, 7d, seconds or an ISO time ('' = all)"),
                       control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
                       cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Per device: requests, errors, p50/p95 latency, tokens, tokens/s, other events."""
     c = _admin(control_plane, admin_token, cp_data_dir)
-    since_ms = int((time.time() - since) * 1000) if since else 0
-    print_telemetry(_admin_call(lambda: c.telemetry(device, since_ms)))
+    print_telemetry(_admin_call(lambda: c.telemetry(device, _since_ms(since))))
+
+
+def _since_ms(since: str) -> int:
+    from slmops.since import parse_since
+
+    try:
+        return parse_since(since, int(time.time() * 1000))
+    except ValueError as e:
+        fail(str(e))
+
+
+@devices_app.command("show")
+def devices_show(device: str = typer.Argument(..., help="device id or name"),
+                 since: str = typer.Option("1h", help="window for the figures: 15m, 2h, 7d, an ISO time"),
+                 control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                 cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """One device: state, versions, recent figures, the last minutes and its recent events."""
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    matches = [d for d in _admin_call(c.devices) if device in (d.device_id, d.name)]
+    if len(matches) != 1:
+        fail(f"{'no' if not matches else len(matches)} devices match {device!r}")
+    d, since_ms, out = matches[0], _since_ms(since), Console()
+    ref = lambda m: f"{m.name}@{m.version}" if m.name else "-"  # noqa: E731
+    out.print(f"[bold]{d.name}[/] {d.device_id}  state {d.state}  serving {ref(d.current)}  desired "
+              f"{ref(d.desired)}  last seen {(time.time() * 1000 - d.last_seen_unix_ms) / 1000:.0f} s ago  "
+              f"agent {d.agent_version}" + (f"\n{d.message}" if d.message else ""))
+    print_telemetry(_admin_call(lambda: c.telemetry(d.device_id, since_ms)))
+    t = Table("minute", "requests", "errors", "p50 ms", "p95 ms", "tok/s", "CPU %", "RSS MB", "golden fails",
+              title="last minutes")
+    for m in list(_admin_call(lambda: c.rollups(d.device_id, since_ms)))[-10:]:
+        t.add_row(time.strftime("%H:%M", time.localtime(m.minute_unix_ms / 1000)), str(m.requests), str(m.errors),
+                  f"{m.p50_latency_ms:.0f}", f"{m.p95_latency_ms:.0f}", f"{m.tokens_per_s:.1f}",
+                  f"{m.cpu_percent:.0f}" if m.cpu_percent >= 0 else "-",
+                  f"{m.rss_bytes / 1e6:.0f}" if m.rss_bytes >= 0 else "-", str(m.golden_failed))
+    out.print(t)
+    t = Table("when", "kind", "name", "model", "outcome", "detail", title="recent events")
+    for e in _admin_call(lambda: c.events(d.device_id, since_ms, 10)):
+        t.add_row(time.strftime("%H:%M:%S", time.localtime(e.ts_unix_ms / 1000)), e.kind, e.name, e.model or "-",
+                  e.outcome, e.detail[:60])
+    out.print(t)
 
 
 def print_telemetry(rows) -> None:

@@ -57,7 +57,8 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
         t = request.query_params.get("token", "")
         if not t or store.admin_role(t) is None:
             return HTMLResponse(pages.login_page("unknown admin token" if t else ""), status_code=401)
-        r = RedirectResponse("/", status_code=303)
+        nxt = request.query_params.get("next", "/")
+        r = RedirectResponse(nxt if nxt.startswith("/") and not nxt.startswith("//") else "/", status_code=303)
         r.set_cookie(COOKIE, t, httponly=True, samesite="strict", max_age=12 * 3600)
         return r
 
