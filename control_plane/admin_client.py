@@ -20,9 +20,15 @@ class AdminError(Exception):
         self.code, self.details = code, details
 
 
-def wait_healthy(address: str, timeout: float = 30.0) -> None:
+def channel(address: str, ca_pem: bytes | None, options=()) -> grpc.Channel:
+    if ca_pem:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem), options)
+    return grpc.insecure_channel(address, options)
+
+
+def wait_healthy(address: str, timeout: float = 30.0, ca_pem: bytes | None = None) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
+    with channel(address, ca_pem) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:
@@ -37,8 +43,9 @@ def wait_healthy(address: str, timeout: float = 30.0) -> None:
 
 
 class AdminClient:
-    def __init__(self, address: str, token: str):
-        self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 8 << 20)])
+    def __init__(self, address: str, token: str, ca_pem: bytes | None = None):
+        """TLS pinned to `ca_pem` (the control plane's keys/ca.pem); plaintext only without it (loopback dev)."""
+        self.channel = channel(address, ca_pem, [("grpc.max_send_message_length", 8 << 20)])
         self.stub = admin_pb2_grpc.AdminStub(self.channel)
         self.md = (("authorization", f"Bearer {token}"),)
 
@@ -72,9 +79,9 @@ class AdminClient:
         return self._call(self.stub.SetDesiredVersion, admin_pb2.SetDesiredRequest(
             model=common_pb2.ModelRef(name=name, version=version), device_ids=list(device_ids))).devices_updated
 
-    def enroll_token(self, uses: int = 1, ttl_seconds: int = 86400) -> admin_pb2.EnrollToken:
+    def enroll_token(self, uses: int = 1, ttl_seconds: int = 86400, labels: dict | None = None) -> admin_pb2.EnrollToken:
         return self._call(self.stub.CreateEnrollToken,
-                          admin_pb2.CreateEnrollTokenRequest(uses=uses, ttl_seconds=ttl_seconds))
+                          admin_pb2.CreateEnrollTokenRequest(uses=uses, ttl_seconds=ttl_seconds, labels=labels or {}))
 
     def devices(self):
         return self._call(self.stub.ListDevices, common_pb2.Empty()).devices
@@ -90,6 +97,50 @@ class AdminClient:
     def events(self, device_id: str = "", since_unix_ms: int = 0, limit: int = 0):
         return self._call(self.stub.ListEvents, admin_pb2.EventQuery(
             device_id=device_id, since_unix_ms=since_unix_ms, limit=limit)).events
+
+    # ---- fleet (issue 6) ----------------------------------------------------------------------
+    def create_rollout(self, name: str, version: str, selector: dict | None = None, strategy: str = "all",
+                       canary: dict | None = None, waves: list[dict] = (), max_per_minute: int = 0,
+                       gate: dict | None = None, variants: dict | None = None) -> admin_pb2.Rollout:
+        """selector: {"labels": {...}, "hardware_classes": [...], "all_devices": bool}; waves/canary:
+        {"devices": N} or {"percent": P}; gate: HealthGate fields."""
+        return self._call(self.stub.CreateRollout, admin_pb2.CreateRolloutRequest(
+            model=common_pb2.ModelRef(name=name, version=version), selector=admin_pb2.Selector(**(selector or {})),
+            strategy=strategy, canary=admin_pb2.Wave(**canary) if canary else None,
+            waves=[admin_pb2.Wave(**w) for w in waves], max_devices_per_minute=max_per_minute,
+            gate=admin_pb2.HealthGate(**(gate or {})), variants=variants or {}))
+
+    def rollout(self, rollout_id: str) -> admin_pb2.Rollout:
+        return self._call(self.stub.GetRollout, admin_pb2.RolloutRef(rollout_id=rollout_id))
+
+    def rollouts(self):
+        return self._call(self.stub.ListRollouts, common_pb2.Empty()).rollouts
+
+    def rollout_action(self, action: str, rollout_id: str) -> admin_pb2.Rollout:
+        fn = {"pause": self.stub.PauseRollout, "resume": self.stub.ResumeRollout, "abort": self.stub.AbortRollout}
+        return self._call(fn[action], admin_pb2.RolloutRef(rollout_id=rollout_id))
+
+    def pin(self, device_id: str, name: str = "", version: str = "") -> admin_pb2.Device:
+        return self._call(self.stub.PinDevice, admin_pb2.PinDeviceRequest(
+            device_id=device_id, model=common_pb2.ModelRef(name=name, version=version)))
+
+    def set_labels(self, device_id: str, labels: dict) -> admin_pb2.Device:
+        return self._call(self.stub.SetDeviceLabels, admin_pb2.SetDeviceLabelsRequest(device_id=device_id,
+                                                                                      labels=labels))
+
+    def device(self, device_id: str) -> admin_pb2.Device:
+        return self._call(self.stub.GetDevice, admin_pb2.DeviceRef(device_id=device_id))
+
+    def select_devices(self, labels: dict | None = None, hardware_classes=()) -> list:
+        return self._call(self.stub.SelectDevices, admin_pb2.Selector(
+            labels=labels or {}, hardware_classes=list(hardware_classes),
+            all_devices=not labels and not hardware_classes)).devices
+
+    def api_token(self, role: str, name: str) -> admin_pb2.ApiToken:
+        return self._call(self.stub.CreateApiToken, admin_pb2.CreateApiTokenRequest(role=role, name=name))
+
+    def audit(self, limit: int = 100, action: str = ""):
+        return self._call(self.stub.ListAudit, admin_pb2.AuditQuery(limit=limit, action=action)).entries
 
     def close(self) -> None:
         self.channel.close()

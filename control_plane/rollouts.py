@@ -293,16 +293,16 @@ def _roll_back(r: Rollout, devices: Mapping[str, DeviceView], events: list[str])
     return Step(r, desired, tuple(events))
 
 
-def _eligible(r: Rollout, devices: Mapping[str, DeviceView]) -> list[DeviceView]:
+def _eligible(r: Rollout, devices: Mapping[str, DeviceView], now_ms: int) -> list[DeviceView]:
     """Matching, unpinned devices, online ones first, in a stable per-rollout shuffled order."""
     def key(d: DeviceView):
-        return (d.last_seen_ms == 0, hashlib.sha256(f"{r.rollout_id}:{d.device_id}".encode()).hexdigest())
+        return (now_ms - d.last_seen_ms > OFFLINE_AFTER_MS, hashlib.sha256(f"{r.rollout_id}:{d.device_id}".encode()).hexdigest())
     return sorted((d for d in devices.values() if d.pinned is None and r.spec.selector.matches(d)), key=key)
 
 
 def _advance(r: Rollout, devices, health, now_ms: int, events: list[str]) -> Rollout:
     assigned = {a.device_id for a in r.assignments}
-    fleet = _eligible(r, devices)
+    fleet = _eligible(r, devices, now_ms)
     size = len(set(d.device_id for d in fleet) | assigned)
     if size == 0:
         return replace(r, reason="waiting: no device matches the selector")

@@ -13,7 +13,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from control_plane.blobs import BlobStore
+from control_plane.auth import AuditInterceptor
 from control_plane.registry import Registry
+from control_plane.rollout_driver import RolloutDriver
 from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServicer, TelemetryServicer
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryJob, TelemetryViews
@@ -29,8 +31,9 @@ SERVICES = ("slmops.v1.Fleet", "slmops.v1.Artifacts", "slmops.v1.Telemetry", "sl
 class ControlPlaneConfig:
     data_dir: pathlib.Path
     listen: str = "127.0.0.1:50051"
-    max_workers: int = 64          # each connected agent holds one watch stream (one thread)
-    watch_tick_s: float = 1.0
+    max_workers: int = 2048        # each connected agent holds one watch stream (one thread); bench/bench_fleet.py
+    watch_tick_s: float = 10.0     # a watch re-checks liveness and refreshes last_seen this often (changes wake it)
+    rollout_interval_s: float = 1.0
     http: str = ""                 # dashboard + /metrics: "PORT" (loopback) or "HOST:PORT"; "" = off
     rollup_interval_s: float = 10.0
     expiry: Expiry = Expiry()      # lifetime of each role's signed metadata
@@ -68,6 +71,7 @@ class ControlPlane:
         self.server: grpc.Server | None = None
         self.port: int | None = None
         self.health = health.HealthServicer()
+        self.rollout_driver = RolloutDriver(self.store, cfg.rollout_interval_s)
         from control_plane.cp_metrics import ControlPlaneMetrics
         self.views = TelemetryViews(self.store)
         self.metrics = ControlPlaneMetrics(self.store)
@@ -76,7 +80,8 @@ class ControlPlane:
 
     def start(self) -> int:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.cfg.max_workers),
-                             options=[("grpc.max_receive_message_length", 8 << 20)])
+                             options=[("grpc.max_receive_message_length", 8 << 20)],
+                             interceptors=[AuditInterceptor(self.store)])
         fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(self.store, self.registry, self.cfg.watch_tick_s),
                                                    server)
         artifacts_pb2_grpc.add_ArtifactsServicer_to_server(
@@ -93,6 +98,7 @@ class ControlPlane:
         for name in ("", *SERVICES):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server, self.port = server, port
+        self.rollout_driver.start()
         self.telemetry_job.thread.start()
         if self.cfg.http:
             from control_plane.web.app import build_app
@@ -116,6 +122,7 @@ class ControlPlane:
                 log.error("could not refresh signed metadata: %s", e)
 
     def stop(self, grace: float = 2.0) -> None:
+        self.rollout_driver.stop()
         self.telemetry_job.stop.set()
         if self.http:
             self.http.stop()

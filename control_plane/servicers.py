@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import grpc
@@ -9,6 +10,7 @@ import grpc
 from control_plane import auth, ingest, rollups
 from control_plane.blobs import BlobStore
 from control_plane.registry import Registry
+from control_plane.fleet_admin import FleetAdmin, device_pb
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryViews
 from slmops.errors import ArtifactInvalid
@@ -35,17 +37,23 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         if not request.device_name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_name is required")
+        if request.device_public_key and len(request.device_public_key) != 32:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_public_key must be a raw 32-byte Ed25519 key")
         device_id, token = self.store.add_device(request.device_name, _hardware(request.hardware),
                                                  request.agent_version)
+        self.store.finish_enrollment(device_id, request.enroll_token, request.device_public_key.hex())
         root_version = self.registry.repo.state.root_version
         return fleet_pb2.EnrollResponse(device_id=device_id, device_token=token,
                                         trusted_root=self.registry.repo.root_bytes(root_version))
 
     def WatchDesiredState(self, request, context):
         dev = auth.require_device(self.store, context, request.device_id)
+        wake = threading.Event()
+        context.add_callback(wake.set)  # the stream ended: stop waiting at once, free the thread
         seen = -1
         while context.is_active():
-            cur = self.store.wait_for_change(dev["device_id"], seen, self.tick)
+            wake.clear()
+            cur = self.store.wait_for_change(dev["device_id"], seen, self.tick, wake)
             if cur is None:
                 return
             if cur.revision != seen:
@@ -132,7 +140,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                                        detail=verdict.detail, clamped=verdict.clamped)
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):
+class AdminServicer(FleetAdmin, admin_pb2_grpc.AdminServicer):  # FleetAdmin: rollouts, pins, labels, tokens, audit
     def __init__(self, store: Store, blobs: BlobStore, registry: Registry, views: TelemetryViews | None = None):
         self.store = store
         self.blobs = blobs
@@ -192,20 +200,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "uses and ttl_seconds must not be negative")
         uses = request.uses or 1
         token, expires = self.store.create_enroll_token(uses, request.ttl_seconds or 86400)
+        if request.labels:
+            self.store.set_enroll_labels(token, dict(request.labels))
         return admin_pb2.EnrollToken(token=token, expires_unix_ms=expires, uses=uses)
 
     def ListDevices(self, request, context):
         auth.require_admin(self.store, context)
-        out = []
-        for d in self.store.devices():
-            hw = json.loads(d["hardware"] or "{}")
-            out.append(admin_pb2.Device(
-                device_id=d["device_id"], name=d["name"], state=d["state"], message=d["message"],
-                current=common_pb2.ModelRef(name=d["current_name"], version=d["current_version"]),
-                desired=common_pb2.ModelRef(name=d["desired_name"], version=d["desired_version"]),
-                last_seen_unix_ms=d["last_seen_ms"], agent_version=d["agent_version"],
-                hardware=common_pb2.Hardware(**hw) if hw else None))
-        return admin_pb2.DeviceList(devices=out)
+        return admin_pb2.DeviceList(devices=[device_pb(d) for d in self.store.devices()])
 
     def QueryTelemetry(self, request, context):
         auth.require_admin(self.store, context)

@@ -45,6 +45,7 @@ class Store:
         self._changed = threading.Condition(self._lock)
         self._wakers: dict[str, set[threading.Event]] = {}   # device id -> its watch streams' wake-ups
         self.rollouts_changed = threading.Event()             # set by admin rollout actions; the driver waits on it
+        self.rollouts_lock = threading.RLock()                # one rollout change at a time (driver vs operators)
         self._create()
 
     def _create(self) -> None:

@@ -1,0 +1,116 @@
+"""The I/O shell around the pure rollout engine (control_plane/rollouts.py): every second, or at once when an
+operator acts, it reads the fleet and the telemetry, steps each unfinished rollout, saves the new state, and
+only then applies the desired models through Store.set_desired (which bumps revisions and wakes the devices'
+watch streams). Because the state is saved before acting and the engine re-sends what is still pending, a
+control plane restart at any point resumes the rollout.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import defaultdict
+
+from control_plane import rollouts as ro
+from control_plane.store import Store
+
+log = logging.getLogger("slmops.rollouts")
+UNFINISHED = ro.ACTIVE + ro.ROLLING_BACK
+
+
+def device_view(row: dict) -> ro.DeviceView:
+    hw = json.loads(row.get("hardware") or "{}")
+    pin = ro.Ref(row["pin_name"], row["pin_version"]) if row.get("pin_name") else None
+    return ro.DeviceView(row["device_id"], ro.Ref(row["desired_name"] or "", row["desired_version"] or ""),
+                         ro.Ref(row["current_name"] or "", row["current_version"] or ""), row["state"] or "",
+                         row["message"] or "", json.loads(row.get("labels") or "{}"), hw.get("hardware_class", ""),
+                         pin, row["last_seen_ms"] or 0, row.get("reported_ms") or 0)
+
+
+def fleet(store: Store) -> dict[str, ro.DeviceView]:
+    return {r["device_id"]: device_view(r) for r in store.devices()}
+
+
+def health(store: Store, r: ro.Rollout) -> dict[str, ro.Health]:
+    """Request telemetry of each watched device on its target since it was assigned (one query)."""
+    watched = {a.device_id: a for a in r.assignments if not a.failed_ms}
+    if not watched or r.status not in ro.ACTIVE:
+        return {}
+    since = min(a.assigned_ms for a in watched.values())
+    rows = defaultdict(list)
+    for e in store.telemetry(None, since):
+        a = watched.get(e["device_id"])
+        if a and e["ts_ms"] >= a.assigned_ms:
+            rows[e["device_id"]].append(e)
+    return {did: ro.health_from_events(evs, watched[did].target) for did, evs in rows.items()}
+
+
+def load(store: Store, rollout_id: str) -> ro.Rollout | None:
+    row = store.rollout_row(rollout_id)
+    return ro.from_json(row["state"]) if row else None
+
+
+def save(store: Store, r: ro.Rollout, created_by: str = "") -> None:
+    store.save_rollout(r.rollout_id, r.status, ro.to_json(r), created_by)
+
+
+def apply_desired(store: Store, desired: dict[str, ro.Ref], devices: dict[str, ro.DeviceView]) -> int:
+    """Sets only what differs from the store, one set_desired per model version."""
+    by_ref = defaultdict(list)
+    for did, ref in desired.items():
+        if did in devices and devices[did].desired != ref:
+            by_ref[ref].append(did)
+    for ref, ids in by_ref.items():
+        store.set_desired(ref.name, ref.version, ids)
+    return sum(len(ids) for ids in by_ref.values())
+
+
+def step_all(store: Store, now_ms: int | None = None) -> list[str]:
+    """One pass over every unfinished rollout; returns the engine's events."""
+    out: list[str] = []
+    with store.rollouts_lock:
+        rows = store.rollout_rows(UNFINISHED)
+        if not rows:
+            return out
+        devices = fleet(store)
+        for row in rows:
+            r = ro.from_json(row["state"])
+            s = ro.step(r, devices, health(store, r), now_ms or int(time.time() * 1000))
+            if s.rollout != r:
+                save(store, s.rollout)                       # saved before acting: a restart resumes here
+            changed = apply_desired(store, s.desired, devices)
+            if changed:
+                devices = fleet(store)
+            for e in s.events:
+                log.info("rollout %s: %s", r.rollout_id, e)
+            if (s.rollout.status, s.rollout.wave) != (r.status, r.wave):
+                store.audit("rollout-engine", "", "RolloutStep", r.rollout_id, "OK",
+                            f"{r.status} wave {r.wave + 1} -> {s.rollout.status} wave {s.rollout.wave + 1}: "
+                            + "; ".join(e for e in s.events if not e.startswith("dev"))[:900])
+            out += s.events
+    return out
+
+
+class RolloutDriver:
+    def __init__(self, store: Store, interval_s: float = 1.0):
+        self.store = store
+        self.interval_s = interval_s
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="rollout-driver", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.store.rollouts_changed.set()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.store.rollouts_changed.clear()
+            try:
+                step_all(self.store)
+            except Exception:  # keep driving; the next pass starts from the saved state again
+                log.exception("rollout pass failed")
+            self.store.rollouts_changed.wait(self.interval_s)

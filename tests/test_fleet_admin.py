@@ -1,0 +1,229 @@
+"""The fleet's admin API in one in-process control plane with simulated devices (raw gRPC, no agent
+processes): rollouts driven to completion and to a halt, labels, pins, selectors, roles, audit, refusals."""
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from control_plane import auth
+from control_plane.admin_client import AdminClient, AdminError
+from control_plane.server import ControlPlane, ControlPlaneConfig
+from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
+
+
+class SimDevice:
+    """A device that enrolls with a key pair made here, signs every call and reports what it is told."""
+
+    def __init__(self, address: str, enroll_token: str, name: str, hw: str = "cpu", fail_versions=()):
+        self.channel = grpc.insecure_channel(address)
+        self.fleet = fleet_pb2_grpc.FleetStub(self.channel)
+        self.key = Ed25519PrivateKey.generate()
+        pub = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        r = self.fleet.Enroll(fleet_pb2.EnrollRequest(enroll_token=enroll_token, device_name=name,
+                                                      hardware=common_pb2.Hardware(hardware_class=hw),
+                                                      agent_version="sim", device_public_key=pub), timeout=10)
+        self.device_id, self.token = r.device_id, r.device_token
+        self.fail_versions = set(fail_versions)
+        self.current = common_pb2.ModelRef()
+
+    def md(self, sign: bool = True):
+        ts = int(time.time() * 1000)
+        md = [("authorization", f"Bearer {self.token}")]
+        if sign:
+            md += [(auth.TS_HEADER, str(ts)), (auth.SIG_HEADER,
+                                               self.key.sign(auth.signed_payload(ts, self.token)).hex())]
+        return md
+
+    def report(self, state: str, message: str = "", device_id: str | None = None):
+        self.fleet.ReportStatus(fleet_pb2.StatusReport(device_id=device_id or self.device_id, current=self.current,
+                                                       state=state, message=message), metadata=self.md(),
+                                timeout=10)
+
+    def desired(self) -> fleet_pb2.DesiredState:
+        stream = self.fleet.WatchDesiredState(fleet_pb2.WatchRequest(device_id=self.device_id),
+                                              metadata=self.md(), timeout=10)
+        first = next(stream)
+        stream.cancel()
+        return first
+
+    def act(self) -> None:
+        """Installs (or fails to install) the desired model, like an agent would."""
+        want = self.desired().model
+        if (want.name, want.version) == (self.current.name, self.current.version) or not want.name:
+            return
+        if want.version in self.fail_versions:
+            self.report("error", f"load_failed for {want.name}@{want.version}: garbage model.onnx")
+        else:
+            self.current = common_pb2.ModelRef(name=want.name, version=want.version)
+            self.report("serving")
+
+
+@pytest.fixture
+def cp(tmp_path):
+    c = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", rollout_interval_s=0.1))
+    port = c.start()
+    for v in ("v1", "v2", "v3-gpu"):
+        c.store.db["models"].insert({"name": "m", "version": v, "manifest": b"{}", "precision": "int4",
+                                     "total_bytes": 1, "created_ms": int(time.time() * 1000)})
+    admin = AdminClient(f"127.0.0.1:{port}", c.admin_token_path.read_text().strip())
+    c.address, c.admin = f"127.0.0.1:{port}", admin
+    yield c
+    admin.close()
+    c.stop(0)
+
+
+def fleet(cp, n: int, labels=None, **kw) -> list[SimDevice]:
+    token = cp.admin.enroll_token(uses=n, labels=labels or {}).token
+    devs = [SimDevice(cp.address, token, f"d{i}", **kw) for i in range(n)]
+    cp.admin.set_desired("m", "v1", [d.device_id for d in devs])
+    for d in devs:
+        d.act()
+    return devs
+
+
+def drive(cp, devs, rollout_id: str, until=("completed", "halted", "aborted"), timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in devs:
+            d.act()
+        r = cp.admin.rollout(rollout_id)
+        if r.status in until:
+            return r
+        time.sleep(0.1)
+    raise AssertionError(f"rollout {rollout_id} still {r.status}: {r.reason}")
+
+
+def test_canary_then_everyone_with_labels_from_the_enrollment_token(cp):
+    devs = fleet(cp, 6, labels={"site": "berlin"})
+    assert {d.labels["site"] for d in cp.admin.devices()} == {"berlin"}
+    r = cp.admin.create_rollout("m", "v2", {"labels": {"site": "berlin"}}, "canary", canary={"devices": 2})
+    assert r.status == "running" and [w.devices or w.percent for w in r.waves] == [2, 100]
+    r = drive(cp, devs, r.rollout_id)
+    assert r.status == "completed" and r.succeeded == 6
+    assert {d.current.version for d in cp.admin.devices()} == {"v2"}
+    steps = [e.detail for e in cp.admin.audit(action="RolloutStep")]
+    assert any("completed" in s for s in steps) and any("wave 1 of 2 passed" in s for s in steps)
+
+
+def test_failing_canary_halts_and_returns_to_the_previous_version(cp):
+    devs = fleet(cp, 4, fail_versions={"v2"})
+    r = cp.admin.create_rollout("m", "v2", {"all_devices": True}, "canary", canary={"devices": 1})
+    r = drive(cp, devs, r.rollout_id)
+    assert r.status == "halted" and "failure ratio 1/1" in r.reason
+    canary = r.devices[0]
+    assert canary.outcome == "failed" and "load_failed for m@v2" in canary.why
+    assert {(d.desired.version, d.current.version) for d in cp.admin.devices()} == {("v1", "v1")}
+
+
+def test_pinned_device_and_hardware_variant(cp):
+    devs = fleet(cp, 2) + fleet(cp, 1, hw="gpu")
+    cp.admin.pin(devs[0].device_id, "m", "v1")
+    r = cp.admin.create_rollout("m", "v2", {"all_devices": True}, variants={"gpu": "v3-gpu"})
+    r = drive(cp, devs, r.rollout_id)
+    got = {d.device_id: d.current.version for d in cp.admin.devices()}
+    assert got == {devs[0].device_id: "v1", devs[1].device_id: "v2", devs[2].device_id: "v3-gpu"}
+    assert cp.admin.device(devs[0].device_id).pinned.version == "v1"
+    assert [d.device_id for d in cp.admin.select_devices(hardware_classes=["gpu"])] == [devs[2].device_id]
+
+
+def test_pause_resume_abort_from_the_api(cp):
+    devs = fleet(cp, 4)
+    r = cp.admin.create_rollout("m", "v2", {"all_devices": True}, "waves", waves=[{"devices": 1}],
+                                gate={"min_soak_seconds": 60})
+    r = cp.admin.rollout_action("pause", r.rollout_id)
+    assert r.status == "paused"
+    with pytest.raises(AdminError) as e:
+        cp.admin.rollout_action("pause", r.rollout_id)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "cannot pause a rollout that is paused" in \
+        e.value.details
+    cp.admin.rollout_action("resume", r.rollout_id)
+    drive(cp, devs, r.rollout_id, until=("running",))
+    r = cp.admin.rollout_action("abort", r.rollout_id)
+    r = drive(cp, devs, r.rollout_id)
+    assert r.status == "aborted" and {d.desired.version for d in cp.admin.devices()} == {"v1"}
+
+
+@pytest.mark.parametrize("kw,code,text", [
+    ({"name": "m", "version": "v9", "selector": {"all_devices": True}}, "NOT_FOUND", "no published model m@v9"),
+    ({"name": "m", "version": "v2", "selector": {}}, "INVALID_ARGUMENT", "the selector is empty"),
+    ({"name": "m", "version": "v2", "selector": {"labels": {"site": "mars"}}}, "FAILED_PRECONDITION",
+     "matches no unpinned device"),
+    ({"name": "m", "version": "v2", "selector": {"all_devices": True}, "strategy": "canary"}, "INVALID_ARGUMENT",
+     "canary size"),
+])
+def test_bad_rollouts_are_refused_and_audited(cp, kw, code, text):
+    fleet(cp, 1)
+    with pytest.raises(AdminError) as e:
+        cp.admin.create_rollout(**kw)
+    assert e.value.code.name == code and text in e.value.details
+    last = cp.admin.audit(action="CreateRollout")[0]
+    assert last.result == code and text in last.detail and last.who.startswith("token:")
+
+
+def test_roles_and_missing_tokens_are_refused_and_audited(cp):
+    fleet(cp, 1)
+    viewer = AdminClient(cp.address, cp.admin.api_token("viewer", "vera").token)
+    operator = AdminClient(cp.address, cp.admin.api_token("operator", "otto").token)
+    nobody = AdminClient(cp.address, "slm_admin_not-a-token")
+    assert len(viewer.devices()) == 1
+    with pytest.raises(AdminError) as e:
+        viewer.create_rollout("m", "v2", {"all_devices": True})
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "CreateRollout needs role operator; vera has role viewer" in e.value.details
+    r = operator.create_rollout("m", "v2", {"all_devices": True})
+    assert cp.admin.rollout(r.rollout_id).created_by == "otto"
+    with pytest.raises(AdminError) as e:
+        operator.api_token("admin", "mallory")
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(AdminError) as e:
+        nobody.models()
+    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED and "missing or unknown admin token" in e.value.details
+    with pytest.raises(AdminError) as e:
+        viewer.audit()
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    log = [(a.who, a.action, a.result) for a in cp.admin.audit(limit=50)]
+    assert ("vera", "CreateRollout", "PERMISSION_DENIED") in log
+    assert ("otto", "CreateRollout", "OK") in log
+    assert ("otto", "CreateApiToken", "PERMISSION_DENIED") in log
+    assert ("anonymous", "ListModels", "UNAUTHENTICATED") in log
+    for c in (viewer, operator, nobody):
+        c.close()
+
+
+def test_enrollment_and_device_refusals_are_audited(cp):
+    token = cp.admin.enroll_token(uses=1).token
+    expired = cp.admin.enroll_token(uses=1, ttl_seconds=1)
+    a = SimDevice(cp.address, token, "a")
+    b = fleet(cp, 1)[0]
+    cases = []
+    for tok, why in ((token, "enrollment token already used up"), ("slm_enroll_wrong", "unknown enrollment token")):
+        with pytest.raises(grpc.RpcError) as e:
+            SimDevice(cp.address, tok, "x")
+        cases.append((e.value.code(), e.value.details(), why))
+    time.sleep(1.1)
+    with pytest.raises(grpc.RpcError) as e:
+        SimDevice(cp.address, expired.token, "y")
+    cases.append((e.value.code(), e.value.details(), "enrollment token expired"))
+    for code, details, why in cases:
+        assert code == grpc.StatusCode.PERMISSION_DENIED and details == why
+    with pytest.raises(grpc.RpcError) as e:
+        a.report("serving", device_id=b.device_id)          # acting as another device
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert f"device {a.device_id} may not act for device {b.device_id}" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        a.fleet.ReportStatus(fleet_pb2.StatusReport(device_id=a.device_id, state="x"), metadata=a.md(sign=False))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "signs its calls" in e.value.details()
+    forged = [(k, v if k != auth.SIG_HEADER else "00" * 64) for k, v in a.md()]
+    with pytest.raises(grpc.RpcError) as e:
+        a.fleet.ReportStatus(fleet_pb2.StatusReport(device_id=a.device_id, state="x"), metadata=forged)
+    assert "does not verify" in e.value.details()
+    log = [(x.who, x.action, x.result, x.detail) for x in cp.admin.audit(limit=50)]
+    assert sum(1 for w, act, res, _ in log if act == "Enroll" and res == "PERMISSION_DENIED") == 3
+    assert (f"device:{a.device_id}", "ReportStatus", "PERMISSION_DENIED",
+            f"device {a.device_id} may not act for device {b.device_id}") in log
+    assert any(act == "ReportStatus" and res == "UNAUTHENTICATED" and "does not verify" in d
+               for _, act, res, d in log)
