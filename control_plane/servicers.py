@@ -83,9 +83,8 @@ class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
         auth.require_device(self.store, context)
         if request.trusted_root_version < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "trusted_root_version must not be negative")
-        cur = self.repo.current()
-        return artifacts_pb2.TrustMetadata(roots=self.repo.roots_after(request.trusted_root_version),
-                                           timestamp=cur["timestamp"], snapshot=cur["snapshot"],
+        roots, cur = self.repo.snapshot_for_device(request.trusted_root_version)
+        return artifacts_pb2.TrustMetadata(roots=roots, timestamp=cur["timestamp"], snapshot=cur["snapshot"],
                                            targets=cur["targets"])
 
     def Download(self, request, context):

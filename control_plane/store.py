@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
+from slmops.sqlite_conn import ThreadLocalDB
+
 SCHEMA_VERSION = 1
 
 
@@ -34,13 +36,14 @@ class DesiredState:
 
 
 class Store:
+    @property
+    def db(self) -> sqlite_utils.Database:
+        return self._dbs.get()
+
     def __init__(self, path: pathlib.Path):
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self.db = sqlite_utils.Database(conn)
-        self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._dbs = ThreadLocalDB(path)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._wakers: dict[str, set[threading.Event]] = {}   # device id -> its watch streams' wake-ups

@@ -272,12 +272,14 @@ class Repository:
                 changed = True
             return changed
 
-    def roots_after(self, version: int) -> list[bytes]:
-        out = []
-        for p in sorted((self.dir / "roots").glob("*.root.json"), key=lambda p: int(p.name.split(".")[0])):
-            if int(p.name.split(".")[0]) > version:
-                out.append(p.read_bytes())
-        return out
+    def snapshot_for_device(self, trusted_root_version: int) -> tuple[list[bytes], dict[str, bytes]]:
+        """The roots a device must walk plus the online metadata, consistent with each other: a new root
+        found on disk is signed into the chain first, and no root newer than the signing one is served."""
+        with self.lock:
+            self.reload()
+            upto = self.state.root_version
+            roots = [self.root_bytes(v) for v in range(trusted_root_version + 1, upto + 1)]
+            return roots, self.current()
 
     def root_bytes(self, version: int) -> bytes:
         return (self.dir / "roots" / f"{version}.root.json").read_bytes()

@@ -6,6 +6,7 @@ import threading
 
 import uvicorn
 
+from edge_agent import device_identity
 from edge_agent.config import AgentConfig
 from edge_agent.control_client import Backoff, ControlClient
 from edge_agent.capture import CapturingServing, load_redactor
@@ -17,6 +18,7 @@ from edge_agent.reconciler import Reconciler
 from edge_agent.runtime import Runtime
 from edge_agent.sampler import ResourceSampler
 from edge_agent.serving import Serving
+from edge_agent.sideload import SideloadWatcher
 from edge_agent.state import AgentState
 from edge_agent.uploader import Uploader
 
@@ -33,7 +35,8 @@ class Agent:
         self.serving = CapturingServing(*serving_args, capture_rate=cfg.capture_rate,
                                         redact=load_redactor(cfg.capture_redactor)) if cfg.capture_rate \
             else Serving(*serving_args)
-        self.client = ControlClient(cfg.control_plane)
+        ca = None if cfg.insecure_loopback_dev else device_identity.pin_ca(cfg.pinned_ca, cfg.ca_cert)
+        self.client = ControlClient(cfg.control_plane, ca, cfg.data_dir / "identity" / "device-key.pem")
         self.reconciler = Reconciler(cfg, self.state, self.runtime, engine_factory, self.client)
         self.uploader = Uploader(self.state, self.client, lambda: self.reconciler.device_id,
                                  cfg.telemetry_interval_s, cfg.telemetry_batch,
@@ -50,6 +53,8 @@ class Agent:
                    threading.Thread(target=self.golden.run, name="golden", daemon=True)]
         for t in threads:
             t.start()
+        sideload = SideloadWatcher(self.cfg.sideload_dir or self.cfg.data_dir / "sideload", self.reconciler.work)
+        sideload.start()
         host, port = self.cfg.http_host_port
         server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
                                                access_log=False, timeout_graceful_shutdown=5))
@@ -57,6 +62,7 @@ class Agent:
         try:
             server.run()  # handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
         finally:
+            sideload.stop()
             self.reconciler.stop.set()
             self.uploader.stop.set()
             self.sampler.stop.set()

@@ -45,8 +45,21 @@ class AgentConfig:
     telemetry_max_rows: int = 100_000    # local buffer bound; oldest dropped first
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 15.0
+    ca_cert: pathlib.Path | None = None  # the control plane's CA (keys/ca.pem); pinned at first start
+    insecure_loopback_dev: bool = False  # plaintext gRPC to a loopback control plane (development only)
     min_download_rate_bps: int = 0       # 0 = no floor (slow-retrieval defence when set)
     trusted_root: pathlib.Path | None = None  # a root.json shipped with the agent; else pinned at enrollment
+    resync_s: float = 30.0               # re-check the last desired state this often (retries, resumes)
+    failed_retry_s: float = 600.0        # a refused assignment is tried again after this cool-down
+    min_free_disk_bytes: int = 256 << 20 # an update that would leave less free disk is refused
+    load_memory_factor: float = 1.5      # RAM a model needs ~= its files x this
+    min_free_memory_bytes: int = 256 << 20
+    max_swap_pause_s: float = 10.0       # longest pause of new requests when two models do not fit
+    probation_s: float = 30.0            # watch a new model this long after the switch (0 = off)
+    probation_min_requests: int = 5
+    probation_max_error_ratio: float = 0.2
+    probation_max_p95_ms: float = 0.0    # 0 = no latency ceiling
+    sideload_dir: pathlib.Path | None = None  # default data_dir/sideload
     sample_interval_s: float = 60.0      # resource samples (CPU, RSS, disk, queue); 0 = off
     golden_interval_s: float = 0.0       # scheduled golden-prompt checks; 0 = off
     capture_rate: float = 0.0            # share of requests captured (prompt + answer, redacted); 0 = off
@@ -65,8 +78,24 @@ class AgentConfig:
             raise ConfigError("sample and golden intervals must be 0 (off) or positive seconds")
         if not 0.0 <= self.capture_rate <= 1.0:
             raise ConfigError(f"capture_rate {self.capture_rate} must be between 0 and 1")
+        if not 0 <= self.probation_max_error_ratio <= 1:
+            raise ConfigError("probation_max_error_ratio must be between 0 and 1")
+        if self.probation_s < 0 or self.resync_s <= 0 or self.max_swap_pause_s <= 0:
+            raise ConfigError("probation_s must be >= 0; resync_s and max_swap_pause_s must be > 0")
         if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")
+        cp_host, _ = _host_port(self.control_plane, "--control-plane")
+        if self.insecure_loopback_dev and not is_loopback(cp_host):
+            raise ConfigError(f"--insecure-loopback-dev needs a loopback --control-plane, not {self.control_plane}")
+        if not self.insecure_loopback_dev and self.ca_cert is None and not self.pinned_ca.exists():
+            raise ConfigError("TLS is the default: pass --ca-cert (the control plane's keys/ca.pem) on the first "
+                              "start, or --insecure-loopback-dev for a loopback development control plane")
+        if self.ca_cert is not None and not pathlib.Path(self.ca_cert).is_file():
+            raise ConfigError(f"--ca-cert {self.ca_cert} is not a file")
+
+    @property
+    def pinned_ca(self) -> pathlib.Path:
+        return pathlib.Path(self.data_dir) / "identity" / "ca.pem"
 
     @property
     def http_host_port(self) -> tuple[str, int]:

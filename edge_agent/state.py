@@ -11,15 +11,18 @@ import time
 
 import sqlite_utils
 
+from slmops.sqlite_conn import ThreadLocalDB
+
 
 class AgentState:
+    @property
+    def db(self) -> sqlite_utils.Database:
+        return self._dbs.get()
+
     def __init__(self, path: pathlib.Path, max_outbox_rows: int = 100_000):
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
-        self.db = sqlite_utils.Database(conn)
-        self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._dbs = ThreadLocalDB(path)
         self.lock = threading.RLock()
         self.max_outbox_rows = max_outbox_rows
         self.observers: list = []   # called with each recorded event dict (edge_agent/metrics.py counts them)

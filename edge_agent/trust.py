@@ -123,6 +123,12 @@ def update(trusted: Trusted, fetched: Fetched, now: dt.datetime) -> tuple[Truste
     return Trusted(roots[-1], ts_raw, snap_raw, targets_raw), tms.targets
 
 
+def sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def root_version(trusted: Trusted) -> int:
     return Metadata.from_bytes(trusted.root).signed.version
 

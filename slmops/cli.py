@@ -60,7 +60,19 @@ def _admin(address: str, token: Optional[str], cp_data_dir: Optional[pathlib.Pat
         token = p.read_text().strip()
     if not token:
         fail("an admin token is needed: --admin-token, SLMOPS_ADMIN_TOKEN or --cp-data-dir")
-    return AdminClient(address, token)
+    return AdminClient(address, token, _admin_ca(cp_data_dir))
+
+
+def _admin_ca(cp_data_dir: Optional[pathlib.Path]) -> Optional[bytes]:
+    """The control plane CA to pin: SLMOPS_CA_CERT, else DATA_DIR/keys/ca.pem; None (plaintext) only with
+    SLMOPS_INSECURE_LOOPBACK_DEV=1."""
+    if os.environ.get("SLMOPS_INSECURE_LOOPBACK_DEV") == "1":
+        return None
+    path = os.environ.get("SLMOPS_CA_CERT") or (pathlib.Path(cp_data_dir) / "keys" / "ca.pem" if cp_data_dir else None)
+    if not path or not pathlib.Path(path).exists():
+        fail("TLS needs the control plane's CA: SLMOPS_CA_CERT=DATA_DIR/keys/ca.pem or --cp-data-dir "
+             "(plaintext on loopback only with SLMOPS_INSECURE_LOOPBACK_DEV=1)")
+    return pathlib.Path(path).read_bytes()
 
 
 def _admin_call(fn):
@@ -87,6 +99,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cb,
 @cp_app.command("serve")
 def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the database, blobs and keys"),
              listen: str = typer.Option("127.0.0.1:50051", help="HOST:PORT for gRPC"),
+             insecure_loopback_dev: bool = typer.Option(False, "--insecure-loopback-dev",
+                                                        help="plaintext gRPC (loopback development only)"),
              http: str = typer.Option("", help="dashboard + /metrics on PORT (loopback) or HOST:PORT; off if empty"),
              timestamp_expiry: float = typer.Option(86400, help="seconds a signed timestamp stays valid"),
              resign_interval: float = typer.Option(
@@ -103,6 +117,7 @@ def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the dat
     try:
         expiry = Expiry(timestamp=dt.timedelta(seconds=timestamp_expiry))
         serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen, http=http, expiry=expiry,
+                                         insecure_loopback_dev=insecure_loopback_dev,
                                          refresh_s=resign_interval if resign_interval >= 0
                                          else min(5.0, max(0.2, timestamp_expiry / 4))))
     except ConfigError as e:
@@ -153,10 +168,10 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
               max_concurrent: int = typer.Option(2, help="generations at once"),
               max_queue: int = typer.Option(8, help="requests waiting before 429"),
               telemetry_interval: float = typer.Option(2.0, help="seconds between telemetry uploads"),
-              sample_interval: float = typer.Option(60.0, help="seconds between resource samples (0 = off)"),
-              golden_interval: float = typer.Option(0.0, help="seconds between golden-prompt checks (0 = off)"),
-              capture_rate: float = typer.Option(0.0, help="share of requests captured, redacted (0 = off)"),
-              capture_redactor: str = typer.Option("", help="redaction hook module:function (str -> str)"),
+              ca_cert: Optional[pathlib.Path] = typer.Option(
+                  None, help="the control plane's keys/ca.pem (pinned into DATA_DIR/identity at first start)"),
+              insecure_loopback_dev: bool = typer.Option(False, "--insecure-loopback-dev",
+                                                         help="plaintext gRPC to a loopback control plane (dev)"),
               sample_interval: float = typer.Option(60.0, help="seconds between resource samples (0 = off)"),
               golden_interval: float = typer.Option(0.0, help="seconds between golden-prompt checks (0 = off)"),
               capture_rate: float = typer.Option(0.0, help="share of requests captured, redacted (0 = off)"),
@@ -164,7 +179,11 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
               trusted_root: Optional[pathlib.Path] = typer.Option(
                   None, help="root.json shipped with the device (else the control plane's root is pinned at "
                              "enrollment)"),
-              min_download_rate: int = typer.Option(0, help="bytes/s below which a download is abandoned")):
+              min_download_rate: int = typer.Option(0, help="bytes/s below which a download is abandoned"),
+              probation: float = typer.Option(30.0, help="seconds a new model is watched before it is committed"),
+              probation_max_error_ratio: float = typer.Option(0.2, help="failed-request ratio that rolls back"),
+              min_free_disk_mb: int = typer.Option(256, help="refuse updates that would leave less free disk"),
+              resync: float = typer.Option(30.0, help="seconds between re-checks of the desired state")):
     """Enroll, follow the control plane's desired model, verify, install, serve and report."""
     from edge_agent.agent import Agent
     from edge_agent.config import AgentConfig
@@ -176,12 +195,13 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
                                    enroll_token=enroll_token, device_name=device_name,
                                    max_concurrent=max_concurrent, max_queue=max_queue,
                                    telemetry_interval_s=telemetry_interval,
-                                   sample_interval_s=sample_interval, golden_interval_s=golden_interval,
-                                   capture_rate=capture_rate, capture_redactor=capture_redactor,
+                                   ca_cert=ca_cert, insecure_loopback_dev=insecure_loopback_dev,
                                    sample_interval_s=sample_interval, golden_interval_s=golden_interval,
                                    capture_rate=capture_rate, capture_redactor=capture_redactor,
                                    trusted_root=trusted_root,
-                                   min_download_rate_bps=min_download_rate)
+                                   min_download_rate_bps=min_download_rate, probation_s=probation,
+                                   probation_max_error_ratio=probation_max_error_ratio,
+                                   min_free_disk_bytes=min_free_disk_mb << 20, resync_s=resync)
     except ConfigError as e:
         fail(str(e))
     Agent(cfg).run()
@@ -191,11 +211,12 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
 @tokens_app.command("create")
 def tokens_create(uses: int = typer.Option(1, help="how many devices may enroll with it"),
                   ttl: int = typer.Option(86400, help="seconds until it expires"),
+                  label: List[str] = typer.Option([], "--label", help="KEY=VALUE given to devices enrolling with it"),
                   control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
                   cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
     """Create an enrollment token (printed on stdout)."""
     c = _admin(control_plane, admin_token, cp_data_dir)
-    t = _admin_call(lambda: c.enroll_token(uses, ttl))
+    t = _admin_call(lambda: c.enroll_token(uses, ttl, _labels(label)))
     print(t.token)
 
 
@@ -220,7 +241,9 @@ def models_publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), vers
     try:
         m = manifest_for_dir(bundle_dir, name, version, exp["precision"],
                              execution_provider=exp["execution_provider"],
-                             metrics={"quality_gate": verdict["metrics"], "reference": verdict["reference"]})
+                             metrics={"quality_gate": verdict["metrics"], "reference": verdict["reference"]},
+                             adapters=tuple(json.loads((bundle_dir / "adapters.json").read_text())
+                                            if (bundle_dir / "adapters.json").exists() else ()))
     except ArtifactInvalid as e:
         fail(str(e))
     c = _admin(control_plane, admin_token, cp_data_dir)
@@ -232,6 +255,22 @@ def models_publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), vers
         r = _admin_call(lambda: c.publish(bundle_dir, m, lambda n: prog.advance(task, n)))
     console.print(f"published {r.model.name}@{r.model.version}: {len(m.files)} files, "
                   f"{m.total_bytes / 1e6:.2f} MB, precision {m.precision}")
+
+
+@models_app.command("bundle")
+def models_bundle(name: str, version: str, out: pathlib.Path = typer.Option(..., help="FILE.slmops.tar"),
+                  cp_data_dir: pathlib.Path = typer.Option(..., help="the control plane's data folder")):
+    """Write an offline bundle for air-gapped devices: drop it into an agent's sideload folder."""
+    from control_plane.bundle_export import export_bundle
+    from slmops.errors import ArtifactInvalid
+
+    if not out.name.endswith(".slmops.tar"):
+        fail("the bundle file name must end in .slmops.tar (agents watch for that suffix)")
+    try:
+        export_bundle(cp_data_dir, name, version, out)
+    except ArtifactInvalid as e:
+        fail(str(e))
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
 @models_app.command("list")
@@ -258,15 +297,20 @@ def rollout_set(name: str, version: str,
 
 
 @devices_app.command("list")
-def devices_list(control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+def devices_list(label: List[str] = typer.Option([], "--label", help="only devices with KEY=VALUE (repeat)"),
+                 hw: List[str] = typer.Option([], "--hw", help="only this hardware class (repeat)"),
+                 control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
                  cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
     c = _admin(control_plane, admin_token, cp_data_dir)
-    t = Table("device", "name", "state", "current", "desired", "last seen", "message")
-    for d in _admin_call(c.devices):
+    t = Table("device", "name", "state", "hw", "labels", "current", "desired", "pinned", "last seen", "message")
+    rows = _admin_call(lambda: c.select_devices(_labels(label), hw)) if label or hw else _admin_call(c.devices)
+    for d in rows:
         cur = f"{d.current.name}@{d.current.version}" if d.current.name else "-"
         des = f"{d.desired.name}@{d.desired.version}" if d.desired.name else "-"
-        t.add_row(d.device_id, d.name, d.state, cur, des, f"{(time.time() * 1000 - d.last_seen_unix_ms) / 1000:.0f} s ago",
-                  d.message[:60])
+        t.add_row(d.device_id, d.name, d.state, d.hardware.hardware_class or "-",
+                  ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())) or "-", cur, des,
+                  f"{d.pinned.name}@{d.pinned.version}" if d.pinned.name else "-",
+                  f"{(time.time() * 1000 - d.last_seen_unix_ms) / 1000:.0f} s ago", d.message[:60])
     Console().print(t)
 
 
@@ -338,7 +382,9 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
            int4_accuracy_level: Optional[int] = typer.Option(None),
            fallback: bool = typer.Option(True, help="when the precision fails the quality gate, try the next "
                                                     "(int4 -> int8 -> fp16 -> fp32)"),
-           gate_examples: int = typer.Option(0, help="eval examples for the gate (0 = all)")):
+           gate_examples: int = typer.Option(0, help="eval examples for the gate (0 = all)"),
+           adapter: List[str] = typer.Option([], help="NAME=PEFT_DIR (repeat): export the base with LoRA slots "
+                                                      "and each adapter as adapters/NAME.onnx_adapter")):
     """Export to ONNX (onnxruntime-genai builder), run the quality gate against fp32 and keep the first
     precision that passes; writes gate.json (needed by `models publish`) and gate_report.json."""
     from rich.table import Table as _Table
@@ -360,7 +406,15 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
         if gate_examples:
             thresholds = GateThresholds(**{**thresholds.__dict__, "max_examples": gate_examples})
         t0 = time.monotonic()
-        report = select_precision(model_dir, out_dir, first, base, thresholds, log=console.print)
+        build = {}
+        if adapter:
+            from training.adapters import slotted_build
+
+            pairs = [a.partition("=") for a in adapter]
+            if any(not n or not d for n, _, d in pairs):
+                fail("--adapter takes NAME=PEFT_DIR")
+            build = {"build": slotted_build({n: pathlib.Path(d) for n, _, d in pairs})}
+        report = select_precision(model_dir, out_dir, first, base, thresholds, log=console.print, **build)
         if not fallback and report["chosen"] != first:
             import shutil
 
@@ -393,6 +447,181 @@ def demo(tiny: bool = typer.Option(False, "--tiny", help="a tiny model trained i
         run_demo(tiny=tiny, workdir=workdir, n_agents=agents, console=console)
     except DemoFailed as e:
         fail(str(e))
+
+
+# ---- fleet (issue 6): rollouts, labels, pins, API tokens, audit -------------------------------------
+def _labels(pairs: List[str]) -> dict:
+    out = {}
+    for p in pairs:
+        k, sep, v = p.partition("=")
+        if not sep or not k:
+            fail(f"label {p!r} must be KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def _ref(m) -> str:
+    return f"{m.name}@{m.version}" if m.name else "-"
+
+
+def _wave(text: str) -> dict:
+    try:
+        return {"percent": float(text[:-1])} if text.endswith("%") else {"devices": int(text)}
+    except ValueError:
+        fail(f"wave {text!r} must be N (devices) or N% (of the matching fleet)")
+
+
+@tokens_app.command("api")
+def tokens_api(role: str = typer.Option(..., help="viewer, operator or admin"),
+               name: str = typer.Option(..., help="who holds it (shown in the audit log)"),
+               control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+               cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Create an API token for the admin API and CLI (printed on stdout; needs role admin)."""
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    print(_admin_call(lambda: c.api_token(role, name)).token)
+
+
+@models_app.command("show")
+def models_show(name: str, version: str = typer.Argument("", help="one version (default: all of NAME)"),
+                control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """A model's versions and which devices run or want each."""
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    versions = [v for v in _admin_call(c.models) if v.model.name == name and version in ("", v.model.version)]
+    if not versions:
+        fail(f"no published model {name}{'@' + version if version else ''}")
+    devices = _admin_call(c.devices)
+    t = Table("version", "precision", "size MB", "published", "serving on", "desired on", "pinned on",
+              title=f"model {name}")
+    for v in versions:
+        ref = (v.model.name, v.model.version)
+        count = lambda f: str(sum(1 for d in devices if (getattr(d, f).name, getattr(d, f).version) == ref))  # noqa
+        t.add_row(v.model.version, v.precision, f"{v.total_bytes / 1e6:.2f}",
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.created_unix_ms / 1000)),
+                  count("current"), count("desired"), count("pinned"))
+    Console().print(t)
+
+
+@devices_app.command("label")
+def devices_label(device_id: str, label: List[str] = typer.Argument(..., help="KEY=VALUE (replaces all labels)"),
+                  control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                  cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Set a device's labels (rollout selectors match on them)."""
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    d = _admin_call(lambda: c.set_labels(device_id, _labels(label)))
+    console.print(f"{d.device_id} labels: {dict(d.labels)}")
+
+
+@devices_app.command("pin")
+def devices_pin(device_id: str, ref: str = typer.Argument("", help="NAME@VERSION; empty unpins"),
+                control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Pin a device to one version (rollouts leave it alone), or unpin it."""
+    name, _, version = ref.partition("@")
+    if ref and not version:
+        fail(f"{ref!r} must be NAME@VERSION")
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    d = _admin_call(lambda: c.pin(device_id, name, version))
+    console.print(f"{d.device_id} pinned to {_ref(d.pinned)}" if d.pinned.name else f"{d.device_id} unpinned")
+
+
+def print_rollout(r, devices: bool = False) -> None:
+    out = Console()
+    waves = ", ".join(f"{w.devices}" if w.devices else f"{w.percent:g}%" for w in r.waves)
+    sel = dict(r.selector.labels) or {}
+    sel_text = ", ".join([f"{k}={v}" for k, v in sel.items()] + [f"hw={h}" for h in r.selector.hardware_classes]) \
+        or "all devices"
+    color = {"completed": "green", "halted": "red", "aborted": "yellow", "halting": "red"}.get(r.status, "cyan")
+    out.print(f"[bold]{r.rollout_id}[/] {r.model.name}@{r.model.version}  [{color}]{r.status}[/]  wave "
+              f"{r.wave + 1}/{len(r.waves)} ({waves})  selector {sel_text}"
+              + (f"  variants {dict(r.variants)}" if r.variants else "")
+              + (f"  limit {r.max_devices_per_minute}/min" if r.max_devices_per_minute else ""))
+    out.print(f"assigned {r.assigned}  succeeded {r.succeeded}  failed {r.failed}  pending {r.pending}"
+              + (f"  — {r.reason}" if r.reason else "") + f"  (by {r.created_by or '?'})")
+    if devices and r.devices:
+        t = Table("device", "wave", "target", "previous", "outcome", "why")
+        for a in r.devices:
+            t.add_row(a.device_id, str(a.wave + 1), _ref(a.target), _ref(a.previous), a.outcome, a.why[:70])
+        out.print(t)
+
+
+@rollout_app.command("create")
+def rollout_create(ref: str = typer.Argument(..., help="NAME@VERSION"),
+                   label: List[str] = typer.Option([], "--label", help="selector KEY=VALUE (repeat)"),
+                   hw: List[str] = typer.Option([], "--hw", help="selector hardware class: cpu, gpu, npu (repeat)"),
+                   all_devices: bool = typer.Option(False, "--all", help="select every device"),
+                   canary: str = typer.Option("", help="canary size: N devices or N%, then everyone"),
+                   waves: str = typer.Option("", help="cumulative waves, e.g. 1%,10%,50%,100%"),
+                   per_minute: int = typer.Option(0, help="at most this many devices per minute (0 = no limit)"),
+                   soak: float = typer.Option(0, help="seconds a wave soaks before the next"),
+                   max_failure_ratio: Optional[float] = typer.Option(None, help="halt and roll back above this"),
+                   max_error_rate: Optional[float] = typer.Option(None, help="a device erring more has failed"),
+                   max_p95_ms: Optional[float] = typer.Option(None, help="next wave waits above this p95 latency"),
+                   variant: List[str] = typer.Option([], "--variant", help="HWCLASS=VERSION (repeat)"),
+                   control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                   cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Roll NAME@VERSION out to the selected devices: all at once, a canary, or gated waves."""
+    name, _, version = ref.partition("@")
+    if not version:
+        fail(f"{ref!r} must be NAME@VERSION")
+    if canary and waves:
+        fail("give --canary or --waves, not both")
+    gate = {"min_soak_seconds": soak}
+    for k, v in (("max_failure_ratio", max_failure_ratio), ("max_error_rate", max_error_rate),
+                 ("max_p95_latency_ms", max_p95_ms)):
+        if v is not None:
+            gate[k] = v
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    r = _admin_call(lambda: c.create_rollout(
+        name, version, {"labels": _labels(label), "hardware_classes": hw, "all_devices": all_devices},
+        "canary" if canary else "waves" if waves else "all", canary=_wave(canary) if canary else None,
+        waves=[_wave(w.strip()) for w in waves.split(",") if w.strip()], max_per_minute=per_minute, gate=gate,
+        variants=_labels(variant)))
+    print_rollout(r)
+
+
+@rollout_app.command("status")
+def rollout_status(rollout_id: str = typer.Argument("", help="one rollout with its devices (default: all)"),
+                   control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                   cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Where rollouts stand: status, wave, counts, why they wait or halted."""
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    if rollout_id:
+        print_rollout(_admin_call(lambda: c.rollout(rollout_id)), devices=True)
+        return
+    t = Table("rollout", "model", "status", "wave", "assigned", "ok", "failed", "pending", "reason")
+    for r in _admin_call(c.rollouts):
+        t.add_row(r.rollout_id, f"{r.model.name}@{r.model.version}", r.status, f"{r.wave + 1}/{len(r.waves)}",
+                  str(r.assigned), str(r.succeeded), str(r.failed), str(r.pending), r.reason[:60])
+    Console().print(t)
+
+
+def _rollout_action(action: str):
+    def command(rollout_id: str, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+        c = _admin(control_plane, admin_token, cp_data_dir)
+        print_rollout(_admin_call(lambda: c.rollout_action(action, rollout_id)))
+    command.__doc__ = {"pause": "Stop assigning devices (health is still watched).",
+                       "resume": "Continue a paused rollout.",
+                       "abort": "Stop and send every assigned device back to its previous model."}[action]
+    return command
+
+
+for _action in ("pause", "resume", "abort"):
+    rollout_app.command(_action)(_rollout_action(_action))
+
+
+@app.command("audit")
+def audit(limit: int = typer.Option(50), action: str = typer.Option("", help="only this RPC, e.g. CreateRollout"),
+          control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+          cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """The audit log: who did what, when, and the result (needs role admin)."""
+    c = _admin(control_plane, admin_token, cp_data_dir)
+    t = Table("when", "who", "role", "action", "target", "result", "detail")
+    for e in _admin_call(lambda: c.audit(limit, action)):
+        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts_unix_ms / 1000)), e.who, e.role, e.action,
+                  e.target[:40], e.result, e.detail[:60])
+    Console().print(t)
 
 
 def main() -> None:
