@@ -380,6 +380,8 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
            execution_provider: Optional[str] = typer.Option(None, help="cpu, cuda or dml [recipe, else cpu]"),
            int4_block_size: Optional[int] = typer.Option(None), int4_symmetric: Optional[bool] = typer.Option(None),
            int4_accuracy_level: Optional[int] = typer.Option(None),
+           int4_algo: Optional[str] = typer.Option(None, help="default (RTN), rtn, k_quant, k_quant_last (lm_head "
+                                                             "int8), k_quant_mixed"),
            fallback: bool = typer.Option(True, help="when the precision fails the quality gate, try the next "
                                                     "(int4 -> int8 -> fp16 -> fp32)"),
            gate_examples: int = typer.Option(0, help="eval examples for the gate (0 = all)"),
@@ -398,7 +400,7 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
         else:
             model_dir, opts, thresholds = source, {}, GateThresholds()
         given = dict(precision=precision, execution_provider=execution_provider, int4_block_size=int4_block_size,
-                     int4_symmetric=int4_symmetric, int4_accuracy_level=int4_accuracy_level)
+                     int4_symmetric=int4_symmetric, int4_accuracy_level=int4_accuracy_level, int4_algo=int4_algo)
         opts.update({k: v for k, v in given.items() if v is not None})
         first = opts.pop("precision", "int4")
         base = ExportOptions(**{**opts, "precision": "fp32"})

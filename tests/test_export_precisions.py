@@ -180,3 +180,15 @@ def test_publishing_needs_a_passing_verdict_for_these_very_files(tiny_hf, tmp_pa
     data.write_bytes(bytes(b ^ 0xFF for b in data.read_bytes()[:64]) + data.read_bytes()[64:])
     with pytest.raises(GateError, match="model.onnx.data changed"):
         check_publishable(tmp_path / "ok")
+
+
+def test_int4_options_reach_the_builder(tiny_hf, tmp_path):
+    import onnx
+
+    def q_shape(d):
+        g = onnx.load(str(d / "model.onnx"), load_external_data=False).graph
+        return next(list(i.dims) for i in g.initializer if i.name == "lm_head.MatMul.weight_Q4")
+
+    b16 = export_onnx(tiny_hf, tmp_path / "b16", ExportOptions("int4", int4_block_size=16), **quiet)
+    b64 = export_onnx(tiny_hf, tmp_path / "b64", ExportOptions("int4", int4_block_size=64), **quiet)
+    assert q_shape(b16)[1:] == [4, 8] and q_shape(b64)[1:] == [1, 32]  # hidden 64: blocks x bytes per block

@@ -249,3 +249,37 @@ def _claimed_base(peft_dir: pathlib.Path) -> str | None:
         except AdapterError:
             return None
     return None
+
+
+ADAPTERS_INDEX = "adapters.json"  # in an export: [{"name", "path", "version"}], read by `slmops models publish`
+
+
+def covering_template(adapters: dict[str, pathlib.Path]) -> pathlib.Path:
+    """The adapter whose target modules cover every other's: its shape becomes the base's slots."""
+    if not adapters:
+        raise AdapterError("no adapters given")
+    specs = {n: LoraSpec.from_peft_dir(p) for n, p in adapters.items()}
+    union = set().union(*(s.target_modules for s in specs.values()))
+    for name, spec in specs.items():
+        if set(spec.target_modules) == union:
+            return adapters[name]
+    raise AdapterError(f"no single adapter targets every module the adapters use ({', '.join(sorted(union))}); "
+                       f"train one adapter over all of them to serve as the slot template")
+
+
+def slotted_build(adapters: dict[str, pathlib.Path], version: str = "1"):
+    """An export seam (for quality_gate.select_precision) that builds the base with slots and writes each
+    adapter into adapters/NAME.onnx_adapter plus adapters.json."""
+    template = covering_template(adapters)
+
+    def build(hf_dir, dest, options, log=print):
+        base = export_base_with_slots(hf_dir, template, dest, options, log=log)
+        index = []
+        for name, peft_dir in sorted(adapters.items()):
+            rel = f"adapters/{name}.onnx_adapter"
+            convert_adapter(peft_dir, base, base / rel)
+            index.append({"name": name, "path": rel, "version": version})
+        (base / ADAPTERS_INDEX).write_text(json.dumps(index, indent=1))
+        log(f"  adapters: {', '.join(a['name'] for a in index)}")
+        return base
+    return build

@@ -1,0 +1,43 @@
+"""`slmops export` (gate + size report, adapters) and `slmops models publish` refusing ungated folders."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from slmops.cli import app
+from training.quality_gate import check_publishable
+
+runner = CliRunner()
+
+
+def test_export_runs_the_gate_writes_a_size_report_and_publish_refuses_ungated(tiny_hf, tiny_int4, tmp_path):
+    out = tmp_path / "int4"
+    r = runner.invoke(app, ["export", str(tiny_hf), str(out), "--precision", "int4", "--gate-examples", "4"])
+    assert r.exit_code == 0, r.output
+    assert "chose int4" in r.output and "vs fp32" in r.output and "size MB" in r.output
+    assert check_publishable(out)["precision"] == "int4"
+    # the session's tiny_int4 was exported without the gate: publish refuses it before any upload
+    r = runner.invoke(app, ["models", "publish", str(tiny_int4), "--name", "t", "--version", "v1",
+                            "--admin-token", "x", "--control-plane", "127.0.0.1:1"])
+    assert r.exit_code == 1 and "no gate.json" in r.output
+
+
+def test_export_from_a_recipe_with_adapters(tiny_hf, tmp_path):
+    from test_adapters_runtime import make_adapter
+
+    peft = make_adapter(tiny_hf, tmp_path / "peft", 4, ["q_proj", "v_proj"], seed=1)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model_dir: {tiny_hf}\nexport:\n  precision: int8\n"
+                      f"quality_gate:\n  max_examples: 3\n  min_greedy_agreement: 0.5\n")
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["export", str(recipe), str(out), "--adapter", f"support={peft}"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "adapters.json").read_text()) == [
+        {"name": "support", "path": "adapters/support.onnx_adapter", "version": "1"}]
+    assert (out / "adapters" / "support.onnx_adapter").exists()
+    assert json.loads((out / "gate.json").read_text())["precision"] == "int8"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"model_dir: {tiny_hf}\nquality_gate:\n  max_ppl: 1\n")
+    r = runner.invoke(app, ["export", str(bad), str(tmp_path / "x")])
+    assert r.exit_code == 1 and "unknown keys: max_ppl" in r.output
