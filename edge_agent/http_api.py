@@ -4,6 +4,7 @@ OpenAI's error shape: 400 invalid, 401 key, 404 model, 413 too long, 429 busy (R
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 import uuid
@@ -19,6 +20,7 @@ from edge_agent.runtime import NotReady, QueueFull
 from edge_agent.serving import Outcome, Serving
 
 MAX_BODY_BYTES = 1 << 20
+log = logging.getLogger("slmops.agent.http")
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None,
@@ -62,6 +64,9 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
                 return error(429, f"server busy: {e}", "rate_limit_error", headers={"Retry-After": "1"})
             except NotReady as e:
                 return error(503, f"not ready: {e}", "service_unavailable")
+            except Exception as e:  # the model failed, not the request: a 500 in OpenAI's shape, logged
+                log.error("generation failed: %s: %s", type(e).__name__, e)
+                return error(500, f"the model failed to generate: {type(e).__name__}", "server_error")
         return endpoint
 
     async def complete(req: GenRequest, kind: str):

@@ -50,17 +50,26 @@ class Cluster:
         self.cp = None
         self.admin: AdminClient | None = None
         self.agents = {}
+        self.tls = False  # True: the control plane serves TLS and agents/admin pin cp/keys/ca.pem
+
+    @property
+    def ca(self) -> pathlib.Path | None:
+        return self.cp_dir / "keys" / "ca.pem" if self.tls else None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.cp_port}"
 
     def start_cp(self, extra: list[str] = (), env: dict | None = None):
-        self.cp = start_control_plane(self.cp_dir, self.cp_port, self.logs, extra, env)
+        self.cp = start_control_plane(self.cp_dir, self.cp_port, self.logs, extra, env, tls=self.tls)
         self.procs.append(self.cp)
-        wait_healthy(self.address, timeout=30)
+        deadline = time.monotonic() + 30
+        while self.tls and not self.ca.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ca_pem = self.ca.read_bytes() if self.tls else None
+        wait_healthy(self.address, timeout=30, ca_pem=ca_pem)
         if self.admin is None:
-            self.admin = AdminClient(self.address, (self.cp_dir / "admin-token").read_text().strip())
+            self.admin = AdminClient(self.address, (self.cp_dir / "admin-token").read_text().strip(), ca_pem)
         return self.cp
 
     def publish(self, bundle: pathlib.Path, name: str, version: str, **extra):
@@ -72,10 +81,19 @@ class Cluster:
         port = free_port()
         if token is None:
             token = self.admin.enroll_token(uses=1).token
-        p = start_agent(name, self.cp_port, self.root / name, port, token, self.logs, **kw)
+        p = start_agent(name, self.cp_port, self.root / name, port, token, self.logs, ca_cert=self.ca, **kw)
         self.procs.append(p)
         self.agents[name] = (p, port)
         return p, port
+
+    def restart_agent(self, name: str, kill: bool = False, **kw):
+        """Stops (or SIGKILLs) the agent and starts it again on the same data folder and port, no token."""
+        p, port = self.agents[name]
+        p.kill() if kill else p.stop()
+        p2 = start_agent(name, self.cp_port, self.root / name, port, "", self.logs, ca_cert=self.ca, **kw)
+        self.procs.append(p2)
+        self.agents[name] = (p2, port)
+        return p2, port
 
     def wait_serving(self, name: str, ref: str, timeout: float = 60):
         p, port = self.agents[name]

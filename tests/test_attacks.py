@@ -171,9 +171,13 @@ def test_endless_data(cluster, tiny_int4, tmp_path):
 def test_slow_retrieval(cluster, tiny_int4, tmp_path):
     a = Attack(cluster, tiny_int4, tmp_path, cp_env={"SLMOPS_DEBUG_DOWNLOAD_DELAY_S": "0"},
                agent_extra=["--min-download-rate", "100000"])
+    import os
+    big = variant(tiny_int4, tmp_path / "v9", 19)
+    (big / "extra.bin").write_bytes(os.urandom(1 << 20))  # 16 chunks of 64 KiB that no earlier version has
+    cluster.publish(big, "tiny", "v9")
     a.c.cp.stop()
     a.c.start_cp(env={"SLMOPS_DEBUG_DOWNLOAD_DELAY_S": "1.0"})  # 64 KiB per second from now on
-    a.assign_and_expect_refusal("v2", "slow retrieval")
+    a.assign_and_expect_refusal("v9", "slow retrieval")
 
 
 def test_wrong_software(cluster, tiny_int4, tmp_path):
@@ -201,12 +205,7 @@ def test_root_rotation_is_followed(cluster, tiny_int4, tmp_path):
 
 def test_trusted_versions_survive_restart(cluster, tiny_int4, tmp_path):
     a = Attack(cluster, tiny_int4, tmp_path)
-    p, port = cluster.agents["a1"]
-    p.stop()
-    from control_plane.procs import start_agent
-    p2 = start_agent("a1", cluster.cp_port, cluster.root / "a1", port, "", cluster.logs)
-    cluster.procs.append(p2)
-    cluster.agents["a1"] = (p2, port)
+    cluster.restart_agent("a1")
     cluster.wait_serving("a1", a.m1.ref)
     a.serve(**a.old)
     a.assign_and_expect_refusal("v0", "rollback")

@@ -87,12 +87,7 @@ def test_restarted_agent_serves_from_disk_while_control_plane_is_down(cluster, t
     p, port = cluster.start_agent("a1")
     cluster.wait_serving("a1", m.ref)
     cluster.cp.stop()
-    p.stop()
-    # restart with the same data dir and port, no token: identity and model come from disk
-    from control_plane.procs import start_agent, wait_serving
-    p2 = start_agent("a1", cluster.cp_port, cluster.root / "a1", port, "", cluster.logs)
-    cluster.procs.append(p2)
-    cluster.agents["a1"] = (p2, port)
-    wait_serving(p2, port, m.ref, timeout=60)
+    cluster.restart_agent("a1")  # same data dir and port, no token: identity and model come from disk
+    cluster.wait_serving("a1", m.ref, timeout=60)
     status, body = cluster.chat("a1")
     assert status == 200 and body["model"] == m.ref
