@@ -56,15 +56,21 @@ class Proc:
 
 
 def start_control_plane(data_dir: pathlib.Path, port: int, log_dir: pathlib.Path, extra: list[str] = (),
-                        env: dict | None = None) -> Proc:
+                        env: dict | None = None, tls: bool = False) -> Proc:
+    """Plaintext on loopback unless `tls` (then clients pin DATA_DIR/keys/ca.pem)."""
+    transport = [] if tls else ["--insecure-loopback-dev"]
     return Proc("control-plane", ["control-plane", "serve", "--data-dir", str(data_dir),
-                                  "--listen", f"127.0.0.1:{port}", *extra], log_dir / "control-plane.log", env)
+                                  "--listen", f"127.0.0.1:{port}", *transport, *extra],
+                log_dir / "control-plane.log", env)
 
 
 def start_agent(name: str, cp_port: int, data_dir: pathlib.Path, http_port: int, token: str,
-                log_dir: pathlib.Path, extra: list[str] = (), env: dict | None = None) -> Proc:
+                log_dir: pathlib.Path, extra: list[str] = (), env: dict | None = None,
+                ca_cert: pathlib.Path | None = None) -> Proc:
+    """TLS pinned to `ca_cert` when given, else plaintext to the loopback control plane."""
     args = ["agent", "run", "--control-plane", f"127.0.0.1:{cp_port}", "--data-dir", str(data_dir),
             "--http", f"127.0.0.1:{http_port}", "--device-name", name, "--telemetry-interval", "0.5"]
+    args += ["--ca-cert", str(ca_cert)] if ca_cert else ["--insecure-loopback-dev"]
     if token:
         args += ["--enroll-token", token]
     return Proc(name, args + list(extra), log_dir / f"{name}.log", env)

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from control_plane.blobs import BlobStore
+from control_plane import tls
 from control_plane.auth import AuditInterceptor
 from control_plane.registry import Registry
 from control_plane.rollout_driver import RolloutDriver
@@ -34,6 +35,8 @@ class ControlPlaneConfig:
     max_workers: int = 2048        # each connected agent holds one watch stream (one thread); bench/bench_fleet.py
     watch_tick_s: float = 10.0     # a watch re-checks liveness and refreshes last_seen this often (changes wake it)
     rollout_interval_s: float = 1.0
+    insecure_loopback_dev: bool = False  # plaintext gRPC; refused unless listening on loopback
+    tls_names: tuple[str, ...] = ()     # extra DNS names / IPs for the server certificate
     http: str = ""                 # dashboard + /metrics: "PORT" (loopback) or "HOST:PORT"; "" = off
     rollup_interval_s: float = 10.0
     expiry: Expiry = Expiry()      # lifetime of each role's signed metadata
@@ -47,6 +50,9 @@ class ControlPlaneConfig:
             raise ConfigError(f"--listen {self.listen!r} must be HOST:PORT")
         if self.max_workers < 4:
             raise ConfigError("max_workers must be at least 4")
+        if self.insecure_loopback_dev and host.strip("[]") not in ("127.0.0.1", "::1", "localhost"):
+            raise ConfigError(f"--insecure-loopback-dev needs a loopback --listen, not {self.listen!r}: "
+                              "beyond loopback the control plane serves TLS only")
         if self.http:
             from control_plane.web.server import parse_http
             parse_http(self.http)
@@ -91,7 +97,12 @@ class ControlPlane:
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.store, self.blobs, self.registry, self.views),
                                                    server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        port = server.add_insecure_port(self.cfg.listen)
+        if self.cfg.insecure_loopback_dev:
+            port = server.add_insecure_port(self.cfg.listen)
+        else:
+            creds = tls.server_credentials(pathlib.Path(self.cfg.data_dir) / "keys",
+                                           self.cfg.listen.rpartition(":")[0], self.cfg.tls_names)
+            port = server.add_secure_port(self.cfg.listen, creds)
         if port == 0:
             raise ConfigError(f"could not bind {self.cfg.listen}")
         server.start()

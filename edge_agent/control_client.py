@@ -3,11 +3,13 @@ transport errors mapped to TransportError (retryable) or ArtifactInvalid/refusal
 from __future__ import annotations
 
 import json
+import pathlib
 import random
 from typing import Iterator
 
 import grpc
 
+from edge_agent import device_identity
 from slmops.errors import TransportError
 from slmops.v1 import (artifacts_pb2, artifacts_pb2_grpc, common_pb2, fleet_pb2, fleet_pb2_grpc, telemetry_pb2,
                        telemetry_pb2_grpc)
@@ -49,9 +51,14 @@ class Backoff:
 
 
 class ControlClient:
-    def __init__(self, address: str):
+    def __init__(self, address: str, ca_pem: bytes | None = None, key_path: pathlib.Path | None = None):
+        """TLS pinned to `ca_pem` (plaintext only without it: loopback development); every call signed with the
+        key made on this device (edge_agent/device_identity.py)."""
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 8 << 20)])
+        self.key = device_identity.load_or_create_key(key_path)
+        self.channel = device_identity.open_channel(address, ca_pem,
+                                                    device_identity.DeviceSigner(self.key, lambda: self.token),
+                                                    [("grpc.max_receive_message_length", 8 << 20)])
         self.fleet = fleet_pb2_grpc.FleetStub(self.channel)
         self.artifacts = artifacts_pb2_grpc.ArtifactsStub(self.channel)
         self.telemetry = telemetry_pb2_grpc.TelemetryStub(self.channel)
@@ -63,7 +70,8 @@ class ControlClient:
     def enroll(self, token: str, name: str, hardware: common_pb2.Hardware, agent_version: str):
         try:
             return self.fleet.Enroll(fleet_pb2.EnrollRequest(enroll_token=token, device_name=name,
-                                                             hardware=hardware, agent_version=agent_version),
+                                                             hardware=hardware, agent_version=agent_version,
+                                                             device_public_key=device_identity.public_raw(self.key)),
                                      timeout=10)
         except grpc.RpcError as e:
             raise map_rpc_error(e, "enroll") from e

@@ -101,6 +101,7 @@ def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the dat
              listen: str = typer.Option("127.0.0.1:50051", help="HOST:PORT for gRPC"),
              insecure_loopback_dev: bool = typer.Option(False, "--insecure-loopback-dev",
                                                         help="plaintext gRPC (loopback development only)"),
+             max_workers: int = typer.Option(2048, help="gRPC threads; each connected agent's watch holds one"),
              http: str = typer.Option("", help="dashboard + /metrics on PORT (loopback) or HOST:PORT; off if empty"),
              timestamp_expiry: float = typer.Option(86400, help="seconds a signed timestamp stays valid"),
              resign_interval: float = typer.Option(
@@ -117,7 +118,7 @@ def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the dat
     try:
         expiry = Expiry(timestamp=dt.timedelta(seconds=timestamp_expiry))
         serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen, http=http, expiry=expiry,
-                                         insecure_loopback_dev=insecure_loopback_dev,
+                                         insecure_loopback_dev=insecure_loopback_dev, max_workers=max_workers,
                                          refresh_s=resign_interval if resign_interval >= 0
                                          else min(5.0, max(0.2, timestamp_expiry / 4))))
     except ConfigError as e:

@@ -18,8 +18,9 @@ from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 class SimDevice:
     """A device that enrolls with a key pair made here, signs every call and reports what it is told."""
 
-    def __init__(self, address: str, enroll_token: str, name: str, hw: str = "cpu", fail_versions=()):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, enroll_token: str, name: str, hw: str = "cpu", fail_versions=(),
+                 ca_pem: bytes | None = None):
+        self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca_pem))
         self.fleet = fleet_pb2_grpc.FleetStub(self.channel)
         self.key = Ed25519PrivateKey.generate()
         pub = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -69,7 +70,8 @@ def cp(tmp_path):
     for v in ("v1", "v2", "v3-gpu"):
         c.store.db["models"].insert({"name": "m", "version": v, "manifest": b"{}", "precision": "int4",
                                      "total_bytes": 1, "created_ms": int(time.time() * 1000)})
-    admin = AdminClient(f"127.0.0.1:{port}", c.admin_token_path.read_text().strip())
+    c.ca_pem = (tmp_path / "cp" / "keys" / "ca.pem").read_bytes()          # TLS by default, CA pinned
+    admin = AdminClient(f"127.0.0.1:{port}", c.admin_token_path.read_text().strip(), c.ca_pem)
     c.address, c.admin = f"127.0.0.1:{port}", admin
     yield c
     admin.close()
@@ -78,7 +80,7 @@ def cp(tmp_path):
 
 def fleet(cp, n: int, labels=None, **kw) -> list[SimDevice]:
     token = cp.admin.enroll_token(uses=n, labels=labels or {}).token
-    devs = [SimDevice(cp.address, token, f"d{i}", **kw) for i in range(n)]
+    devs = [SimDevice(cp.address, token, f"d{i}", ca_pem=cp.ca_pem, **kw) for i in range(n)]
     cp.admin.set_desired("m", "v1", [d.device_id for d in devs])
     for d in devs:
         d.act()
@@ -166,9 +168,9 @@ def test_bad_rollouts_are_refused_and_audited(cp, kw, code, text):
 
 def test_roles_and_missing_tokens_are_refused_and_audited(cp):
     fleet(cp, 1)
-    viewer = AdminClient(cp.address, cp.admin.api_token("viewer", "vera").token)
-    operator = AdminClient(cp.address, cp.admin.api_token("operator", "otto").token)
-    nobody = AdminClient(cp.address, "slm_admin_not-a-token")
+    viewer = AdminClient(cp.address, cp.admin.api_token("viewer", "vera").token, cp.ca_pem)
+    operator = AdminClient(cp.address, cp.admin.api_token("operator", "otto").token, cp.ca_pem)
+    nobody = AdminClient(cp.address, "slm_admin_not-a-token", cp.ca_pem)
     assert len(viewer.devices()) == 1
     with pytest.raises(AdminError) as e:
         viewer.create_rollout("m", "v2", {"all_devices": True})
@@ -197,16 +199,16 @@ def test_roles_and_missing_tokens_are_refused_and_audited(cp):
 def test_enrollment_and_device_refusals_are_audited(cp):
     token = cp.admin.enroll_token(uses=1).token
     expired = cp.admin.enroll_token(uses=1, ttl_seconds=1)
-    a = SimDevice(cp.address, token, "a")
+    a = SimDevice(cp.address, token, "a", ca_pem=cp.ca_pem)
     b = fleet(cp, 1)[0]
     cases = []
     for tok, why in ((token, "enrollment token already used up"), ("slm_enroll_wrong", "unknown enrollment token")):
         with pytest.raises(grpc.RpcError) as e:
-            SimDevice(cp.address, tok, "x")
+            SimDevice(cp.address, tok, "x", ca_pem=cp.ca_pem)
         cases.append((e.value.code(), e.value.details(), why))
     time.sleep(1.1)
     with pytest.raises(grpc.RpcError) as e:
-        SimDevice(cp.address, expired.token, "y")
+        SimDevice(cp.address, expired.token, "y", ca_pem=cp.ca_pem)
     cases.append((e.value.code(), e.value.details(), "enrollment token expired"))
     for code, details, why in cases:
         assert code == grpc.StatusCode.PERMISSION_DENIED and details == why
@@ -227,3 +229,17 @@ def test_enrollment_and_device_refusals_are_audited(cp):
             f"device {a.device_id} may not act for device {b.device_id}") in log
     assert any(act == "ReportStatus" and res == "UNAUTHENTICATED" and "does not verify" in d
                for _, act, res, d in log)
+
+
+def test_plaintext_clients_cannot_talk_to_the_tls_control_plane(cp):
+    with grpc.insecure_channel(cp.address) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            fleet_pb2_grpc.FleetStub(ch).Enroll(fleet_pb2.EnrollRequest(enroll_token="x", device_name="p"),
+                                                timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_insecure_mode_is_refused_beyond_loopback(tmp_path):
+    from slmops.errors import ConfigError
+    with pytest.raises(ConfigError, match="--insecure-loopback-dev needs a loopback --listen"):
+        ControlPlaneConfig(data_dir=tmp_path, listen="0.0.0.0:50051", insecure_loopback_dev=True)
