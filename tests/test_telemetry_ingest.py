@@ -3,7 +3,9 @@ keep the valid rest of a batch, clamped timestamps, refusals with clear statuses
 /metrics parsed with prometheus_client's parser."""
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -25,7 +27,8 @@ def ev(seq, ts=None, **kw):
 
 @pytest.fixture
 def cp(tmp_path):
-    c = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", http=str(free_port())))
+    c = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", http=str(free_port()),
+                                        insecure_loopback_dev=True))
     c.start()
     yield c
     c.stop()
@@ -127,6 +130,21 @@ def test_control_plane_metrics_parse_and_count_ingest(cp, device):
     assert samples[("slmops_cp_telemetry_rows", ())] == 2
     assert samples[("slmops_cp_devices", (("state", "enrolled"),))] == 1
     assert samples[("slmops_cp_telemetry_ingest_seconds_count", ())] == 2
+
+
+def test_captures_export_as_jsonl_behind_the_admin_token(cp, device):
+    _, upload = device
+    pair = '{"messages": [{"role": "user", "content": "E17?"}], "response": "filter"}'
+    upload([ev(1, kind="capture", detail=pair), ev(2)])
+    url = f"http://127.0.0.1:{cp.http.port}/api/captures.jsonl"
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(url, timeout=10)
+    assert e.value.code == 401
+    token = cp.admin_token_path.read_text().strip()
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        rows = [json.loads(line) for line in r.read().decode().splitlines()]
+    assert [(x["messages"][0]["content"], x["response"], x["model"]) for x in rows] == [("E17?", "filter", "tiny@v1")]
 
 
 def test_check_event_is_pure_and_names_what_is_wrong():
