@@ -8,10 +8,12 @@ import pathlib
 import shutil
 import tempfile
 
+from slmops.errors import ConfigError
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class ModelSourceError(Exception):
+class ModelSourceError(ConfigError):
     """A model could not be found or read (the message says which and why)."""
 
 
@@ -62,6 +64,9 @@ def gguf_to_hf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
         fresh.save_pretrained(staging)
         tok.save_pretrained(staging)
         staging.rename(out_dir)
+    except OSError:
+        if not (out_dir / "config.json").exists():  # else another process converted it first: use theirs
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
