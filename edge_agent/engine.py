@@ -70,6 +70,14 @@ class OgaEngine:
         """Makes `name` selectable per request; an adapter that does not fit the model is a ModelLoadError."""
         try:
             self.adapters.load(str(path), name)
+            # og only checks names and shapes when a generator runs with the adapter: probe one token now, so a
+            # misfit adapter fails the load (and the update) instead of a request.
+            gp = self.og.GeneratorParams(self.model)
+            gp.set_search_options(max_length=2)
+            probe = self.og.Generator(self.model, gp)
+            probe.set_active_adapter(self.adapters, name)
+            probe.append_tokens([0])
+            del probe
         except Exception as e:
             raise ModelLoadError(f"cannot load adapter {name!r} from {path} into {self.manifest.ref}: {e}") from e
         self.adapter_versions[name] = version

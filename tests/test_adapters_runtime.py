@@ -234,3 +234,24 @@ def test_bundle_with_adapters_round_trips_and_plain_manifests_keep_their_bytes(l
             manifest_for_dir(bundle, "tiny", "v3", "fp32", **bad)
     with pytest.raises(ArtifactInvalid, match="no genai_config.json"):
         manifest_for_dir(only, "tiny-b", "v1", "fp32")
+
+
+def test_a_misfit_adapter_fails_the_engine_load_not_a_request(lora, tmp_path):
+    import onnxruntime as ort
+
+    from edge_agent.engine import OgaEngine
+    from slmops.errors import ModelLoadError
+    from slmops.manifest import manifest_for_dir
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(lora["base"], bundle)
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    wrong = np.zeros((96, 4), dtype=np.float32)  # the base's q_proj slot is [64, r]
+    fmt.set_parameters({"model.layers.0.attn.q_proj.lora_A.MatMul.weight": ort.OrtValue.ortvalue_from_numpy(wrong)})
+    fmt.export_adapter(str(bundle / "wrong.onnx_adapter"))
+    m = manifest_for_dir(bundle, "tiny", "v1", "fp32",
+                         adapters=({"name": "wrong", "path": "wrong.onnx_adapter", "version": "1"},))
+    with pytest.raises(ModelLoadError, match="cannot load adapter 'wrong'"):
+        OgaEngine(bundle, m)
