@@ -142,5 +142,29 @@ class AdminClient:
     def audit(self, limit: int = 100, action: str = ""):
         return self._call(self.stub.ListAudit, admin_pb2.AuditQuery(limit=limit, action=action)).entries
 
+    # ---- pipelines (issue 10) ----------------------------------------------------------------
+    def submit_pipeline(self, recipe_yaml: str, base_dir: str) -> admin_pb2.Pipeline:
+        return self._call(self.stub.SubmitPipeline, admin_pb2.SubmitPipelineRequest(recipe_yaml=recipe_yaml,
+                                                                                    base_dir=base_dir))
+
+    def pipelines(self, status: str = "", limit: int = 0):
+        return self._call(self.stub.ListPipelines, admin_pb2.ListPipelinesRequest(status=status,
+                                                                                  limit=limit)).pipelines
+
+    def pipeline(self, job_id: str) -> admin_pb2.Pipeline:
+        return self._call(self.stub.GetPipeline, admin_pb2.PipelineRef(job_id=job_id))
+
+    def cancel_pipeline(self, job_id: str) -> admin_pb2.Pipeline:
+        return self._call(self.stub.CancelPipeline, admin_pb2.PipelineRef(job_id=job_id))
+
+    def pipeline_logs(self, job_id: str, follow: bool = False, after_id: int = 0, timeout: float = 24 * 3600):
+        """Yields PipelineLogLine; with follow, until the job finishes."""
+        try:
+            yield from self.stub.PipelineLogs(admin_pb2.PipelineLogsRequest(job_id=job_id, follow=follow,
+                                                                            after_id=after_id),
+                                              metadata=self.md, timeout=timeout)
+        except grpc.RpcError as e:
+            raise AdminError(e.code(), e.details()) from e
+
     def close(self) -> None:
         self.channel.close()

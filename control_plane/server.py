@@ -43,6 +43,7 @@ class ControlPlaneConfig:
     refresh_s: float = 5.0         # how often to re-sign what is about to expire and pick up new roots
     # SLMOPS_DEBUG_DOWNLOAD_DELAY_S: seconds slept per 64 KiB chunk served (tests of slow retrieval only)
     download_delay_s: float = float(os.environ.get("SLMOPS_DEBUG_DOWNLOAD_DELAY_S", "0") or 0)
+    pipeline_jobs: int = 1         # pipelines run at once, each stage in a worker process (control_plane/pipelines)
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -83,6 +84,9 @@ class ControlPlane:
         self.metrics = ControlPlaneMetrics(self.store)
         self.telemetry_job = TelemetryJob(self.views, cfg.rollup_interval_s)
         self.http = None
+        from control_plane.pipelines.manager import ManagerConfig, PipelineManager
+        self.pipelines = PipelineManager(self.store, self.registry, self.blobs,
+                                         ManagerConfig(data, max_jobs=cfg.pipeline_jobs))
 
     def start(self) -> int:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.cfg.max_workers),
@@ -94,8 +98,9 @@ class ControlPlane:
             ArtifactsServicer(self.store, self.blobs, self.repo, self.cfg.download_delay_s), server)
         telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(self.store, self.views, self.metrics),
                                                            server)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.store, self.blobs, self.registry, self.views),
-                                                   server)
+        admin = AdminServicer(self.store, self.blobs, self.registry, self.views)
+        admin.pipelines = self.pipelines
+        admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.cfg.insecure_loopback_dev:
             port = server.add_insecure_port(self.cfg.listen)
@@ -110,6 +115,7 @@ class ControlPlane:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server, self.port = server, port
         self.rollout_driver.start()
+        self.pipelines.start()
         self.telemetry_job.thread.start()
         if self.cfg.http:
             from control_plane.web.app import build_app
@@ -133,6 +139,7 @@ class ControlPlane:
                 log.error("could not refresh signed metadata: %s", e)
 
     def stop(self, grace: float = 2.0) -> None:
+        self.pipelines.stop()   # workers stopped; running jobs stay running and resume on the next start
         self.rollout_driver.stop()
         self.telemetry_job.stop.set()
         if self.http:

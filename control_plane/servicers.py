@@ -11,6 +11,7 @@ from control_plane import auth, ingest, rollups
 from control_plane.blobs import BlobStore
 from control_plane.registry import Registry
 from control_plane.fleet_admin import FleetAdmin, device_pb
+from control_plane.pipelines.servicer import PipelineAdmin
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryViews
 from slmops.errors import ArtifactInvalid
@@ -139,7 +140,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                                        detail=verdict.detail, clamped=verdict.clamped)
 
 
-class AdminServicer(FleetAdmin, admin_pb2_grpc.AdminServicer):  # FleetAdmin: rollouts, pins, labels, tokens, audit
+class AdminServicer(FleetAdmin, PipelineAdmin, admin_pb2_grpc.AdminServicer):  # + pipelines (issue 10)
     def __init__(self, store: Store, blobs: BlobStore, registry: Registry, views: TelemetryViews | None = None):
         self.store = store
         self.blobs = blobs

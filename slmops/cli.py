@@ -28,9 +28,11 @@ rollout_app = typer.Typer(no_args_is_help=True, help="Decide which device runs w
 telemetry_app = typer.Typer(no_args_is_help=True, help="What the fleet reported.")
 from training.cli import train_app  # noqa: E402  (imports only typer/rich; torch is imported per command)
 keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and root metadata (TUF-style roles).")
+from control_plane.pipelines.cli import pipeline_app  # noqa: E402  (typer/rich only until a command runs)
 for name, sub in (("control-plane", cp_app), ("agent", agent_app), ("models", models_app),
                   ("devices", devices_app), ("tokens", tokens_app), ("rollout", rollout_app),
-                  ("telemetry", telemetry_app), ("train", train_app), ("keys", keys_app)):
+                  ("telemetry", telemetry_app), ("train", train_app), ("keys", keys_app),
+                  ("pipeline", pipeline_app)):
     app.add_typer(sub, name=name)
 
 CP_OPT = typer.Option(os.environ.get("SLMOPS_CONTROL_PLANE", "127.0.0.1:50051"), "--control-plane",
@@ -106,7 +108,8 @@ def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the dat
              timestamp_expiry: float = typer.Option(86400, help="seconds a signed timestamp stays valid"),
              resign_interval: float = typer.Option(
                  -1, help="seconds between checks that re-sign expiring metadata and pick up new roots "
-                          "(default: min(5, expiry/4); 0 disables, e.g. to test freeze defences)")):
+                          "(default: min(5, expiry/4); 0 disables, e.g. to test freeze defences)"),
+             pipeline_jobs: int = typer.Option(1, help="pipelines run at once (each stage in a worker process)")):
     """Serve the fleet, artifact, telemetry and admin APIs over gRPC (and the dashboard with --http)."""
     import datetime as dt
 
@@ -119,6 +122,7 @@ def cp_serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the dat
         expiry = Expiry(timestamp=dt.timedelta(seconds=timestamp_expiry))
         serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen, http=http, expiry=expiry,
                                          insecure_loopback_dev=insecure_loopback_dev, max_workers=max_workers,
+                                         pipeline_jobs=pipeline_jobs,
                                          refresh_s=resign_interval if resign_interval >= 0
                                          else min(5.0, max(0.2, timestamp_expiry / 4))))
     except ConfigError as e:

@@ -484,3 +484,109 @@ class EventList(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[TelemetryRecord]
     def __init__(self, events: _Optional[_Iterable[_Union[TelemetryRecord, _Mapping]]] = ...) -> None: ...
+
+class SubmitPipelineRequest(_message.Message):
+    __slots__ = ("recipe_yaml", "base_dir")
+    RECIPE_YAML_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIR_FIELD_NUMBER: _ClassVar[int]
+    recipe_yaml: str
+    base_dir: str
+    def __init__(self, recipe_yaml: _Optional[str] = ..., base_dir: _Optional[str] = ...) -> None: ...
+
+class PipelineRef(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListPipelinesRequest(_message.Message):
+    __slots__ = ("status", "limit")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    limit: int
+    def __init__(self, status: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class PipelineStage(_message.Message):
+    __slots__ = ("index", "kind", "status", "key", "inputs_json", "outputs_json", "metrics_json", "message", "started_unix_ms", "finished_unix_ms", "attempts", "cached")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    kind: str
+    status: str
+    key: str
+    inputs_json: str
+    outputs_json: str
+    metrics_json: str
+    message: str
+    started_unix_ms: int
+    finished_unix_ms: int
+    attempts: int
+    cached: bool
+    def __init__(self, index: _Optional[int] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., key: _Optional[str] = ..., inputs_json: _Optional[str] = ..., outputs_json: _Optional[str] = ..., metrics_json: _Optional[str] = ..., message: _Optional[str] = ..., started_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class Pipeline(_message.Message):
+    __slots__ = ("job_id", "name", "status", "reason", "submitted_by", "created_unix_ms", "updated_unix_ms", "stages", "published", "rollout_id", "resumes", "recipe_yaml")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUMES_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_YAML_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    status: str
+    reason: str
+    submitted_by: str
+    created_unix_ms: int
+    updated_unix_ms: int
+    stages: _containers.RepeatedCompositeFieldContainer[PipelineStage]
+    published: str
+    rollout_id: str
+    resumes: int
+    recipe_yaml: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., submitted_by: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., updated_unix_ms: _Optional[int] = ..., stages: _Optional[_Iterable[_Union[PipelineStage, _Mapping]]] = ..., published: _Optional[str] = ..., rollout_id: _Optional[str] = ..., resumes: _Optional[int] = ..., recipe_yaml: _Optional[str] = ...) -> None: ...
+
+class PipelineList(_message.Message):
+    __slots__ = ("pipelines",)
+    PIPELINES_FIELD_NUMBER: _ClassVar[int]
+    pipelines: _containers.RepeatedCompositeFieldContainer[Pipeline]
+    def __init__(self, pipelines: _Optional[_Iterable[_Union[Pipeline, _Mapping]]] = ...) -> None: ...
+
+class PipelineLogsRequest(_message.Message):
+    __slots__ = ("job_id", "after_id", "follow")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ID_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    after_id: int
+    follow: bool
+    def __init__(self, job_id: _Optional[str] = ..., after_id: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class PipelineLogLine(_message.Message):
+    __slots__ = ("id", "stage", "ts_unix_ms", "line")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    TS_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    stage: int
+    ts_unix_ms: int
+    line: str
+    def __init__(self, id: _Optional[int] = ..., stage: _Optional[int] = ..., ts_unix_ms: _Optional[int] = ..., line: _Optional[str] = ...) -> None: ...

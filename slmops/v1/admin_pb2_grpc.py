@@ -141,6 +141,31 @@ class AdminStub:
                 request_serializer=slmops_dot_v1_dot_admin__pb2.EventQuery.SerializeToString,
                 response_deserializer=slmops_dot_v1_dot_admin__pb2.EventList.FromString,
                 _registered_method=True)
+        self.SubmitPipeline = channel.unary_unary(
+                '/slmops.v1.Admin/SubmitPipeline',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.SubmitPipelineRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Pipeline.FromString,
+                _registered_method=True)
+        self.ListPipelines = channel.unary_unary(
+                '/slmops.v1.Admin/ListPipelines',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.ListPipelinesRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.PipelineList.FromString,
+                _registered_method=True)
+        self.GetPipeline = channel.unary_unary(
+                '/slmops.v1.Admin/GetPipeline',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.PipelineRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Pipeline.FromString,
+                _registered_method=True)
+        self.PipelineLogs = channel.unary_stream(
+                '/slmops.v1.Admin/PipelineLogs',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.PipelineLogsRequest.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.PipelineLogLine.FromString,
+                _registered_method=True)
+        self.CancelPipeline = channel.unary_unary(
+                '/slmops.v1.Admin/CancelPipeline',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.PipelineRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Pipeline.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -279,6 +304,39 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitPipeline(self, request, context):
+        """---- pipelines (issue 10): recipe -> train -> evaluate -> export -> gate -> publish -> rollout ----
+        Validates the whole recipe (INVALID_ARGUMENT lists every error with its location) and queues it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPipelines(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPipeline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PipelineLogs(self, request, context):
+        """The job's log lines from after_id on; with follow, new lines until the job finishes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelPipeline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -386,6 +444,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=slmops_dot_v1_dot_admin__pb2.EventQuery.FromString,
                     response_serializer=slmops_dot_v1_dot_admin__pb2.EventList.SerializeToString,
+            ),
+            'SubmitPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitPipeline,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.SubmitPipelineRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Pipeline.SerializeToString,
+            ),
+            'ListPipelines': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPipelines,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.ListPipelinesRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.PipelineList.SerializeToString,
+            ),
+            'GetPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPipeline,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.PipelineRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Pipeline.SerializeToString,
+            ),
+            'PipelineLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.PipelineLogs,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.PipelineLogsRequest.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.PipelineLogLine.SerializeToString,
+            ),
+            'CancelPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelPipeline,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.PipelineRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Pipeline.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -956,6 +1039,141 @@ class Admin:
             '/slmops.v1.Admin/ListEvents',
             slmops_dot_v1_dot_admin__pb2.EventQuery.SerializeToString,
             slmops_dot_v1_dot_admin__pb2.EventList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/SubmitPipeline',
+            slmops_dot_v1_dot_admin__pb2.SubmitPipelineRequest.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Pipeline.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPipelines(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/ListPipelines',
+            slmops_dot_v1_dot_admin__pb2.ListPipelinesRequest.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.PipelineList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/GetPipeline',
+            slmops_dot_v1_dot_admin__pb2.PipelineRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Pipeline.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PipelineLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/slmops.v1.Admin/PipelineLogs',
+            slmops_dot_v1_dot_admin__pb2.PipelineLogsRequest.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.PipelineLogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/CancelPipeline',
+            slmops_dot_v1_dot_admin__pb2.PipelineRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Pipeline.FromString,
             options,
             channel_credentials,
             insecure,

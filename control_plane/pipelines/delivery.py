@@ -1,0 +1,106 @@
+"""Continuous delivery, in the control plane process: publish a gated bundle (the same checks as
+`slmops models publish`: a passing gate.json whose file hashes still match) and roll it out with the fleet's
+own rollout engine, then follow the rollout until it completes, halts or is aborted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import secrets
+import time
+
+from control_plane import rollout_driver
+from control_plane import rollouts as ro
+from control_plane.blobs import BlobStore
+from control_plane.fleet_admin import GATE_FIELDS
+from control_plane.registry import Registry
+from control_plane.store import Store
+
+
+class DeliveryFailed(Exception):
+    """Publishing or rolling out was refused or stopped; the message says why."""
+
+
+def rollout_spec(cfg: dict, name: str, version: str) -> ro.RolloutSpec:
+    """Raises rollouts.RolloutInvalid naming the bad setting."""
+    wave = (lambda w: ro.Wave(int(w.get("devices", 0)), float(w.get("percent", 0.0))))
+    sel = cfg["selector"]
+    return ro.RolloutSpec.strategy(
+        cfg["strategy"], name, version,
+        ro.Selector(dict(sel.get("labels") or {}), tuple(sel.get("hardware_classes") or ()),
+                    bool(sel.get("all_devices"))),
+        canary=wave(cfg["canary"]) if cfg.get("canary") else None, waves=tuple(wave(w) for w in cfg["waves"]),
+        max_per_minute=cfg["max_devices_per_minute"],
+        gate=ro.Gate(**{GATE_FIELDS[k]: v for k, v in cfg["gate"].items()}))
+
+
+def publish(registry: Registry, blobs: BlobStore, store: Store, bundle_dir: str, name: str, version: str) -> dict:
+    from slmops.errors import ArtifactInvalid
+    from slmops.manifest import manifest_for_dir
+    from training.quality_gate import GateError, check_publishable
+
+    bundle = pathlib.Path(bundle_dir)
+    try:
+        verdict = check_publishable(bundle)
+    except GateError as e:
+        raise DeliveryFailed(str(e)) from e
+    info = json.loads((bundle / "export_info.json").read_text())
+    m = manifest_for_dir(bundle, name, version, info["precision"], execution_provider=info["execution_provider"],
+                         metrics={"quality_gate": verdict["metrics"], "reference": verdict["reference"]})
+    existing = store.model(name, version)
+    if existing is not None:
+        files = {f.path: f.sha256 for f in m.files}
+        same = {r["path"]: r["sha256"] for r in store.db.query(
+            "select path, sha256 from model_files where name = ? and version = ?", [name, version])}
+        if files != same:
+            raise DeliveryFailed(f"{name}@{version} is already published with other files; versions are "
+                                 f"immutable (use version: \"v-{{hash}}\" to name each build by its content)")
+        return {"model": f"{name}@{version}", "already_published": True}
+    for f in m.files:
+        with open(bundle / f.path, "rb") as fh:
+            blobs.put_stream(iter(lambda: fh.read(1 << 20), b""), expected_sha256=f.sha256)
+    try:
+        registry.publish(m.to_json())
+    except ArtifactInvalid as e:
+        raise DeliveryFailed(str(e)) from e
+    return {"model": f"{name}@{version}", "precision": m.precision, "files": len(m.files),
+            "bytes": m.total_bytes}
+
+
+def start_rollout(store: Store, cfg: dict, name: str, version: str, who: str) -> str:
+    spec = rollout_spec(cfg, name, version)
+    devices = rollout_driver.fleet(store)
+    chosen = {d for d, v in devices.items() if spec.selector.matches(v) and v.pinned is None}
+    if not chosen:
+        raise DeliveryFailed(f"the selector {json.dumps(dataclasses.asdict(spec.selector))} matches no unpinned "
+                             f"device")
+    with store.rollouts_lock:
+        for row in store.rollout_rows(rollout_driver.UNFINISHED):
+            other = ro.from_json(row["state"])
+            busy = chosen & ({d for d, v in devices.items() if other.spec.selector.matches(v)}
+                             | {a.device_id for a in other.assignments})
+            if busy:
+                raise DeliveryFailed(f"device {sorted(busy)[0]} is already in rollout {other.rollout_id} "
+                                     f"({other.status})")
+        r = ro.Rollout("ro_" + secrets.token_hex(4), spec, int(time.time() * 1000))
+        rollout_driver.save(store, r, created_by=who)
+    store.rollouts_changed.set()
+    return r.rollout_id
+
+
+def abort_rollout(store: Store, rollout_id: str, who: str) -> None:
+    with store.rollouts_lock:
+        r = rollout_driver.load(store, rollout_id)
+        if r is None or r.status in ro.TERMINAL or r.status in ro.ROLLING_BACK:
+            return
+        rollout_driver.save(store, ro.operator_event(r, ro.ABORT, who))
+    store.rollouts_changed.set()
+
+
+def rollout_outcome(store: Store, rollout_id: str) -> tuple[str, str] | None:
+    """(status, reason) once the rollout is finished; None while it runs."""
+    r = rollout_driver.load(store, rollout_id)
+    if r is None:
+        return ro.ABORTED, f"rollout {rollout_id} is gone"
+    return (r.status, r.reason) if r.status in ro.TERMINAL else None

@@ -1,0 +1,370 @@
+"""A pipeline recipe: one YAML file, a name and an ordered list of stages, each a one-key mapping.
+
+    # slmops pipeline submit pipelines/support_tiny.yaml
+    name: support-tiny
+    stages:
+      - train: {recipe: training/recipes/full_tiny_text_template.yaml, set: [train.max_steps=5]}
+      - evaluate: {max_examples: 8}
+      - export: {precisions: [int4]}
+      - gate: {max_examples: 8}
+      - publish: {name: support, version: "v-{hash}"}
+      - rollout: {strategy: canary, canary: {devices: 1}, selector: {labels: {site: berlin}}}
+
+`parse` checks the whole recipe before anything runs and raises PipelineInvalid listing every error with its
+location ("stages[2].export.precisions[0]: ..."). Relative paths are relative to `base_dir` (the submitter's
+working directory, as for `slmops train`).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass, field, fields
+
+from slmops.errors import ConfigError
+
+KINDS = ("train", "evaluate", "export", "gate", "publish", "rollout")   # also the only order allowed
+NEEDS = {"evaluate": "train", "export": "train", "gate": "export", "publish": "gate", "rollout": "publish"}
+WORKER_KINDS = ("train", "evaluate", "export", "gate")                  # run in worker processes
+EXECUTORS = ("local", "torchrun")
+STRATEGIES = ("all", "canary", "waves")
+TRAINED_MODEL = {"full": "always", "distill": "always", "lora": "merge", "qlora": "merge"}
+EXPORT_OPTIONS = ("int4_block_size", "int4_symmetric", "int4_accuracy_level", "int4_algo", "int8_accuracy_level")
+
+
+class PipelineInvalid(ConfigError):
+    def __init__(self, errors: list[str]):
+        super().__init__(f"{len(errors)} error(s) in the pipeline recipe:\n  " + "\n  ".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory_mb: int = 0          # address-space limit of the worker (0 = none); a stage over it fails, named
+    timeout_s: int = 6 * 3600
+
+
+@dataclass(frozen=True)
+class Executor:
+    kind: str = "local"
+    nproc_per_node: int = 1     # torchrun: processes on this node
+    nnodes: int = 1             # torchrun: > 1 joins a rendezvous at rdzv_endpoint (docs/PIPELINES.md)
+    rdzv_endpoint: str = ""
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str
+    config: dict                # the validated, normalised settings (hashed into the stage key)
+    resources: Resources = field(default_factory=Resources)
+    executor: Executor = field(default_factory=Executor)
+    data_files: tuple[str, ...] = ()   # absolute paths whose contents are inputs of the stage
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    stages: tuple[Stage, ...]
+    base_dir: str
+    text: str = ""
+
+    def stage(self, kind: str) -> Stage | None:
+        return next((s for s in self.stages if s.kind == kind), None)
+
+
+class _Errors:
+    def __init__(self):
+        self.items: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.items.append(f"{where}: {message}")
+
+
+def _mapping(value, where: str, errors: _Errors, allowed: tuple[str, ...]) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        errors.add(where, f"must be a mapping, got {type(value).__name__}")
+        return {}
+    for k in value:
+        if k not in allowed:
+            errors.add(f"{where}.{k}", f"unknown key; expected one of {', '.join(allowed)}")
+    return value
+
+
+def _number(d: dict, key: str, where: str, errors: _Errors, default, lo, hi, kind=int):
+    value = d.get(key, default)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or value == int(value))
+    if not ok or not lo <= value <= hi:
+        errors.add(f"{where}.{key}", f"{value!r} must be {'an integer' if kind is int else 'a number'} "
+                                     f"in [{lo}, {hi}]")
+        return default
+    return kind(value)
+
+
+def _path(base: pathlib.Path, value, where: str, errors: _Errors) -> pathlib.Path | None:
+    if not isinstance(value, str) or not value:
+        errors.add(where, f"{value!r} must be a file path")
+        return None
+    p = pathlib.Path(value)
+    p = p if p.is_absolute() else base / p
+    if not p.is_file():
+        errors.add(where, f"no file at {p}")
+        return None
+    return p
+
+
+# ---- one parser per stage kind: (settings, data files) ------------------------------------------------------
+def _train(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
+    from training import recipe as tr
+    from training.dataset import Template, load_jsonl
+
+    d = _mapping(d, where, errors, ("recipe", "set", "executor", "resources"))
+    raw, text = d.get("recipe"), ""
+    if isinstance(raw, str):
+        p = _path(base, raw, f"{where}.recipe", errors)
+        if p is None:
+            return {}, ()
+        import yaml
+
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            errors.add(f"{where}.recipe", f"{p} is not valid YAML: {e}")
+            return {}, ()
+    if not isinstance(raw, dict):
+        errors.add(f"{where}.recipe", "needs a training recipe: a file path or an inline mapping")
+        return {}, ()
+    overrides = d.get("set") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        errors.add(f"{where}.set", "must be a list of section.key=value strings")
+        overrides = []
+    raw = json.loads(json.dumps(raw))  # a private copy (overrides edit it)
+    raw.setdefault("output", "(set by the pipeline)")
+    try:
+        r = tr.from_dict(tr.apply_overrides(raw, overrides), text)
+    except ConfigError as e:
+        errors.add(f"{where}.recipe", str(e))
+        return {}, ()
+    need = TRAINED_MODEL.get(r.method)
+    if need is None or (need == "merge" and not r.merge):
+        errors.add(f"{where}.recipe.method", f"method {r.method!r} does not leave one model to export; use full or "
+                                            f"distill, or lora/qlora with merge: true")
+    files = []
+    for key, value in (("data.train", r.data.train), ("data.validation", r.data.validation),
+                       ("eval.heldout", r.eval.heldout)):
+        if value is None:
+            continue
+        p = _path(base, value, f"{where}.recipe.{key}", errors)
+        if p is None:
+            continue
+        files.append(str(p))
+        if key != "eval.heldout":
+            try:
+                Template.parse(r.data.template).check(load_jsonl(p))
+            except ConfigError as e:
+                errors.add(f"{where}.recipe.{key}", str(e))
+    raw.pop("output", None)
+    return {"recipe": raw, "method": r.method, "template": r.data.template, "heldout": r.eval.heldout}, tuple(files)
+
+
+def _evaluate(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
+    d = _mapping(d, where, errors, ("heldout", "max_examples", "max_new_tokens", "min_task_accuracy", "resources"))
+    heldout = d.get("heldout", str(pathlib.Path(__file__).parents[2] / "training" / "data" / "support_heldout.jsonl"))
+    p = _path(base, heldout, f"{where}.heldout", errors)
+    cfg = {"heldout": str(p) if p else None,
+           "max_examples": _number(d, "max_examples", where, errors, 0, 0, 100000),
+           "max_new_tokens": _number(d, "max_new_tokens", where, errors, 32, 1, 512),
+           "min_task_accuracy": _number(d, "min_task_accuracy", where, errors, 0.0, 0.0, 1.0, float)}
+    return cfg, ((str(p),) if p else ())
+
+
+def _export(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
+    from training.export import ExportError, ExportOptions, PRECISIONS
+
+    d = _mapping(d, where, errors, ("precisions", "execution_provider", *EXPORT_OPTIONS, "resources"))
+    precisions = d.get("precisions", ["int4"])
+    if not isinstance(precisions, list) or not precisions:
+        errors.add(f"{where}.precisions", "must be a non-empty list, e.g. [int4, int8]")
+        precisions = []
+    options = {k: d[k] for k in EXPORT_OPTIONS if k in d}
+    ep = d.get("execution_provider", "cpu")
+    for i, p in enumerate(precisions):
+        if p not in PRECISIONS:
+            errors.add(f"{where}.precisions[{i}]", f"{p!r} is not one of {', '.join(PRECISIONS)}")
+            continue
+        try:
+            ExportOptions(precision=p, execution_provider=ep, **options)
+        except (ExportError, TypeError) as e:
+            errors.add(f"{where}.precisions[{i}]", str(e))
+    ordered = [p for p in PRECISIONS if p in precisions or p == "fp32"]  # fp32 is always the gate's reference
+    return {"precisions": ordered, "execution_provider": ep, "options": options}, ()
+
+
+def _gate(d: dict, where: str, base: pathlib.Path, errors: _Errors, exported: list[str]) -> tuple[dict, tuple]:
+    from training.quality_gate import GateThresholds
+
+    d = _mapping(d, where, errors, ("order", "thresholds", "max_examples", "resources"))
+    order = d.get("order") or [p for p in ("int4", "int8", "fp16", "fp32") if p in exported]
+    if not isinstance(order, list):
+        errors.add(f"{where}.order", "must be a list of exported precisions, best first")
+        order = []
+    for i, p in enumerate(order):
+        if p not in exported:
+            errors.add(f"{where}.order[{i}]", f"{p!r} is not exported by the export stage ({', '.join(exported)})")
+    thresholds = _mapping(d.get("thresholds"), f"{where}.thresholds", errors,
+                          tuple(f.name for f in fields(GateThresholds)))
+    try:
+        t = GateThresholds.from_mapping({k: v for k, v in thresholds.items()
+                                         if k in {f.name for f in fields(GateThresholds)}})
+    except (TypeError, ValueError) as e:
+        errors.add(f"{where}.thresholds", str(e))
+        t = GateThresholds()
+    max_examples = _number(d, "max_examples", where, errors, t.max_examples, 0, 100000)
+    from dataclasses import asdict
+
+    return {"order": order, "thresholds": {**asdict(t), "max_examples": max_examples}}, ()
+
+
+def _publish(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple]:
+    d = _mapping(d, where, errors, ("name", "version"))
+    out = {}
+    for key in ("name", "version"):
+        v = d.get(key)
+        if not isinstance(v, str) or not v or len(v) > 128 or any(c.isspace() or c in "@/" for c in v):
+            errors.add(f"{where}.{key}", f"{v!r} must be a non-empty string without spaces, '@' or '/'")
+        out[key] = v
+    v = out.get("version") or ""
+    try:
+        v.format(hash="x", job="x")
+    except (KeyError, IndexError, ValueError) as e:
+        errors.add(f"{where}.version", f"{v!r}: only {{hash}} and {{job}} may be filled in ({e})")
+    return out, ()
+
+
+def _rollout(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple]:
+    from control_plane.fleet_admin import GATE_FIELDS
+
+    before = len(errors.items)
+    d = _mapping(d, where, errors, ("strategy", "selector", "canary", "waves", "gate", "max_devices_per_minute",
+                                    "wait", "wait_timeout_s"))
+    strategy = d.get("strategy", "all")
+    if strategy not in STRATEGIES:
+        errors.add(f"{where}.strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}")
+    sel = _mapping(d.get("selector"), f"{where}.selector", errors, ("labels", "hardware_classes", "all_devices"))
+    if not sel.get("labels") and not sel.get("hardware_classes") and not sel.get("all_devices"):
+        errors.add(f"{where}.selector", "is empty: give labels, hardware_classes or all_devices: true")
+
+    def wave(w, at):
+        w = _mapping(w, at, errors, ("devices", "percent"))
+        if len([k for k in ("devices", "percent") if k in w]) != 1:
+            errors.add(at, "give exactly one of devices or percent")
+        return w
+    canary = wave(d["canary"], f"{where}.canary") if "canary" in d else None
+    if strategy == "canary" and canary is None:
+        errors.add(f"{where}.canary", "strategy canary needs a canary size, e.g. {devices: 1} or {percent: 10}")
+    waves = d.get("waves") or []
+    if not isinstance(waves, list):
+        errors.add(f"{where}.waves", "must be a list of {percent: P} or {devices: N}")
+        waves = []
+    waves = [wave(w, f"{where}.waves[{i}]") for i, w in enumerate(waves)]
+    if strategy == "waves" and not waves:
+        errors.add(f"{where}.waves", "strategy waves needs at least one wave")
+    gate = _mapping(d.get("gate"), f"{where}.gate", errors, tuple(GATE_FIELDS))
+    for k, v in gate.items():
+        if k in GATE_FIELDS and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+            errors.add(f"{where}.gate.{k}", f"{v!r} must be a number >= 0")
+    cfg = {"strategy": strategy, "selector": sel, "canary": canary, "waves": waves, "gate": gate,
+           "max_devices_per_minute": _number(d, "max_devices_per_minute", where, errors, 0, 0, 1_000_000),
+           "wait": bool(d.get("wait", True)),
+           "wait_timeout_s": _number(d, "wait_timeout_s", where, errors, 3600, 1, 7 * 86400)}
+    if len(errors.items) == before:  # the fleet's own checks (e.g. wave percentages must grow)
+        from control_plane.pipelines.delivery import rollout_spec
+
+        try:
+            rollout_spec(cfg, "name", "version")
+        except (ConfigError, TypeError, ValueError) as e:
+            errors.add(where, str(e))
+    return cfg, ()
+
+
+def _resources(d, where: str, errors: _Errors) -> Resources:
+    d = _mapping(d, where, errors, ("memory_mb", "timeout_s"))
+    return Resources(_number(d, "memory_mb", where, errors, 0, 0, 10_000_000),
+                     _number(d, "timeout_s", where, errors, Resources.timeout_s, 1, 30 * 86400))
+
+
+def _executor(d, where: str, errors: _Errors) -> Executor:
+    d = _mapping(d, where, errors, ("kind", "nproc_per_node", "nnodes", "rdzv_endpoint"))
+    kind = d.get("kind", "local")
+    if kind not in EXECUTORS:
+        errors.add(f"{where}.kind", f"{kind!r} is not one of {', '.join(EXECUTORS)}")
+    nnodes = _number(d, "nnodes", where, errors, 1, 1, 1024)
+    endpoint = d.get("rdzv_endpoint", "")
+    if nnodes > 1 and not endpoint:
+        errors.add(f"{where}.rdzv_endpoint", "nnodes > 1 needs a rendezvous HOST:PORT every node can reach")
+    return Executor(kind, _number(d, "nproc_per_node", where, errors, 1, 1, 64), nnodes, str(endpoint))
+
+
+# ---- the whole recipe -----------------------------------------------------------------------------------------
+def parse(d, base_dir: str | pathlib.Path, text: str = "") -> Pipeline:
+    """The validated pipeline, or PipelineInvalid listing every error found."""
+    errors = _Errors()
+    base = pathlib.Path(base_dir)
+    if not isinstance(d, dict):
+        raise PipelineInvalid(["(top): a pipeline recipe must be a mapping with name and stages"])
+    for k in d:
+        if k not in ("name", "stages"):
+            errors.add(k, "unknown key; expected name and stages")
+    name = d.get("name")
+    if not isinstance(name, str) or not name.strip():
+        errors.add("name", f"{name!r} must be a non-empty string")
+    items = d.get("stages")
+    if not isinstance(items, list) or not items:
+        errors.add("stages", "must be a non-empty list of one-key mappings, e.g. - train: {recipe: FILE}")
+        items = []
+    stages, seen = [], []
+    for i, item in enumerate(items):
+        where = f"stages[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            errors.add(where, f"must be a mapping with exactly one key, the stage kind ({', '.join(KINDS)})")
+            continue
+        kind, body = next(iter(item.items()))
+        if kind not in KINDS:
+            errors.add(where, f"unknown stage kind {kind!r}; expected one of {', '.join(KINDS)}")
+            continue
+        where = f"{where}.{kind}"
+        if kind in seen:
+            errors.add(where, f"a second {kind} stage; each kind appears once")
+            continue
+        if seen and KINDS.index(kind) < KINDS.index(seen[-1]):
+            errors.add(where, f"comes after {seen[-1]}; stages run in the order {' -> '.join(KINDS)}")
+        if kind in NEEDS and NEEDS[kind] not in seen:
+            errors.add(where, f"needs a {NEEDS[kind]} stage before it")
+        seen.append(kind)
+        body = body if body is not None else {}
+        if not isinstance(body, dict):
+            errors.add(where, f"must be a mapping of settings, got {type(body).__name__}")
+            continue
+        if kind == "gate":
+            exp = next((s for s in stages if s.kind == "export"), None)
+            config, files = _gate(body, where, base, errors, exp.config.get("precisions", []) if exp else [])
+        else:
+            config, files = {"train": _train, "evaluate": _evaluate, "export": _export, "publish": _publish,
+                             "rollout": _rollout}[kind](body, where, base, errors)
+        resources = _resources(body.get("resources"), f"{where}.resources", errors) \
+            if kind in WORKER_KINDS else Resources()
+        executor = _executor(body.get("executor"), f"{where}.executor", errors) if kind == "train" else Executor()
+        stages.append(Stage(kind, config, resources, executor, files))
+    if errors.items:
+        raise PipelineInvalid(errors.items)
+    return Pipeline(name.strip(), tuple(stages), str(base), text)
+
+
+def loads(text: str, base_dir: str | pathlib.Path) -> Pipeline:
+    import yaml
+
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PipelineInvalid([f"(top): not valid YAML: {e}"]) from e
+    return parse(d, base_dir, text)

@@ -1,0 +1,136 @@
+"""Pipeline recipes and the runner's pure decisions: every error listed with its location, stage keys that change
+only with their inputs, the job state table, the CLI's rollout override. No processes, no training."""
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import yaml
+
+from control_plane.pipelines import plan
+from control_plane.pipelines.cli import with_rollout
+from control_plane.pipelines.recipe import PipelineInvalid, loads, parse
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "training" / "recipes" / "pipeline_tiny.yaml"
+
+
+def example() -> dict:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def errors_of(d: dict, base=ROOT) -> list[str]:
+    with pytest.raises(PipelineInvalid) as e:
+        parse(d, base)
+    return e.value.errors
+
+
+def test_the_shipped_example_is_valid_and_starts_with_its_command():
+    text = EXAMPLE.read_text()
+    assert text.startswith("# slmops pipeline submit training/recipes/pipeline_tiny.yaml")
+    p = loads(text, ROOT)
+    assert [s.kind for s in p.stages] == ["train", "evaluate", "export", "gate", "publish", "rollout"]
+    assert p.stage("export").config["precisions"] == ["fp32", "int4"]   # fp32 added: the gate's reference
+    assert p.stage("train").data_files == (str(ROOT / "training/data/support_train.jsonl"),)
+
+
+def test_every_error_is_listed_with_its_location(tmp_path):
+    bad_data = tmp_path / "bad.jsonl"
+    bad_data.write_text('{"input": "q"}\nnot json\n')
+    d = {"name": "", "owner": "me", "stages": [
+        {"train": {"recipe": {"method": "search", "base": "tiny", "data": {"train": str(bad_data)}},
+                   "executor": {"kind": "ray", "nproc_per_node": 0}, "resources": {"memory_mb": -1}}},
+        {"export": {"precisions": ["int3", "fp16"], "int4_block_size": 7}},
+        {"gate": {"order": ["int8"], "thresholds": {"max_accuracy_drop": 2, "bogus": 1}}},
+        {"publish": {"name": "a b", "version": "{when}"}},
+        {"rollout": {"strategy": "waves", "selector": {}, "waves": [{"percent": 50}, {"percent": 10}],
+                     "gate": {"max_error_rate": -1}}},
+        {"evaluate": {}},
+        {"deploy": {}},
+        "train"]}
+    errs = errors_of(d)
+    expected = [
+        "owner: unknown key",
+        "name: '' must be a non-empty string",
+        "stages[0].train.recipe.method: method 'search' does not leave one model",
+        "stages[0].train.recipe.data.train: 2 bad record(s)",
+        "stages[0].train.resources.memory_mb: -1 must be an integer",
+        "stages[0].train.executor.kind: 'ray' is not one of local, torchrun",
+        "stages[0].train.executor.nproc_per_node: 0 must be an integer",
+        "stages[1].export.precisions[0]: 'int3' is not one of",
+        "stages[1].export.precisions[1]:",
+        "stages[2].gate.order[0]: 'int8' is not exported",
+        "stages[2].gate.thresholds.bogus: unknown key",
+        "stages[2].gate.thresholds: max_accuracy_drop=2",
+        "stages[3].publish.name: 'a b' must be",
+        "stages[3].publish.version: '{when}': only {hash} and {job}",
+        "stages[4].rollout.selector: is empty",
+        "stages[4].rollout.gate.max_error_rate: -1 must be a number >= 0",
+        "stages[5].evaluate: comes after rollout",
+        "stages[6]: unknown stage kind 'deploy'",
+        "stages[7]: must be a mapping with exactly one key",
+    ]
+    for want in expected:
+        assert any(e.startswith(want) for e in errs), (want, errs)
+    assert len(errs) >= len(expected)
+
+
+def test_missing_files_and_missing_stages_before_are_named():
+    errs = errors_of({"name": "x", "stages": [{"train": {"recipe": "no/such.yaml"}}, {"gate": {}},
+                                              {"rollout": {"selector": {"all_devices": True}}}]})
+    assert f"stages[0].train.recipe: no file at {ROOT / 'no/such.yaml'}" in errs
+    assert "stages[1].gate: needs a export stage before it" in errs
+    assert "stages[2].rollout: needs a publish stage before it" in errs
+
+
+def test_the_fleets_own_rollout_checks_apply_before_anything_runs():
+    d = example()
+    d["stages"][-1]["rollout"] = {"strategy": "waves", "selector": {"labels": {"site": "berlin"}},
+                                  "waves": [{"percent": 50}, {"percent": 10}]}
+    errs = errors_of(d)
+    assert errs == ["stages[5].rollout: wave percentages must grow: [50.0, 10.0, 100]"] or \
+        any(e.startswith("stages[5].rollout: wave percentages must grow") for e in errs), errs
+
+
+def test_stage_keys_change_with_settings_and_data_and_chain_forward():
+    p = loads(EXAMPLE.read_text(), ROOT)
+    files = {f: "a" for s in p.stages for f in s.data_files}
+    keys = plan.stage_keys(p, files.__getitem__, "pl_1")
+    assert keys == plan.stage_keys(p, files.__getitem__, "pl_1")
+    other_job = plan.stage_keys(p, files.__getitem__, "pl_2")
+    assert other_job[:-1] == keys[:-1] and other_job[-1] != keys[-1], "only the rollout is per job"
+    new_data = plan.stage_keys(p, lambda f: "b" if f.endswith("support_heldout.jsonl") else "a", "pl_1")
+    assert new_data[0] == keys[0] and all(a != b for a, b in zip(new_data[1:], keys[1:])), \
+        "a new held-out file re-runs evaluate and everything after it, not train"
+    d = example()
+    d["stages"][2]["export"]["int4_block_size"] = 64
+    changed = plan.stage_keys(parse(d, ROOT), files.__getitem__, "pl_1")
+    assert changed[:2] == keys[:2] and changed[2] != keys[2]
+
+
+def test_job_state_table():
+    assert plan.next_status(plan.QUEUED, plan.START) == plan.RUNNING
+    assert plan.next_status(plan.QUEUED, plan.CANCEL) == plan.CANCELLED
+    assert plan.next_status(plan.RUNNING, plan.CANCEL) == plan.CANCELLING
+    assert plan.next_status(plan.CANCELLING, plan.STOPPED) == plan.CANCELLED
+    for done in plan.TERMINAL:
+        with pytest.raises(plan.TransitionRefused):
+            plan.next_status(done, plan.CANCEL)
+    assert plan.on_restart(plan.RUNNING, 0) == plan.QUEUED
+    assert plan.on_restart(plan.RUNNING, plan.MAX_RESUMES) == plan.FAILED
+    assert plan.on_restart(plan.CANCELLING, 0) == plan.CANCELLED
+
+
+def test_exit_reasons_name_the_cause():
+    assert "SIGKILL" in plan.exit_reason(-9, 0) and "out of memory" in plan.exit_reason(-9, 0)
+    assert plan.exit_reason(1, 300) == "the worker exited with status 1 (memory limit 300 MB)"
+    assert plan.version_for("v-{hash}", "abcdef0123456789", "pl_9") == "v-abcdef0123"
+
+
+def test_cli_rollout_option_replaces_the_recipes_rollout_stage():
+    d = with_rollout(example(), "canary", {"site": "berlin"}, False, "10%", "", 30)
+    assert [next(iter(s)) for s in d["stages"]][-1] == "rollout" and sum("rollout" in s for s in d["stages"]) == 1
+    r = d["stages"][-1]["rollout"]
+    assert r == {"strategy": "canary", "selector": {"labels": {"site": "berlin"}, "all_devices": False},
+                 "canary": {"percent": 10.0}, "gate": {"min_soak_seconds": 30}}
+    parse(d, ROOT)   # still a valid recipe
