@@ -171,13 +171,17 @@ class Store:
                 self.set_meta("fleet_default", f"{name}@{version}")
                 device_ids = [d["device_id"] for d in self.devices()]
             n = 0
-            for did in device_ids:
-                cur = self.device(did)
-                if cur is None:
-                    continue
-                self.db["devices"].update(did, {"desired_name": name, "desired_version": version,
-                                                "desired_rev": cur["desired_rev"] + 1})
-                n += 1
+            self.db.execute("begin")  # one transaction and one statement per 500 devices: a rollout to thousands
+            try:                      # of devices holds the lock for milliseconds, not seconds
+                for i in range(0, len(device_ids), 500):
+                    chunk = device_ids[i:i + 500]
+                    n += self.db.execute(
+                        "update devices set desired_name = ?, desired_version = ?, desired_rev = desired_rev + 1 "
+                        f"where device_id in ({','.join('?' * len(chunk))})", [name, version, *chunk]).rowcount
+                self.db.execute("commit")
+            except Exception:
+                self.db.execute("rollback")
+                raise
             self._changed.notify_all()
             for did in device_ids:
                 for ev in self._wakers.get(did, ()):

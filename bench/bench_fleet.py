@@ -1,0 +1,193 @@
+"""Many simulated agents against one real control plane: how many hold a watch stream, and how long a
+rollout takes to reach all of them.
+
+    .venv/bin/python bench/bench_fleet.py --agents 1000 --hold 30
+
+One control plane process (TLS, as in production) and one asyncio process with N grpc.aio channels, one
+per simulated agent. Each agent enrolls with a key pair made here, reports "serving m@v1", opens
+Fleet.WatchDesiredState and, when told to run another version, reports it serves it (no download: the
+subject is the control plane's fleet path). Measured: enrollment rate, streams held for --hold seconds,
+time from CreateRollout until every agent was told (client side) and until the rollout completed (every
+device reported serving, as seen by the engine), control plane threads and RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+import grpc
+import psutil
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from control_plane.admin_client import AdminClient, wait_healthy  # noqa: E402
+from control_plane.procs import free_port, start_control_plane  # noqa: E402
+from slmops.manifest import manifest_for_dir  # noqa: E402
+from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc  # noqa: E402
+
+
+def signed_md(key: Ed25519PrivateKey, token: str):
+    ts = int(time.time() * 1000)
+    payload = f"slmops-device-v1\n{ts}\n{hashlib.sha256(token.encode()).hexdigest()}".encode()
+    return (("authorization", f"Bearer {token}"), ("x-slmops-device-ts", str(ts)),
+            ("x-slmops-device-sig", key.sign(payload).hex()))
+
+
+class SimAgent:
+    def __init__(self, i: int, address: str, ca_pem: bytes):
+        self.i = i
+        self.channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca_pem))
+        self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+        self.key = Ed25519PrivateKey.generate()
+        self.device_id = self.token = ""
+        self.current = ("", "")
+        self.told: dict[str, float] = {}      # version -> when the watch delivered it
+        self.streaming = False
+        self.error = ""
+
+    async def enroll(self, enroll_token: str) -> None:
+        pub = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        r = await self.stub.Enroll(fleet_pb2.EnrollRequest(
+            enroll_token=enroll_token, device_name=f"sim{self.i:05d}", agent_version="bench",
+            hardware=common_pb2.Hardware(hardware_class="cpu"), device_public_key=pub), timeout=120)
+        self.device_id, self.token = r.device_id, r.device_token
+
+    async def report(self, state: str) -> None:
+        await self.stub.ReportStatus(fleet_pb2.StatusReport(
+            device_id=self.device_id, state=state,
+            current=common_pb2.ModelRef(name=self.current[0], version=self.current[1])),
+            metadata=signed_md(self.key, self.token), timeout=120)
+
+    async def watch(self) -> None:
+        try:
+            call = self.stub.WatchDesiredState(fleet_pb2.WatchRequest(device_id=self.device_id),
+                                               metadata=signed_md(self.key, self.token))
+            async for d in call:
+                self.streaming = True
+                ref = (d.model.name, d.model.version)
+                self.told.setdefault(ref[1], time.monotonic())
+                if ref[0] and ref != self.current:
+                    self.current = ref
+                    await self.report("serving")
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.CANCELLED:
+                self.error = f"{e.code().name}: {e.details()}"
+        finally:
+            self.streaming = False
+
+
+def fake_bundle(root: pathlib.Path, version: str) -> pathlib.Path:
+    d = root / version
+    d.mkdir(parents=True)
+    (d / "model.onnx").write_bytes(f"bench {version}".encode())
+    (d / "genai_config.json").write_text(json.dumps({"bench": version}))
+    (d / "tokenizer.json").write_text("{}")
+    return d
+
+
+def cp_stats(pid: int) -> dict:
+    p = psutil.Process(pid)
+    return {"threads": p.num_threads(), "rss_mb": round(p.memory_info().rss / 1e6), "cpu_s": round(
+        sum(p.cpu_times()[:2]), 1)}
+
+
+async def run(args) -> dict:
+    work = pathlib.Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    port = free_port()
+    cp = start_control_plane(work / "cp", port, work / "logs", tls=True,
+                             extra=["--max-workers", str(args.max_workers)])
+    address = f"127.0.0.1:{port}"
+    out: dict = {"agents": args.agents, "max_workers": args.max_workers}
+    agents: list[SimAgent] = []
+    tasks: list[asyncio.Task] = []
+    try:
+        ca_file = work / "cp" / "keys" / "ca.pem"
+        for _ in range(300):
+            if ca_file.exists():
+                break
+            await asyncio.sleep(0.1)
+        ca = ca_file.read_bytes()
+        wait_healthy(address, 60, ca)
+        admin = AdminClient(address, (work / "cp" / "admin-token").read_text().strip(), ca)
+        for v in ("v1", "v2"):
+            b = fake_bundle(work / "bundles", v)
+            admin.publish(b, manifest_for_dir(b, "m", v, "int4"))
+        admin.set_desired("m", "v1")
+        token = admin.enroll_token(uses=args.agents, ttl_seconds=3600).token
+
+        agents = [SimAgent(i, address, ca) for i in range(args.agents)]
+        sem = asyncio.Semaphore(args.concurrency)
+
+        async def bring_up(a: SimAgent):
+            async with sem:
+                await a.enroll(token)
+                await a.report("starting")
+            tasks.append(asyncio.create_task(a.watch()))
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(bring_up(a) for a in agents))
+        out["enroll_s"] = round(time.monotonic() - t0, 2)
+        deadline = time.monotonic() + 300
+        while sum(a.streaming for a in agents) < len(agents) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        out["streams_open_s"] = round(time.monotonic() - t0, 2)
+        out["streams"] = sum(a.streaming for a in agents)
+        while sum(a.current == ("m", "v1") for a in agents) < len(agents) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        out["cp_after_connect"] = cp_stats(cp.popen.pid)
+
+        await asyncio.sleep(args.hold)
+        out["held_s"] = args.hold
+        out["streams_after_hold"] = sum(a.streaming for a in agents)
+        out["errors_after_hold"] = sorted({a.error for a in agents if a.error})[:3]
+
+        waves = [{"percent": float(w)} for w in args.waves.split(",")] if args.waves else []
+        t1 = time.monotonic()
+        r = await asyncio.to_thread(admin.create_rollout, "m", "v2", {"all_devices": True},
+                                    "waves" if waves else "all", waves=waves)
+        while time.monotonic() < t1 + 600:
+            told = sum("v2" in a.told for a in agents)
+            if told == len(agents) and "told_all_s" not in out:
+                out["told_all_s"] = round(max(a.told["v2"] for a in agents) - t1, 2)
+            st = await asyncio.to_thread(admin.rollout, r.rollout_id)
+            if st.status in ("completed", "halted", "aborted"):
+                break
+            await asyncio.sleep(0.25)
+        out["rollout"] = {"strategy": f"waves {args.waves}" if waves else "all at once", "status": st.status,
+                          "succeeded": st.succeeded, "failed": st.failed,
+                          "completed_s": round(time.monotonic() - t1, 2)}
+        out["cp_after_rollout"] = cp_stats(cp.popen.pid)
+        out["streams_at_end"] = sum(a.streaming for a in agents)
+        admin.close()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(a.channel.close() for a in agents), return_exceptions=True)
+        cp.stop()
+        out["log_tail"] = [line for line in cp.log_tail(5).splitlines() if "ERROR" in line][:3]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--hold", type=float, default=30.0, help="seconds all streams are held before the rollout")
+    ap.add_argument("--waves", default="", help="e.g. 1,10,50,100 (percent); default all at once")
+    ap.add_argument("--concurrency", type=int, default=50, help="enrollments in flight at once")
+    ap.add_argument("--max-workers", type=int, default=2048, help="control plane gRPC threads")
+    args = ap.parse_args()
+    print(json.dumps(asyncio.run(run(args)), indent=1))
+
+
+if __name__ == "__main__":
+    main()
