@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from control_plane.admin_client import AdminClient, wait_healthy  # noqa: E402
-from control_plane.procs import free_port, start_control_plane  # noqa: E402
-from slmops.manifest import manifest_for_dir  # noqa: E402
-from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc  # noqa: E402
+from control_plane.admin_client import AdminClient, wait_healthy
+from control_plane.procs import free_port, start_control_plane
+from slmops.manifest import manifest_for_dir
+from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 
 
 def signed_md(key: Ed25519PrivateKey, token: str):

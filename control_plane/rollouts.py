@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 from slmops.errors import ConfigError
 
@@ -109,7 +110,7 @@ class Selector:
         if not self.labels and not self.hardware_classes and not self.all_devices:
             raise RolloutInvalid("the selector is empty: give labels, hardware classes, or all_devices")
 
-    def matches(self, dev: "DeviceView") -> bool:
+    def matches(self, dev: DeviceView) -> bool:
         return (all(dev.labels.get(k) == v for k, v in self.labels.items())
                 and (not self.hardware_classes or dev.hardware_class in self.hardware_classes))
 
@@ -139,7 +140,7 @@ class RolloutSpec:
 
     @classmethod
     def strategy(cls, kind: str, name: str, version: str, selector: Selector, *, canary: Wave | None = None,
-                 waves: tuple[Wave, ...] = (), **kw) -> "RolloutSpec":
+                 waves: tuple[Wave, ...] = (), **kw) -> RolloutSpec:
         """`all` (one wave), `canary` (the canary wave, then everyone) or `waves` (the given waves)."""
         if kind == "all":
             return cls(name, version, selector, (ALL,), **kw)
@@ -303,7 +304,7 @@ def _eligible(r: Rollout, devices: Mapping[str, DeviceView], now_ms: int) -> lis
 def _advance(r: Rollout, devices, health, now_ms: int, events: list[str]) -> Rollout:
     assigned = {a.device_id for a in r.assignments}
     fleet = _eligible(r, devices, now_ms)
-    size = len(set(d.device_id for d in fleet) | assigned)
+    size = len({d.device_id for d in fleet} | assigned)
     if size == 0:
         return replace(r, reason="waiting: no device matches the selector")
     while True:

@@ -167,9 +167,9 @@ class Store:
     def set_desired(self, name: str, version: str, device_ids: list[str] | None) -> int:
         """Sets the desired model for `device_ids`, or for every device and future enrollments when None."""
         with self._lock:
-            if device_ids is None:
+            if device_ids is None:  # the whole fleet, except devices pinned to a version
                 self.set_meta("fleet_default", f"{name}@{version}")
-                device_ids = [d["device_id"] for d in self.devices()]
+                device_ids = [d["device_id"] for d in self.devices() if not d.get("pin_name")]
             n = 0
             self.db.execute("begin")  # one transaction and one statement per 500 devices: a rollout to thousands
             try:                      # of devices holds the lock for milliseconds, not seconds

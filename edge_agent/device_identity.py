@@ -11,7 +11,7 @@ import hashlib
 import os
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from cryptography.hazmat.primitives import serialization

@@ -232,10 +232,9 @@ def test_enrollment_and_device_refusals_are_audited(cp):
 
 
 def test_plaintext_clients_cannot_talk_to_the_tls_control_plane(cp):
-    with grpc.insecure_channel(cp.address) as ch:
-        with pytest.raises(grpc.RpcError) as e:
-            fleet_pb2_grpc.FleetStub(ch).Enroll(fleet_pb2.EnrollRequest(enroll_token="x", device_name="p"),
-                                                timeout=5)
+    with grpc.insecure_channel(cp.address) as ch, pytest.raises(grpc.RpcError) as e:
+        fleet_pb2_grpc.FleetStub(ch).Enroll(fleet_pb2.EnrollRequest(enroll_token="x", device_name="p"),
+                                            timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -243,3 +242,50 @@ def test_insecure_mode_is_refused_beyond_loopback(tmp_path):
     from slmops.errors import ConfigError
     with pytest.raises(ConfigError, match="--insecure-loopback-dev needs a loopback --listen"):
         ControlPlaneConfig(data_dir=tmp_path, listen="0.0.0.0:50051", insecure_loopback_dev=True)
+
+
+def upload_requests(dev: SimDevice, model: str, outcomes: list[str], seq0: int = 1) -> None:
+    from slmops.v1 import telemetry_pb2, telemetry_pb2_grpc
+
+    now = int(time.time() * 1000)
+    batch = telemetry_pb2.TelemetryBatch(device_id=dev.device_id, events=[
+        telemetry_pb2.TelemetryEvent(seq=seq0 + i, ts_unix_ms=now, kind="request", name="chat", model=model,
+                                     latency_ms=50.0, first_token_ms=5.0, tokens_in=3, tokens_out=4, outcome=o)
+        for i, o in enumerate(outcomes)])
+    telemetry_pb2_grpc.TelemetryStub(dev.channel).Upload(batch, metadata=dev.md(), timeout=10)
+
+
+def test_error_rate_in_telemetry_on_the_new_version_halts_the_rollout(cp):
+    devs = fleet(cp, 3)
+    r = cp.admin.create_rollout("m", "v2", {"all_devices": True}, "canary", canary={"devices": 1},
+                                gate={"min_soak_seconds": 30, "max_error_rate": 0.2, "min_requests": 5})
+    drive(cp, devs, r.rollout_id, until=("running",))      # the canary serves v2 and soaks...
+    cid = cp.admin.rollout(r.rollout_id).devices[0].device_id
+    canary = next(d for d in devs if d.device_id == cid)
+    canary.act()                                            # ...then fails half of its requests on v2
+    upload_requests(canary, "m@v2", ["ok", "error", "error", "ok", "error", "ok"])
+    r = drive(cp, devs, r.rollout_id)
+    assert r.status == "halted" and "error rate 3/6 on m@v2" in r.devices[0].why
+    assert {d.desired.version for d in cp.admin.devices()} == {"v1"}
+
+
+def test_a_device_cannot_download_blobs_of_models_not_assigned_to_it(cp):
+    from slmops.v1 import artifacts_pb2, artifacts_pb2_grpc
+
+    dev = fleet(cp, 1)[0]
+    cp.store.db["model_files"].insert({"name": "m", "version": "v3-gpu", "path": "model.onnx", "sha256": "ab" * 32,
+                                       "size": 1})
+    with pytest.raises(grpc.RpcError) as e:
+        list(artifacts_pb2_grpc.ArtifactsStub(dev.channel).Download(
+            artifacts_pb2.DownloadRequest(sha256="ab" * 32), metadata=dev.md(), timeout=10))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "not part of a model assigned" in e.value.details()
+    log = [(a.who, a.action, a.result) for a in cp.admin.audit(limit=20)]
+    assert (f"device:{dev.device_id}", "Download", "PERMISSION_DENIED") in log
+
+
+def test_a_pinned_device_keeps_its_version_through_fleet_wide_assignment(cp):
+    devs = fleet(cp, 2)
+    cp.admin.pin(devs[0].device_id, "m", "v1")
+    assert cp.admin.set_desired("m", "v2") == 1
+    assert {d.device_id: d.desired.version for d in cp.admin.devices()} == {devs[0].device_id: "v1",
+                                                                           devs[1].device_id: "v2"}

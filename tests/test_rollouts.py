@@ -6,8 +6,19 @@ from dataclasses import replace
 import pytest
 
 from control_plane import rollouts as ro
-from control_plane.rollouts import (ALL, DeviceView, Gate, Health, Ref, Rollout, RolloutInvalid, RolloutSpec,
-                                    Selector, TransitionRefused, Wave)
+from control_plane.rollouts import (
+    ALL,
+    DeviceView,
+    Gate,
+    Health,
+    Ref,
+    Rollout,
+    RolloutInvalid,
+    RolloutSpec,
+    Selector,
+    TransitionRefused,
+    Wave,
+)
 
 OLD, NEW = Ref("m", "v1"), Ref("m", "v2")
 EVERYONE = Selector(all_devices=True)
