@@ -435,7 +435,8 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
               f"{report['reference']['accuracy']:.1%}", "-", "reference")
     for row in report["tried"]:
         mt = row["metrics"] or {}
-        t.add_row(row["precision"], f"{row['bytes'] / 1e6:.2f}", f"{row['bytes'] / ref_bytes:.0%}",
+        size = row["bytes"]  # None when the variant could not even be built here
+        t.add_row(row["precision"], f"{size / 1e6:.2f}" if size else "-", f"{size / ref_bytes:.0%}" if size else "-",
                   f"{mt.get('perplexity', float('nan')):.3f}", f"{mt.get('accuracy', float('nan')):.1%}",
                   f"{mt.get('greedy_agreement', float('nan')):.1%}", "passed" if row["passed"] else "failed")
     console.print(t)

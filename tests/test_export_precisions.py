@@ -192,3 +192,17 @@ def test_int4_options_reach_the_builder(tiny_hf, tmp_path):
     b16 = export_onnx(tiny_hf, tmp_path / "b16", ExportOptions("int4", int4_block_size=16), **quiet)
     b64 = export_onnx(tiny_hf, tmp_path / "b64", ExportOptions("int4", int4_block_size=64), **quiet)
     assert q_shape(b16)[1:] == [4, 8] and q_shape(b64)[1:] == [1, 32]  # hidden 64: blocks x bytes per block
+
+
+def test_gate_for_a_gpu_target_measures_cpu_twins_and_ships_the_target_build(tiny_hf, tmp_path, examples):
+    out = tmp_path / "cuda"
+    report = select_precision(tiny_hf, out, "fp16", ExportOptions("fp32", "cuda"), examples=examples[:3], **quiet)
+    assert report["chosen"] == "fp32" and "fp16 failed (could not be evaluated on the CPU" in report["why"]
+    verdict = check_publishable(out)
+    assert verdict["evaluated_on"] == "cpu twin"
+    assert json.loads((out / "export_info.json").read_text())["execution_provider"] == "cuda"
+    report = select_precision(tiny_hf, tmp_path / "cuda-int4", "int4", ExportOptions("fp32", "cuda"),
+                              examples=examples[:3], **quiet)
+    assert report["chosen"] == "int4"
+    cfg = json.loads((tmp_path / "cuda-int4" / "genai_config.json").read_text())
+    assert "cuda" in json.dumps(cfg["model"]["decoder"]["session_options"]["provider_options"])

@@ -223,8 +223,9 @@ def _file_hashes(variant_dir: pathlib.Path) -> dict:
 
 
 def write_verdict(variant_dir: pathlib.Path, precision: str, passed: bool, reasons: list[str],
-                  metrics: Metrics | None, reference: Metrics | None, thresholds: GateThresholds) -> dict:
-    verdict = {"precision": precision, "passed": passed, "reasons": reasons,
+                  metrics: Metrics | None, reference: Metrics | None, thresholds: GateThresholds,
+                  evaluated_on: str = "cpu") -> dict:
+    verdict = {"precision": precision, "passed": passed, "reasons": reasons, "evaluated_on": evaluated_on,
                "metrics": asdict(metrics) if metrics else None,
                "reference": asdict(reference) if reference else None,
                "thresholds": asdict(thresholds), "files": _file_hashes(variant_dir)}
@@ -261,49 +262,57 @@ def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "
                      examples: list[Example] | None = None, build=export_onnx, log=print) -> dict:
     """Exports fp32 (the reference) and then each precision of the fallback order from `first`, until one
     passes; that one is moved to `out_dir` with its gate.json. Returns the gate report (also written to
-    out_dir/gate_report.json). `build(hf_dir, dest, options, log=)` is the export seam."""
+    out_dir/gate_report.json). `build(hf_dir, dest, options, log=)` is the export seam.
+
+    The gate measures on the CPU. For a cuda/dml target each precision is measured on its CPU twin (same
+    weights and quantization, CPU graph; a GPU graph may not even load on a CPU) and the target build is
+    made only for the precision that passed; fp16 has no CPU twin, so it cannot pass here."""
     hf_dir, out_dir = pathlib.Path(hf_dir), pathlib.Path(out_dir)
     if out_dir.exists():
         raise ExportError(f"{out_dir} already exists; refusing to overwrite an export")
-    order = fallback_order(first, options.execution_provider)
+    target = options.execution_provider
+    order = fallback_order(first, target)
     examples = examples if examples is not None else load_examples(limit=thresholds.max_examples)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.gate.", dir=out_dir.parent))
-    tried, chosen = [], None
+    tried, chosen, shipped = [], None, None
     try:
-        def variant(precision: str) -> pathlib.Path:
-            opts = ExportOptions(**{**options.__dict__, "precision": precision})
-            return build(hf_dir, work / precision, opts, log=log)
+        def variant(precision: str, ep: str) -> pathlib.Path:
+            opts = ExportOptions(**{**options.__dict__, "precision": precision, "execution_provider": ep})
+            return build(hf_dir, work / f"{precision}-{ep}", opts, log=log)
 
-        ref_dir = variant("fp32")
+        ref_dir = variant("fp32", "cpu")
         log(f"  gate: measuring the fp32 reference on {len(examples)} examples")
         ref, ref_greedy = evaluate(ref_dir, examples, thresholds.max_new_tokens)
         log(f"  gate: fp32 perplexity {ref.perplexity:.3f}, accuracy {ref.accuracy:.1%}")
         for precision in order:
-            vdir = ref_dir if precision == "fp32" else variant(precision)
+            vdir, got = None, None
             try:
+                vdir = ref_dir if precision == "fp32" else variant(precision, "cpu")
                 got = ref if precision == "fp32" else evaluate(vdir, examples, thresholds.max_new_tokens,
                                                                ref_greedy)[0]
                 reasons = judge(precision, ref, got, thresholds)
-            except Exception as e:  # a variant that cannot even run here fails the gate, with the reason
-                got, reasons = None, [f"could not be evaluated: {type(e).__name__}: {e}"]
+            except Exception as e:  # a variant that cannot even be built or run here fails, with the reason
+                reasons = [f"could not be evaluated on the CPU: {type(e).__name__}: {e}"]
             passed = not reasons
-            write_verdict(vdir, precision, passed, reasons or (["fp32 is the reference"] if precision == "fp32"
-                                                               else []), got, ref, thresholds)
             tried.append({"precision": precision, "passed": passed, "reasons": reasons,
-                          "metrics": asdict(got) if got else None, "bytes": dir_size(vdir)})
+                          "metrics": asdict(got) if got else None, "bytes": dir_size(vdir) if vdir else None})
             log(f"  gate: {precision} {'PASSED' if passed else 'failed: ' + '; '.join(reasons)}")
             if passed:
                 chosen = precision
+                shipped = vdir if target == "cpu" else variant(precision, target)
+                tried[-1]["bytes"] = dir_size(shipped)
+                write_verdict(shipped, precision, True, ["fp32 is the reference"] if precision == "fp32" else [],
+                              got, ref, thresholds, evaluated_on="cpu" if target == "cpu" else "cpu twin")
                 break
-        report = {"chosen": chosen, "requested": first, "order": list(order), "reference": asdict(ref),
-                  "reference_bytes": dir_size(ref_dir),
+        report = {"chosen": chosen, "requested": first, "execution_provider": target, "order": list(order),
+                  "reference": asdict(ref), "reference_bytes": dir_size(ref_dir),
                   "tried": tried, "thresholds": asdict(thresholds),
                   "why": _why(first, chosen, tried)}
         if chosen is None:
             raise GateError(f"no precision passed the quality gate: {report['why']}")
-        (work / chosen / "gate_report.json").write_text(json.dumps(report, indent=1))
-        (work / chosen).rename(out_dir)
+        (shipped / "gate_report.json").write_text(json.dumps(report, indent=1))
+        shipped.rename(out_dir)
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
