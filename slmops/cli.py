@@ -444,192 +444,21 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
 
 
 @app.command("demo")
-def demo(tiny: bool = typer.Option(False, "--tiny", help="a tiny model trained in seconds (CI)"),
-         workdir: Optional[pathlib.Path] = typer.Option(None, help="keep everything here (default: a temp dir)"),
-         agents: int = typer.Option(2, help="how many agents to start")):
-    """The main job end to end on loopback: model -> ONNX int4 -> signed -> control plane -> agents -> answers
-    -> telemetry."""
+def demo(tiny: bool = typer.Option(False, "--tiny", help="tiny models trained in seconds (the CI path)"),
+         workdir: Optional[pathlib.Path] = typer.Option(None, help="keep everything here (default: a temp dir); "
+                                                                   "a re-run reuses trained models"),
+         agents: int = typer.Option(3, help="how many agents to start"),
+         keep_running: bool = typer.Option(False, help="leave the fleet and dashboard up until Ctrl-C")):
+    """The main job end to end on loopback: base -> LoRA -> distilled student -> gated ONNX -> signed ->
+    control plane -> agents -> canary + waves under load -> answers, accuracy, sizes, speeds, telemetry."""
     from control_plane.demo import DemoFailed, run_demo
 
+    if agents < 2:
+        fail("--agents must be at least 2 (a canary and the rest)")
     try:
-        run_demo(tiny=tiny, workdir=workdir, n_agents=agents, console=console)
+        run_demo(tiny=tiny, workdir=workdir, n_agents=agents, console=console, keep_running=keep_running)
     except DemoFailed as e:
         fail(str(e))
-
-
-# ---- fleet (issue 6): rollouts, labels, pins, API tokens, audit -------------------------------------
-def _labels(pairs: List[str]) -> dict:
-    out = {}
-    for p in pairs:
-        k, sep, v = p.partition("=")
-        if not sep or not k:
-            fail(f"label {p!r} must be KEY=VALUE")
-        out[k] = v
-    return out
-
-
-def _ref(m) -> str:
-    return f"{m.name}@{m.version}" if m.name else "-"
-
-
-def _wave(text: str) -> dict:
-    try:
-        return {"percent": float(text[:-1])} if text.endswith("%") else {"devices": int(text)}
-    except ValueError:
-        fail(f"wave {text!r} must be N (devices) or N% (of the matching fleet)")
-
-
-@tokens_app.command("api")
-def tokens_api(role: str = typer.Option(..., help="viewer, operator or admin"),
-               name: str = typer.Option(..., help="who holds it (shown in the audit log)"),
-               control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-               cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """Create an API token for the admin API and CLI (printed on stdout; needs role admin)."""
-    c = _admin(control_plane, admin_token, cp_data_dir)
-    print(_admin_call(lambda: c.api_token(role, name)).token)
-
-
-@models_app.command("show")
-def models_show(name: str, version: str = typer.Argument("", help="one version (default: all of NAME)"),
-                control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """A model's versions and which devices run or want each."""
-    c = _admin(control_plane, admin_token, cp_data_dir)
-    versions = [v for v in _admin_call(c.models) if v.model.name == name and version in ("", v.model.version)]
-    if not versions:
-        fail(f"no published model {name}{'@' + version if version else ''}")
-    devices = _admin_call(c.devices)
-    t = Table("version", "precision", "size MB", "published", "serving on", "desired on", "pinned on",
-              title=f"model {name}")
-    for v in versions:
-        ref = (v.model.name, v.model.version)
-        count = lambda f: str(sum(1 for d in devices if (getattr(d, f).name, getattr(d, f).version) == ref))  # noqa
-        t.add_row(v.model.version, v.precision, f"{v.total_bytes / 1e6:.2f}",
-                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.created_unix_ms / 1000)),
-                  count("current"), count("desired"), count("pinned"))
-    Console().print(t)
-
-
-@devices_app.command("label")
-def devices_label(device_id: str, label: List[str] = typer.Argument(..., help="KEY=VALUE (replaces all labels)"),
-                  control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-                  cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """Set a device's labels (rollout selectors match on them)."""
-    c = _admin(control_plane, admin_token, cp_data_dir)
-    d = _admin_call(lambda: c.set_labels(device_id, _labels(label)))
-    console.print(f"{d.device_id} labels: {dict(d.labels)}")
-
-
-@devices_app.command("pin")
-def devices_pin(device_id: str, ref: str = typer.Argument("", help="NAME@VERSION; empty unpins"),
-                control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """Pin a device to one version (rollouts leave it alone), or unpin it."""
-    name, _, version = ref.partition("@")
-    if ref and not version:
-        fail(f"{ref!r} must be NAME@VERSION")
-    c = _admin(control_plane, admin_token, cp_data_dir)
-    d = _admin_call(lambda: c.pin(device_id, name, version))
-    console.print(f"{d.device_id} pinned to {_ref(d.pinned)}" if d.pinned.name else f"{d.device_id} unpinned")
-
-
-def print_rollout(r, devices: bool = False) -> None:
-    out = Console()
-    waves = ", ".join(f"{w.devices}" if w.devices else f"{w.percent:g}%" for w in r.waves)
-    sel = dict(r.selector.labels) or {}
-    sel_text = ", ".join([f"{k}={v}" for k, v in sel.items()] + [f"hw={h}" for h in r.selector.hardware_classes]) \
-        or "all devices"
-    color = {"completed": "green", "halted": "red", "aborted": "yellow", "halting": "red"}.get(r.status, "cyan")
-    out.print(f"[bold]{r.rollout_id}[/] {r.model.name}@{r.model.version}  [{color}]{r.status}[/]  wave "
-              f"{r.wave + 1}/{len(r.waves)} ({waves})  selector {sel_text}"
-              + (f"  variants {dict(r.variants)}" if r.variants else "")
-              + (f"  limit {r.max_devices_per_minute}/min" if r.max_devices_per_minute else ""))
-    out.print(f"assigned {r.assigned}  succeeded {r.succeeded}  failed {r.failed}  pending {r.pending}"
-              + (f"  — {r.reason}" if r.reason else "") + f"  (by {r.created_by or '?'})")
-    if devices and r.devices:
-        t = Table("device", "wave", "target", "previous", "outcome", "why")
-        for a in r.devices:
-            t.add_row(a.device_id, str(a.wave + 1), _ref(a.target), _ref(a.previous), a.outcome, a.why[:70])
-        out.print(t)
-
-
-@rollout_app.command("create")
-def rollout_create(ref: str = typer.Argument(..., help="NAME@VERSION"),
-                   label: List[str] = typer.Option([], "--label", help="selector KEY=VALUE (repeat)"),
-                   hw: List[str] = typer.Option([], "--hw", help="selector hardware class: cpu, gpu, npu (repeat)"),
-                   all_devices: bool = typer.Option(False, "--all", help="select every device"),
-                   canary: str = typer.Option("", help="canary size: N devices or N%, then everyone"),
-                   waves: str = typer.Option("", help="cumulative waves, e.g. 1%,10%,50%,100%"),
-                   per_minute: int = typer.Option(0, help="at most this many devices per minute (0 = no limit)"),
-                   soak: float = typer.Option(0, help="seconds a wave soaks before the next"),
-                   max_failure_ratio: Optional[float] = typer.Option(None, help="halt and roll back above this"),
-                   max_error_rate: Optional[float] = typer.Option(None, help="a device erring more has failed"),
-                   max_p95_ms: Optional[float] = typer.Option(None, help="next wave waits above this p95 latency"),
-                   variant: List[str] = typer.Option([], "--variant", help="HWCLASS=VERSION (repeat)"),
-                   control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-                   cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """Roll NAME@VERSION out to the selected devices: all at once, a canary, or gated waves."""
-    name, _, version = ref.partition("@")
-    if not version:
-        fail(f"{ref!r} must be NAME@VERSION")
-    if canary and waves:
-        fail("give --canary or --waves, not both")
-    gate = {"min_soak_seconds": soak}
-    for k, v in (("max_failure_ratio", max_failure_ratio), ("max_error_rate", max_error_rate),
-                 ("max_p95_latency_ms", max_p95_ms)):
-        if v is not None:
-            gate[k] = v
-    c = _admin(control_plane, admin_token, cp_data_dir)
-    r = _admin_call(lambda: c.create_rollout(
-        name, version, {"labels": _labels(label), "hardware_classes": hw, "all_devices": all_devices},
-        "canary" if canary else "waves" if waves else "all", canary=_wave(canary) if canary else None,
-        waves=[_wave(w.strip()) for w in waves.split(",") if w.strip()], max_per_minute=per_minute, gate=gate,
-        variants=_labels(variant)))
-    print_rollout(r)
-
-
-@rollout_app.command("status")
-def rollout_status(rollout_id: str = typer.Argument("", help="one rollout with its devices (default: all)"),
-                   control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-                   cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """Where rollouts stand: status, wave, counts, why they wait or halted."""
-    c = _admin(control_plane, admin_token, cp_data_dir)
-    if rollout_id:
-        print_rollout(_admin_call(lambda: c.rollout(rollout_id)), devices=True)
-        return
-    t = Table("rollout", "model", "status", "wave", "assigned", "ok", "failed", "pending", "reason")
-    for r in _admin_call(c.rollouts):
-        t.add_row(r.rollout_id, f"{r.model.name}@{r.model.version}", r.status, f"{r.wave + 1}/{len(r.waves)}",
-                  str(r.assigned), str(r.succeeded), str(r.failed), str(r.pending), r.reason[:60])
-    Console().print(t)
-
-
-def _rollout_action(action: str):
-    def command(rollout_id: str, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-        c = _admin(control_plane, admin_token, cp_data_dir)
-        print_rollout(_admin_call(lambda: c.rollout_action(action, rollout_id)))
-    command.__doc__ = {"pause": "Stop assigning devices (health is still watched).",
-                       "resume": "Continue a paused rollout.",
-                       "abort": "Stop and send every assigned device back to its previous model."}[action]
-    return command
-
-
-for _action in ("pause", "resume", "abort"):
-    rollout_app.command(_action)(_rollout_action(_action))
-
-
-@app.command("audit")
-def audit(limit: int = typer.Option(50), action: str = typer.Option("", help="only this RPC, e.g. CreateRollout"),
-          control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-          cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """The audit log: who did what, when, and the result (needs role admin)."""
-    c = _admin(control_plane, admin_token, cp_data_dir)
-    t = Table("when", "who", "role", "action", "target", "result", "detail")
-    for e in _admin_call(lambda: c.audit(limit, action)):
-        t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.ts_unix_ms / 1000)), e.who, e.role, e.action,
-                  e.target[:40], e.result, e.detail[:60])
-    Console().print(t)
 
 
 def main() -> None:

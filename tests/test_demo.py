@@ -1,4 +1,5 @@
-"""`slmops demo --tiny` is the CI path of the main job: real processes, exit code 0, every step printed."""
+"""`slmops demo --tiny` is the CI path of the main job: real processes, exit code 0, every step printed, a
+canary-then-waves rollout under load with no failed request."""
 import subprocess
 import sys
 
@@ -12,8 +13,10 @@ def test_demo_tiny_runs_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
-    for expected in ("tiny model:", "ONNX int4:", "gRPC health SERVING", "published and signed",
-                     "agent-1 serves", "agent-2 serves", "telemetry at the control plane", "demo finished"):
+    for expected in ("LoRA fine-tune", "distilling a student", "quality gate", "ships int4", "control plane up",
+                     "published and signed", "3 agents enrolled", "canary (1 device), then waves",
+                     "completed, wave 3, 3 serving", "0 failed", "held-out accuracy through agent-1",
+                     "accuracy per stage", "telemetry at the control plane", "demo finished"):
         assert expected in out, f"missing {expected!r} in:\n{out[-3000:]}"
     assert (tmp_path / "logs" / "control-plane.log").exists()
 
