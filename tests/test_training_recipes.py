@@ -13,7 +13,8 @@ from training.loader import ModelSpec
 from training.model_sources import ModelSourceError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "training" / "recipes").glob("*.yaml"))
+# training recipes (other tools keep their own files in this folder too)
+RECIPES = sorted(p for p in (ROOT / "training" / "recipes").glob("*.yaml") if "\nmethod:" in p.read_text())
 TINY = {"source": "tiny", "tiny": {"hidden": 64, "layers": 2, "steps": 5}}
 
 

@@ -29,7 +29,7 @@ def test_full_fine_tuning_loss_goes_down(weak, rows, tmp_path):
     model, tok, _ = weak()
     s = TrainSettings(lr=3e-3, max_steps=15, batch_size=8, warmup_steps=2, weight_decay=0.01)
     r = train(model, rows, rows[:8], s, tmp_path, tok.pad_token_id, **QUIET)
-    assert r.last_loss < r.first_loss * 0.7, r.losses
+    assert r.last_loss < r.first_loss * 0.8, r.losses
     log = [json.loads(x) for x in (tmp_path / "loss_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(1, 16))
 

@@ -43,8 +43,10 @@ def linear_layers(model) -> dict[str, tuple[int, int]]:
 
     found: dict[str, tuple[int, int]] = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and name:
-            short = name.rsplit(".", 1)[-1]
+        if isinstance(mod, torch.nn.Linear) and name and ".lora_" not in name:
+            parts = name.split(".")
+            # a layer that already carries an adapter keeps its original Linear as `<name>.base_layer`
+            short = parts[-2] if parts[-1] == "base_layer" and len(parts) > 1 else parts[-1]
             dims = (mod.in_features, mod.out_features)
             if short not in found or min(dims) < min(found[short]):
                 found[short] = dims
