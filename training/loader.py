@@ -79,6 +79,8 @@ def materialise(spec: ModelSpec, cache_dir: pathlib.Path) -> pathlib.Path:
         staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=cache_dir))
         try:
             build_tiny_model(staging, cfg, steps=steps, log=lambda m: None)
+            if not (staging / "config.json").exists():  # e.g. save_pretrained skips non-main DDP ranks
+                raise ModelSourceError(f"building the tiny model left no config.json in {staging}")
             staging.rename(out)
         except OSError:
             if not (out / "config.json").exists():

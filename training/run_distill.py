@@ -59,11 +59,11 @@ def read_teacher(folder: pathlib.Path, split: str):
 
 
 def run(recipe, progress: bool = True, log=print) -> dict:
-    env = DistEnv.from_environ()
     out = pathlib.Path(recipe.output)
     template = Template.parse(recipe.data.template)
     s, d = recipe.train, recipe.distill
     teacher, tokenizer, _ = load_model(recipe.base, recipe.cache_dir)
+    env = DistEnv.from_environ()  # after loading: see run_finetune.run
     teacher.requires_grad_(False)
     heldout = heldout_examples(recipe, template)
     if d.keep_layers is not None:

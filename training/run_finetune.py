@@ -69,7 +69,6 @@ def run(recipe, progress: bool = True, log=print) -> dict:
         reason = qlora_unavailable_reason()
         if reason:
             raise ConfigError(reason)
-    env = DistEnv.from_environ()
     out = pathlib.Path(recipe.output)
     template = Template.parse(recipe.data.template)
     s = recipe.train
@@ -78,6 +77,9 @@ def run(recipe, progress: bool = True, log=print) -> dict:
         _, tokenizer, _ = load_model(recipe.base, recipe.cache_dir)
     else:
         model, tokenizer, _ = load_model(recipe.base, recipe.cache_dir)
+    # the process group starts after loading: transformers' save_pretrained writes nothing on non-main ranks,
+    # which would leave a half-built cached model; before it, every process builds its own and one rename wins
+    env = DistEnv.from_environ()
     jobs = [(a.name, a.data, a.lora) for a in recipe.adapters] or \
         [("default", recipe.data, recipe.lora if recipe.method != "full" else None)]
     prepared = []

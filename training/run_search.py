@@ -31,10 +31,10 @@ def sample_trials(search) -> list[dict]:
 
 
 def run(recipe, progress: bool = True, log=print) -> dict:
-    env = DistEnv.from_environ()
     out = pathlib.Path(recipe.output)
     template = Template.parse(recipe.data.template)
     _, tokenizer, _ = load_model(recipe.base, recipe.cache_dir)
+    env = DistEnv.from_environ()  # after loading: see run_finetune.run
     tr, va, files = prepare_data(recipe.data, template, tokenizer, recipe.train.max_length, recipe.train.seed)
     if not va:
         raise ConfigError("search ranks trials by validation loss and needs validation records")
