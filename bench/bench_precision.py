@@ -22,8 +22,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.export import ExportOptions, dir_size, export_onnx  # noqa: E402
-from training.quality_gate import GateThresholds, evaluate, judge, load_examples  # noqa: E402
+from training.export import ExportOptions, dir_size, export_onnx
+from training.quality_gate import GateThresholds, evaluate, judge, load_examples
 
 DOCS = ROOT / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- precision:begin -->", "<!-- precision:end -->"
@@ -160,7 +160,7 @@ def render(results: dict, meta: dict, args) -> str:
 def write_section(section: str) -> None:
     """Replaces only the Precision section (between its markers); other sections are left as they are."""
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     DOCS.write_text(text)
 

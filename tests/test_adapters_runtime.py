@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import openai
 import pytest
-
 from test_openai_api import Server  # the real-HTTP harness (uvicorn + the official client)
+
 from training.adapters import AdapterError, convert_adapter, export_base_with_slots, read_slots, stamp_base
 from training.export import ExportOptions, export_onnx
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from slmops.cli import app
-from training.quality_gate import check_publishable
+from training.quality_gate import GateError, check_publishable
 
 runner = CliRunner()
 
@@ -37,6 +38,10 @@ def test_export_from_a_recipe_with_adapters(tiny_hf, tmp_path):
         {"name": "support", "path": "adapters/support.onnx_adapter", "version": "1"}]
     assert (out / "adapters" / "support.onnx_adapter").exists()
     assert json.loads((out / "gate.json").read_text())["precision"] == "int8"
+    check_publishable(out)
+    (out / "adapters" / "support.onnx_adapter").write_bytes(b"swapped after the gate")
+    with pytest.raises(GateError, match="adapters/support.onnx_adapter changed"):
+        check_publishable(out)
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"model_dir: {tiny_hf}\nquality_gate:\n  max_ppl: 1\n")
     r = runner.invoke(app, ["export", str(bad), str(tmp_path / "x")])

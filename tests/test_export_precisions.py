@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from training.export import ExportError, ExportOptions, export_onnx, size_report
-from training.quality_gate import (GateError, GateThresholds, Metrics, check_publishable, evaluate, judge,
-                                   load_examples, select_precision)
+from training.quality_gate import (
+    GateError,
+    GateThresholds,
+    Metrics,
+    check_publishable,
+    evaluate,
+    judge,
+    load_examples,
+    select_precision,
+)
 
 quiet = dict(log=lambda m: None)
 

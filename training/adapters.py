@@ -51,7 +51,7 @@ class LoraSpec:
         return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
 
     @classmethod
-    def from_peft_dir(cls, peft_dir: pathlib.Path) -> "LoraSpec":
+    def from_peft_dir(cls, peft_dir: pathlib.Path) -> LoraSpec:
         cfg_path = pathlib.Path(peft_dir) / "adapter_config.json"
         if not cfg_path.exists():
             raise AdapterError(f"{peft_dir} is not a peft adapter folder (no adapter_config.json)")

@@ -26,7 +26,7 @@ from training.export import RUNNABLE, ExportError, ExportOptions, dir_size, expo
 
 GATE_FILE = "gate.json"
 HELDOUT = pathlib.Path(__file__).parent / "data" / "support_heldout.jsonl"
-GATED_FILES = ("model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json")
+UNGATED_FILES = (GATE_FILE, "gate_report.json", "manifest.json")  # written after (or about) the verdict
 
 
 class GateError(Exception):
@@ -57,7 +57,7 @@ class GateThresholds:
             raise ValueError(f"max_examples={self.max_examples} must be >= 0")
 
     @classmethod
-    def from_mapping(cls, d: dict | None) -> "GateThresholds":
+    def from_mapping(cls, d: dict | None) -> GateThresholds:
         """From a recipe's `quality_gate:` section; unknown keys are refused, not ignored."""
         d = dict(d or {})
         unknown = set(d) - {f.name for f in fields(cls)}
@@ -210,10 +210,12 @@ def evaluate(model_dir: pathlib.Path, examples: list[Example], max_new_tokens: i
 
 # ---- verdict files -----------------------------------------------------------------------------------
 def _file_hashes(variant_dir: pathlib.Path) -> dict:
+    """sha256 of every file the bundle will carry (model, tokenizer, adapters), so nothing can change after
+    the gate without the verdict going stale."""
     out = {}
-    for name in GATED_FILES:
-        p = variant_dir / name
-        if p.exists():
+    for p in sorted(pathlib.Path(variant_dir).rglob("*")):
+        name = p.relative_to(variant_dir).as_posix()
+        if p.is_file() and name not in UNGATED_FILES:
             h = hashlib.sha256()
             with open(p, "rb") as f:
                 while chunk := f.read(1 << 20):
