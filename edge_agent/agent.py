@@ -55,6 +55,10 @@ class Agent:
             t.start()
         sideload = SideloadWatcher(self.cfg.sideload_dir or self.cfg.data_dir / "sideload", self.reconciler.work)
         sideload.start()
+        grpc_server = None
+        if self.cfg.grpc:
+            from edge_agent.grpc_inference import start_server
+            grpc_server = start_server(self.serving, self.cfg.grpc, self.cfg.api_keys)
         host, port = self.cfg.http_host_port
         server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
                                                access_log=False, timeout_graceful_shutdown=5))
@@ -62,6 +66,8 @@ class Agent:
         try:
             server.run()  # handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
         finally:
+            if grpc_server is not None:
+                grpc_server.stop(5)
             sideload.stop()
             self.reconciler.stop.set()
             self.uploader.stop.set()

@@ -32,6 +32,7 @@ class AgentConfig:
     control_plane: str
     data_dir: pathlib.Path
     http: str = "127.0.0.1:8080"
+    grpc: str = ""                       # HOST:PORT of the gRPC inference API; "" = off
     enroll_token: str = ""
     device_name: str = ""
     api_keys: tuple[str, ...] = ()       # SLMOPS_API_KEYS (comma separated); required beyond loopback
@@ -68,6 +69,9 @@ class AgentConfig:
     def __post_init__(self) -> None:
         _host_port(self.control_plane, "--control-plane")
         host, _ = _host_port(self.http, "--http")
+        if self.grpc and not is_loopback(_host_port(self.grpc, "--grpc")[0]) and not self.api_keys:
+            raise ConfigError(f"--grpc {self.grpc} binds beyond loopback: set SLMOPS_API_KEYS so apps must "
+                              "present a key")
         if not is_loopback(host) and not self.api_keys:
             raise ConfigError(f"--http {self.http} binds beyond loopback: set SLMOPS_API_KEYS so apps must "
                               "present a key")

@@ -168,6 +168,7 @@ def keys_rotate(role: str, trust_dir: pathlib.Path = typer.Option(..., help="the
 def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PORT"),
               data_dir: pathlib.Path = typer.Option(..., help="the agent's state, blobs and models"),
               http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the local OpenAI-compatible API"),
+              grpc_listen: str = typer.Option("", "--grpc", help="HOST:PORT of the gRPC inference API (off if empty)"),
               enroll_token: str = typer.Option("", help="needed once, for the first start"),
               device_name: str = typer.Option("", help="defaults to the host name"),
               max_concurrent: int = typer.Option(2, help="generations at once"),
@@ -196,7 +197,7 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
 
     _setup_logging()
     try:
-        cfg = AgentConfig.from_env(control_plane=control_plane, data_dir=data_dir, http=http,
+        cfg = AgentConfig.from_env(control_plane=control_plane, data_dir=data_dir, http=http, grpc=grpc_listen,
                                    enroll_token=enroll_token, device_name=device_name,
                                    max_concurrent=max_concurrent, max_queue=max_queue,
                                    telemetry_interval_s=telemetry_interval,
