@@ -94,7 +94,9 @@ def build_models(plan: Plan, work: pathlib.Path, step, console) -> dict:
     from training.runner import run_recipe
 
     cache = work / "cache"
-    quiet = (lambda *a, **k: None)
+
+    def quiet(*a, **k):  # the recipes' own log lines (losses, evaluations), indented under the demo's steps
+        console.print("    " + " ".join(str(x) for x in a))
     try:
         lora = load(plan.lora, plan.lora_sets + [f"cache_dir={cache}"], str(work / "lora"))
         step(f"base model: {lora.base.describe()}")
