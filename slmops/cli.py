@@ -47,7 +47,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def fail(message: str, code: int = 1):
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # never hard-wrapped: logs stay greppable
     raise typer.Exit(code)
 
 

@@ -32,7 +32,7 @@ train_app = typer.Typer(cls=_RecipeDefault, no_args_is_help=True,
 
 
 def _fail(message: str):
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # never hard-wrapped: logs stay greppable
     raise typer.Exit(1)
 
 
