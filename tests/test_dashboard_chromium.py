@@ -49,6 +49,8 @@ def test_dashboard_shows_live_fleet_device_charts_and_events(cluster, tiny_int4,
     cluster.wait_for(lambda: cluster.admin.telemetry(did) and cluster.admin.telemetry(did)[0].requests == 4,
                      what="the 4 requests at the control plane")
     cluster.wait_for(lambda: any(x.cpu_percent >= 0 for x in cluster.admin.rollups(did)), what="a resource sample")
+    ro = cluster.admin.create_rollout("tiny", "v1", {"all_devices": True}, "all", gate={"min_soak_seconds": 0.0})
+    cluster.wait_for(lambda: cluster.admin.rollout(ro.rollout_id).status == "completed", what="the rollout")
     base, token = f"http://127.0.0.1:{http_port}", (cluster.cp_dir / "admin-token").read_text().strip()
 
     with pytest.raises(urllib.error.HTTPError) as e:  # no token: no data
@@ -65,7 +67,9 @@ def test_dashboard_shows_live_fleet_device_charts_and_events(cluster, tiny_int4,
     assert int(re.search(r'<td class="requests">(\d+)</td>', row.group(2)).group(1)) == 4
     assert re.search(r'data-kpi="devices"><b>1</b>', dom)
     assert f'data-ref="{m.ref}"' in dom
-    assert 'id="rollout-progress"' in dom
+    ro_row = re.search(rf'<tr class="rollout" data-rollout-id="{ro.rollout_id}" data-status="completed">(.*?)</tr>',
+                       dom, re.S)
+    assert ro_row and '<td class="succeeded">1</td>' in ro_row.group(1) and m.ref in ro_row.group(1)
     assert 'data-name="swap"' in dom
     chromium(profile, signed_in(base, token, "/"), f"--screenshot={ARTIFACTS / 'dashboard-fleet.png'}")
 

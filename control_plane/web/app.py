@@ -68,7 +68,13 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
         now = _now_ms()
         devices, recent = fleet_data(now)
         return HTMLResponse(pages.fleet_page(devices, store.models(), recent, views.events(None, 0, 25), now,
-                                             RECENT_MIN))
+                                             RECENT_MIN, recent_rollouts()))
+
+    def recent_rollouts(limit: int = 5) -> list:
+        from control_plane.rollouts import from_json
+
+        rows = sorted(store.rollout_rows(), key=lambda r: r.get("created_ms") or 0, reverse=True)[:limit]
+        return [from_json(r["state"]) for r in rows]
 
     def device(request: Request):
         if not admin(request):

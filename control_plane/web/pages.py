@@ -10,6 +10,7 @@ from control_plane.web.charts import line_chart
 esc = html.escape
 
 STYLE = """
+.bar{width:120px;height:8px;background:#e2e8f0;border-radius:4px}.bar div{height:8px;background:#16a34a;border-radius:4px}
 body{font:14px system-ui,sans-serif;margin:0;color:#111;background:#f8fafc}
 header{background:#0f172a;color:#fff;padding:10px 20px}header a{color:#fff;text-decoration:none;font-weight:600}
 main{padding:16px 20px}section{background:#fff;border:1px solid #e2e8f0;border-radius:6px;padding:12px 16px;
@@ -72,8 +73,29 @@ def events_table(events: list[dict], now_ms: int, show_device: bool) -> str:
     return f'<table id="events">{head}{rows}</table>' if events else '<p id="events" class="muted">no events</p>'
 
 
+def rollouts_section(rollouts: list) -> str:
+    """rollouts: control_plane.rollouts.Rollout objects, newest first."""
+    if not rollouts:
+        return '<p id="rollouts" class="muted">no rollouts yet</p>'
+    rows = []
+    for r in rollouts:
+        c = r.counts()
+        waves = len(r.spec.waves)
+        pct = 100 * c["succeeded"] / c["assigned"] if c["assigned"] else 0
+        rows.append(
+            f'<tr class="rollout" data-rollout-id="{esc(r.rollout_id)}" data-status="{esc(r.status)}">'
+            f'<td>{esc(r.rollout_id)}</td><td>{esc(_ref(r.spec.name, r.spec.version))}</td>'
+            f'<td class="status-{esc(r.status)}">{esc(r.status)}</td><td>{min(r.wave + 1, waves)} / {waves}</td>'
+            f'<td>{c["assigned"]}</td><td class="succeeded">{c["succeeded"]}</td><td>{c["pending"]}</td>'
+            f'<td>{c["failed"]}</td><td><div class="bar"><div style="width:{pct:.0f}%"></div></div></td>'
+            f'<td>{esc(r.reason[:100])}</td><td>{esc(_clock(r.created_ms))}</td></tr>')
+    return ('<table id="rollouts"><tr><th>rollout</th><th>model</th><th>status</th><th>wave</th><th>assigned</th>'
+            '<th>serving</th><th>pending</th><th>failed</th><th>progress</th><th>reason</th><th>created</th></tr>'
+            + "".join(rows) + "</table>")
+
+
 def fleet_page(devices: list[dict], models: list[dict], recent: dict[str, dict], events: list[dict],
-               now_ms: int, window_min: int) -> str:
+               now_ms: int, window_min: int, rollouts: list = ()) -> str:
     """devices: store rows + "health"; recent: per device figures for the last `window_min` minutes."""
     counts: dict[str, int] = {}
     for d in devices:
@@ -116,9 +138,7 @@ def fleet_page(devices: list[dict], models: list[dict], recent: dict[str, dict],
     body = (f'<section><div class="kpis">{kpis}</div></section>'
             f'<section><h2>Devices</h2>{devices_html}</section>'
             f'<section><h2>Model versions</h2>{versions_html}</section>'
-            # Rollout progress is built by the rollouts work (health-gated staged rollouts); it renders here.
-            '<section id="rollout-progress" data-owner="rollouts"><h2>Rollout progress</h2>'
-            '<p class="muted">Staged rollouts are not built yet; this section will show them.</p></section>'
+            f'<section id="rollout-progress"><h2>Rollout progress</h2>{rollouts_section(list(rollouts))}</section>'
             f'<section><h2>Recent events</h2>{events_table(events, now_ms, show_device=True)}</section>')
     return layout("fleet", body)
 
