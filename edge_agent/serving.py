@@ -19,6 +19,7 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    adapter: str = ""
 
 
 def resolve_model(requested: str, name: str, ref: str, adapters: dict) -> str | None:
@@ -63,6 +64,7 @@ class Serving:
                 engine = slot.engine
                 adapter = resolve_model(req.model, m.name, m.ref, getattr(engine, "adapter_versions", {}))
                 outcome.model = f"{m.ref}:{adapter}" if adapter else m.ref
+                outcome.adapter = adapter or ""
                 prompt = engine.chat.render(list(req.messages)) if req.messages is not None else req.prompt
                 n_prompt = engine.count_tokens(prompt)
                 outcome.prompt_tokens = n_prompt
@@ -107,4 +109,4 @@ class Serving:
             self.state.record("request", endpoint, model=outcome.model, latency_ms=total,
                               first_token_ms=((first or time.monotonic()) - t0) * 1000,
                               tokens_in=outcome.prompt_tokens, tokens_out=outcome.completion_tokens,
-                              outcome=status, detail=detail)
+                              outcome=status, detail=detail, adapter=outcome.adapter)

@@ -177,6 +177,9 @@ def test_adapter_request_equals_the_merged_model(served):
     assert text == chat(served["merged"], "tiny")[1]
     assert chat(served["adapters"], "tiny")[1] == chat(served["plain"], "tiny")[1]  # no adapter == the base
     assert text != chat(served["plain"], "tiny")[1]
+    # the request telemetry names the adapter it used
+    rows = served["adapters"].state.db.execute("select model, adapter from outbox where kind = 'request'").fetchall()
+    assert ("tiny@v1:a", "a") in rows and ("tiny@v1", "") in rows
 
 
 def test_adapters_are_chosen_per_request_and_streaming_agrees(served):
