@@ -57,6 +57,10 @@ class Plan:
 
 def run_demo(tiny: bool, workdir: pathlib.Path | None, n_agents: int, console: Console,
              keep_running: bool = False) -> dict:
+    import logging
+
+    for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per load-generator request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     plan = Plan(tiny)
     t_start = time.monotonic()
 
