@@ -136,6 +136,7 @@ def main() -> None:
                 m = c.publish(d, f"smollm2-{p}", "v1", precision=p)
                 name = f"agent-{p}"
                 c.start_agent(name, extra=["--probation", "0", "--max-concurrent", "4", "--max-queue", "16"])
+                c.wait_for(lambda: any(d.name == name for d in c.admin.devices()), what=f"{name} to enroll")
                 c.admin.set_desired(m.name, "v1", [c.device(name).device_id])
                 c.wait_serving(name, m.ref, timeout=300)
             engines = {f"agent HTTP, int4": lambda: agent_stream(_url(c, "agent-int4"), args.tokens),
