@@ -8,7 +8,6 @@ import hashlib
 import json
 import pathlib
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from slmops.chat_format import ChatFormat
@@ -31,7 +31,6 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int = 0
     finish_reason: str = ""
-    _engine_stats: dict = field(default_factory=dict)
 
     def __iter__(self):
         return self.pieces

@@ -4,7 +4,6 @@ renamed to <sha>. A download longer than declared is cut off and refused (endles
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 import time
@@ -67,10 +66,3 @@ class BlobCache:
         os.replace(part, final)
         return final
 
-
-def sha256_of(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

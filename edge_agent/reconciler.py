@@ -23,12 +23,12 @@ from edge_agent import faults, installer, trust, update_fsm
 from edge_agent.config import AGENT_VERSION, AgentConfig
 from edge_agent.control_client import Backoff, ControlClient, Refused
 from edge_agent.engine import SamplingParams
-from edge_agent.fetcher import BlobCache, sha256_of
+from edge_agent.fetcher import BlobCache
 from edge_agent.runtime import Runtime
 from edge_agent.state import AgentState
 from edge_agent.verify import check_file
 from slmops.errors import ArtifactInvalid, ModelLoadError, SlmopsError, TransportError
-from slmops.manifest import FileEntry, Manifest
+from slmops.manifest import FileEntry, Manifest, sha256_file
 from slmops.v1 import common_pb2
 
 log = logging.getLogger("slmops.agent")
@@ -147,7 +147,7 @@ class Reconciler:
         trust.installed_is_trusted(self.trusted(), name, version, raw)
         m = Manifest.from_json(raw)
         for f in m.files:
-            check_file(f, sha256_of(path / f.path), (path / f.path).stat().st_size)
+            check_file(f, sha256_file(path / f.path), (path / f.path).stat().st_size)
         return self.engine_factory(path, m), m
 
     def forget_install(self, name: str, version: str) -> None:
@@ -378,7 +378,7 @@ class Reconciler:
             p = self.blobs.path(f.sha256)
             if not p.exists():
                 raise ArtifactInvalid(f"{f.path} vanished from the blob cache before install")
-            check_file(f, sha256_of(p), p.stat().st_size)
+            check_file(f, sha256_file(p), p.stat().st_size)
 
     def s_install(self, u: Update) -> None:
         self.report("installing", u.ref)

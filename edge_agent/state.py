@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sqlite3
 import threading
 import time
 
