@@ -134,3 +134,74 @@ def test_cli_rollout_option_replaces_the_recipes_rollout_stage():
     assert r == {"strategy": "canary", "selector": {"labels": {"site": "berlin"}, "all_devices": False},
                  "canary": {"percent": 10.0}, "gate": {"min_soak_seconds": 30}}
     parse(d, ROOT)   # still a valid recipe
+
+
+# ---- chained train stages ------------------------------------------------------------------------------------
+def chain(*trains: dict, after=("export", "gate", "publish")) -> dict:
+    d = example()
+    rest = [s for s in d["stages"] if next(iter(s)) in after]
+    return {"name": "chain", "stages": [{"train": t} for t in trains] + rest}
+
+
+FULL = {"recipe": "training/recipes/full_tiny_text_template.yaml", "set": ["train.max_steps=2"]}
+DISTILL = {"recipe": "training/recipes/distill_tiny.yaml", "set": ["train.max_steps=2", "distill.keep_layers=1"]}
+LORA = {"recipe": "training/recipes/lora_tiny.yaml", "set": ["train.max_steps=2"]}
+
+
+def test_train_stages_chain_each_later_one_starting_from_the_model_before():
+    d = chain(FULL, DISTILL, LORA)
+    d["stages"].insert(2, {"evaluate": {"max_examples": 2}})   # evaluate may sit anywhere in the chain
+    p = parse(d, ROOT)
+    assert [s.kind for s in p.stages] == ["train", "train", "evaluate", "train", "export", "gate", "publish"]
+    first, distill, lora = (s for s in p.stages if s.kind == "train")
+    assert "base" not in first.config and first.config["recipe"]["base"]["source"] == "tiny"
+    for s in (distill, lora):
+        assert s.config["base"] == "previous" and "base" not in s.config["recipe"]
+        assert s.config["recipe_base_replaced"]["source"] == "tiny"   # named, so the replacement is visible
+    files = {f: "a" for s in p.stages for f in s.data_files}
+    keys = plan.stage_keys(p, files.__getitem__, "pl_1")
+    d2 = chain({**FULL, "set": ["train.max_steps=3"]}, DISTILL, LORA)
+    d2["stages"].insert(2, {"evaluate": {"max_examples": 2}})
+    keys2 = plan.stage_keys(parse(d2, ROOT), files.__getitem__, "pl_1")
+    assert all(a != b for a, b in zip(keys, keys2)), "a changed first stage re-runs the whole chain after it"
+    d3 = chain(FULL, DISTILL, {**LORA, "set": ["train.max_steps=3"]})
+    d3["stages"].insert(2, {"evaluate": {"max_examples": 2}})
+    keys3 = plan.stage_keys(parse(d3, ROOT), files.__getitem__, "pl_1")
+    assert keys3[:3] == keys[:3] and keys3[3] != keys[3], "only the changed stage and what follows re-run"
+
+
+def test_a_chain_is_checked_whole_before_anything_runs():
+    d = chain(FULL, {"recipe": "training/recipes/search_tiny.yaml"},
+              {"recipe": "training/recipes/lora_tiny.yaml", "set": ["lora.rank=0"]},
+              {"recipe": "no/such.yaml"})
+    d["stages"].append({"train": FULL})
+    d["stages"].append({"evaluate": {}})
+    d["stages"].insert(1, {"export": {}})
+    errs = errors_of(d)
+    for want in ("stages[2].train: comes after export",
+                 "stages[2].train.recipe.method: method 'search' does not leave one model",
+                 "stages[3].train.recipe: ",
+                 f"stages[4].train.recipe: no file at {ROOT / 'no/such.yaml'}",
+                 "stages[5].export: a second export stage; only train and evaluate stages may repeat",
+                 "stages[8].train: comes after publish"):
+        assert any(e.startswith(want) for e in errs), (want, errs)
+
+
+def test_the_gate_of_a_gpu_target_needs_a_precision_with_a_cpu_twin():
+    d = example()
+    d["stages"][2]["export"] = {"precisions": ["fp16"], "execution_provider": "cuda"}
+    d["stages"][3]["gate"] = {"order": ["fp16"]}
+    errs = errors_of(d)
+    assert any(e.startswith("stages[3].gate.order: none of ['fp16'] can pass") for e in errs), errs
+    d["stages"][3]["gate"] = {"order": ["fp16", "fp32"]}
+    p = parse(d, ROOT)
+    assert p.stage("export").config["cpu_twins"] is True
+
+
+def test_the_shipped_chain_example_is_valid():
+    text = (ROOT / "training" / "recipes" / "pipeline_chain_tiny.yaml").read_text()
+    assert text.startswith("# slmops pipeline submit training/recipes/pipeline_chain_tiny.yaml")
+    p = loads(text, ROOT)
+    kinds = [s.kind for s in p.stages]
+    assert kinds.count("train") == 3 and kinds[-1] in ("publish", "rollout")
+    assert [s.config["method"] for s in p.stages if s.kind == "train"] == ["full", "distill", "lora"]

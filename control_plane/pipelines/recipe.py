@@ -4,11 +4,16 @@
     name: support-tiny
     stages:
       - train: {recipe: training/recipes/full_tiny_text_template.yaml, set: [train.max_steps=5]}
+      - train: {recipe: training/recipes/distill_tiny.yaml}     # chained: the model above is its teacher
       - evaluate: {max_examples: 8}
       - export: {precisions: [int4]}
       - gate: {max_examples: 8}
       - publish: {name: support, version: "v-{hash}"}
       - rollout: {strategy: canary, canary: {devices: 1}, selector: {labels: {site: berlin}}}
+
+train and evaluate stages may repeat (a chain, in any order, before export); every train stage after the
+first starts from the model the train stage before it left: its base (the teacher, for distill), replacing the
+base its training recipe names. The other kinds appear once, in the order of KINDS.
 
 `parse` checks the whole recipe before anything runs and raises PipelineInvalid listing every error with its
 location ("stages[2].export.precisions[0]: ..."). Relative paths are relative to `base_dir` (the submitter's
@@ -23,6 +28,9 @@ from dataclasses import dataclass, field, fields
 from slmops.errors import ConfigError
 
 KINDS = ("train", "evaluate", "export", "gate", "publish", "rollout")   # also the only order allowed
+REPEATABLE = ("train", "evaluate")                                      # a chain; the other kinds appear once
+ORDER = {"train": 0, "evaluate": 0, "export": 1, "gate": 2, "publish": 3, "rollout": 4}
+PREVIOUS = "previous"   # a chained train stage's base: the model of the train stage before it
 NEEDS = {"evaluate": "train", "export": "train", "gate": "export", "publish": "gate", "rollout": "publish"}
 WORKER_KINDS = ("train", "evaluate", "export", "gate")                  # run in worker processes
 EXECUTORS = ("local", "torchrun")
@@ -114,7 +122,8 @@ def _path(base: pathlib.Path, value, where: str, errors: _Errors) -> pathlib.Pat
 
 
 # ---- one parser per stage kind: (settings, data files) ------------------------------------------------------
-def _train(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
+def _train(d: dict, where: str, base: pathlib.Path, errors: _Errors, chained: bool = False
+           ) -> tuple[dict, tuple[str, ...]]:
     from training import recipe as tr
     from training.dataset import Template, load_jsonl
 
@@ -141,7 +150,11 @@ def _train(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[di
     raw = json.loads(json.dumps(raw))  # a private copy (overrides edit it)
     raw.setdefault("output", "(set by the pipeline)")
     try:
-        r = tr.from_dict(tr.apply_overrides(raw, overrides), text)
+        raw = tr.apply_overrides(raw, overrides)
+        replaced = raw.get("base")
+        if chained:   # the model of the train stage before; the recipe's own base (if any) is not used
+            raw["base"] = {"source": "hf", "path": "(the model of the train stage before)"}
+        r = tr.from_dict(raw, text)
     except ConfigError as e:
         errors.add(f"{where}.recipe", str(e))
         return {}, ()
@@ -164,7 +177,13 @@ def _train(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[di
             except ConfigError as e:
                 errors.add(f"{where}.recipe.{key}", str(e))
     raw.pop("output", None)
-    return {"recipe": raw, "method": r.method, "template": r.data.template, "heldout": r.eval.heldout}, tuple(files)
+    cfg = {"recipe": raw, "method": r.method, "template": r.data.template, "heldout": r.eval.heldout}
+    if chained:
+        raw.pop("base")
+        cfg["base"] = PREVIOUS
+        if replaced is not None:
+            cfg["recipe_base_replaced"] = replaced   # shown in the stage's inputs, so the replacement is visible
+    return cfg, tuple(files)
 
 
 def _evaluate(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
@@ -197,10 +216,15 @@ def _export(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[d
         except (ExportError, TypeError) as e:
             errors.add(f"{where}.precisions[{i}]", str(e))
     ordered = [p for p in PRECISIONS if p in precisions or p == "fp32"]  # fp32 is always the gate's reference
-    return {"precisions": ordered, "execution_provider": ep, "options": options}, ()
+    cfg = {"precisions": ordered, "execution_provider": ep, "options": options}
+    if ep != "cpu":
+        cfg["cpu_twins"] = True   # the gate measures CPU builds of the same weights (stages.export)
+    return cfg, ()
 
 
-def _gate(d: dict, where: str, base: pathlib.Path, errors: _Errors, exported: list[str]) -> tuple[dict, tuple]:
+def _gate(d: dict, where: str, base: pathlib.Path, errors: _Errors, exported: list[str],
+          target: str = "cpu") -> tuple[dict, tuple]:
+    from training.export import RUNNABLE
     from training.quality_gate import GateThresholds
 
     d = _mapping(d, where, errors, ("order", "thresholds", "max_examples", "resources"))
@@ -211,6 +235,9 @@ def _gate(d: dict, where: str, base: pathlib.Path, errors: _Errors, exported: li
     for i, p in enumerate(order):
         if p not in exported:
             errors.add(f"{where}.order[{i}]", f"{p!r} is not exported by the export stage ({', '.join(exported)})")
+    if order and isinstance(order, list) and not any(p in RUNNABLE["cpu"] for p in order):
+        errors.add(f"{where}.order", f"none of {order} can pass: the gate measures on the CPU ({target} builds "
+                                     f"through their CPU twins) and fp16 has no CPU twin; add int8, int4 or fp32")
     thresholds = _mapping(d.get("thresholds"), f"{where}.thresholds", errors,
                           tuple(f.name for f in fields(GateThresholds)))
     try:
@@ -333,11 +360,12 @@ def parse(d, base_dir: str | pathlib.Path, text: str = "") -> Pipeline:
             errors.add(where, f"unknown stage kind {kind!r}; expected one of {', '.join(KINDS)}")
             continue
         where = f"{where}.{kind}"
-        if kind in seen:
-            errors.add(where, f"a second {kind} stage; each kind appears once")
+        if kind in seen and kind not in REPEATABLE:
+            errors.add(where, f"a second {kind} stage; only {' and '.join(REPEATABLE)} stages may repeat")
             continue
-        if seen and KINDS.index(kind) < KINDS.index(seen[-1]):
-            errors.add(where, f"comes after {seen[-1]}; stages run in the order {' -> '.join(KINDS)}")
+        if seen and ORDER[kind] < ORDER[seen[-1]]:
+            errors.add(where, f"comes after {seen[-1]}; stages run in the order train/evaluate (a chain, "
+                              f"repeatable) -> {' -> '.join(KINDS[2:])}")
         if kind in NEEDS and NEEDS[kind] not in seen:
             errors.add(where, f"needs a {NEEDS[kind]} stage before it")
         seen.append(kind)
@@ -347,9 +375,12 @@ def parse(d, base_dir: str | pathlib.Path, text: str = "") -> Pipeline:
             continue
         if kind == "gate":
             exp = next((s for s in stages if s.kind == "export"), None)
-            config, files = _gate(body, where, base, errors, exp.config.get("precisions", []) if exp else [])
+            config, files = _gate(body, where, base, errors, exp.config.get("precisions", []) if exp else [],
+                                  exp.config.get("execution_provider", "cpu") if exp else "cpu")
+        elif kind == "train":
+            config, files = _train(body, where, base, errors, chained=seen.count("train") > 1)
         else:
-            config, files = {"train": _train, "evaluate": _evaluate, "export": _export, "publish": _publish,
+            config, files = {"evaluate": _evaluate, "export": _export, "publish": _publish,
                              "rollout": _rollout}[kind](body, where, base, errors)
         resources = _resources(body.get("resources"), f"{where}.resources", errors) \
             if kind in WORKER_KINDS else Resources()

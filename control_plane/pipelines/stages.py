@@ -23,6 +23,10 @@ def train(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tu
 
     d = json.loads(json.dumps(cfg["recipe"]))
     d["output"] = str(out)
+    if cfg.get("base") == "previous":   # a chained stage: the model the train stage before it left
+        d["base"] = {"source": "hf", "path": inputs["model_dir"]}
+        log(f"base: {inputs['model_dir']} (the model of the train stage before"
+            + (", the teacher)" if cfg["method"] == "distill" else ")"))
     d.setdefault("cache_dir", cache_dir)
     r = tr.from_dict(d, "# run by a control plane pipeline\n" + yaml.safe_dump(d, sort_keys=False))
     summary = run_recipe(r, progress=False, log=log)
@@ -58,39 +62,64 @@ def evaluate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) ->
 
 
 def export(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tuple[dict, dict]:
-    from training.export import ExportOptions, dir_size, export_onnx
+    """One build per precision for the target; for a cuda/dml target also a CPU twin of each precision the CPU
+    runs (same weights and quantization, CPU graph): the gate measures those, as quality_gate.select_precision
+    does, since the gate runs on the CPU."""
+    from training.export import RUNNABLE, ExportOptions, dir_size, export_onnx
 
-    variants, sizes = {}, {}
+    ep = cfg["execution_provider"]
+    variants, twins, sizes = {}, {}, {}
     for p in cfg["precisions"]:
-        opts = ExportOptions(precision=p, execution_provider=cfg["execution_provider"], **cfg["options"])
+        opts = ExportOptions(precision=p, execution_provider=ep, **cfg["options"])
         variants[p] = str(export_onnx(pathlib.Path(inputs["model_dir"]), out / p, opts, log=log))
         sizes[p] = dir_size(pathlib.Path(variants[p]))
-    return {"variants": variants, "execution_provider": cfg["execution_provider"]}, {"bytes": sizes}
+        if ep != "cpu" and p in RUNNABLE["cpu"]:
+            opts = ExportOptions(precision=p, execution_provider="cpu", **cfg["options"])
+            twins[p] = str(export_onnx(pathlib.Path(inputs["model_dir"]), out / f"{p}-cpu-twin", opts, log=log))
+    outputs = {"variants": variants, "execution_provider": ep}
+    if ep != "cpu":
+        outputs["cpu_twins"] = twins
+        log(f"export: CPU twins for the gate: {', '.join(twins) or 'none'}")
+    return outputs, {"bytes": sizes}
 
 
 def gate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tuple[dict, dict]:
+    """fp32 is the reference; the first precision of `order` within the thresholds is copied to bundle/ with its
+    gate.json. Everything is measured on the CPU: for a cpu target the shipped builds themselves, for cuda/dml
+    their CPU twins (fp16 has none, so it cannot pass here), and the verdict says so (evaluated_on)."""
     from training import quality_gate as qg
 
     t = qg.GateThresholds(**cfg["thresholds"])
     examples = qg.load_examples(limit=t.max_examples)
+    target = inputs.get("execution_provider", "cpu")
     variants = {p: pathlib.Path(d) for p, d in inputs["variants"].items()}
-    log(f"gate: measuring the fp32 reference on {len(examples)} examples")
-    ref, ref_greedy = qg.evaluate(variants["fp32"], examples, t.max_new_tokens)
+    measured = variants if target == "cpu" else {p: pathlib.Path(d) for p, d in inputs["cpu_twins"].items()}
+    evaluated_on = "cpu" if target == "cpu" else "cpu twin"
+    log(f"gate: measuring the fp32 reference on {len(examples)} examples"
+        + ("" if target == "cpu" else f" (CPU twins of the {target} builds)"))
+    ref, ref_greedy = qg.evaluate(measured["fp32"], examples, t.max_new_tokens)
     tried = []
     for p in cfg["order"]:
-        got = ref if p == "fp32" else qg.evaluate(variants[p], examples, t.max_new_tokens, ref_greedy)[0]
-        reasons = qg.judge(p, ref, got, t)
-        tried.append({"precision": p, "passed": not reasons, "reasons": reasons, "metrics": asdict(got)})
-        log(f"gate: {p} {'PASSED' if not reasons else 'failed: ' + '; '.join(reasons)}")
+        got = None
+        if p not in measured:
+            reasons = [f"{p} has no CPU twin, so it cannot be evaluated on the CPU where the gate runs"]
+        else:
+            got = ref if p == "fp32" else qg.evaluate(measured[p], examples, t.max_new_tokens, ref_greedy)[0]
+            reasons = qg.judge(p, ref, got, t)
+        tried.append({"precision": p, "passed": not reasons, "reasons": reasons,
+                      "metrics": asdict(got) if got else None, "evaluated_on": evaluated_on,
+                      "evaluated": str(measured[p]) if p in measured else None})
+        log(f"gate: {p} {'PASSED' if not reasons else 'failed: ' + '; '.join(reasons)} ({evaluated_on})")
         if not reasons:
             bundle = out / "bundle"
-            shutil.copytree(variants[p], bundle)
+            shutil.copytree(variants[p], bundle)   # the target's build is what ships
             verdict = qg.write_verdict(bundle, p, True, ["fp32 is the reference"] if p == "fp32" else [], got,
-                                       ref, t)
-            (out / "gate_report.json").write_text(json.dumps({"chosen": p, "tried": tried}, indent=1))
-            return ({"bundle_dir": str(bundle), "precision": p,
-                     "execution_provider": inputs.get("execution_provider", "cpu")},
-                    {"chosen": p, "reference": asdict(ref), "tried": tried, "metrics": verdict["metrics"]})
+                                       ref, t, evaluated_on=evaluated_on)
+            report = {"chosen": p, "execution_provider": target, "evaluated_on": evaluated_on, "tried": tried}
+            (out / "gate_report.json").write_text(json.dumps(report, indent=1))
+            return ({"bundle_dir": str(bundle), "precision": p, "execution_provider": target},
+                    {"chosen": p, "execution_provider": target, "evaluated_on": evaluated_on,
+                     "reference": asdict(ref), "tried": tried, "metrics": verdict["metrics"]})
     raise StageFailed("no precision passed the quality gate: "
                       + "; ".join(f"{x['precision']}: {', '.join(x['reasons'])}" for x in tried))
 
