@@ -99,6 +99,12 @@ class Jobs:
         self.db["pipeline_logs"].insert_all([{"job_id": job_id, "idx": idx, "ts_ms": t, "line": ln[:4000]}
                                              for ln in lines])
 
+    def log_tail(self, job_id: str, lines: int = 200) -> list[dict]:
+        """The job's last `lines` log lines, oldest first."""
+        rows = list(self.db.query("select * from pipeline_logs where job_id = ? order by id desc limit ?",
+                                  [job_id, lines]))
+        return rows[::-1]
+
     def logs(self, job_id: str, after_id: int = 0, limit: int = 1000) -> list[dict]:
         return list(self.db.query("select * from pipeline_logs where job_id = ? and id > ? order by id limit ?",
                                   [job_id, after_id, limit]))

@@ -15,7 +15,7 @@ from starlette.routing import Route
 from control_plane import rollups
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryViews
-from control_plane.web import pages
+from control_plane.web import pages, pipeline_pages
 
 COOKIE = "slmops_admin"
 WINDOW_MIN = 60           # device charts
@@ -121,6 +121,65 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
         return Response("".join(lines), media_type="application/x-ndjson",
                         headers={"Content-Disposition": 'attachment; filename="captures.jsonl"'})
 
+    # ---- pipelines (read-only; the pipeline tables live in the same SQLite file) --------------------------------
+    made: list = []
+
+    def pipeline_jobs():
+        if not made:   # once: Jobs creates the tables only if they do not exist yet (the manager made them)
+            from control_plane.pipelines.jobs import Jobs
+
+            made.append(Jobs(store))
+        return made[0]
+
+    def pipeline_rollout(job: dict):
+        if not job["rollout_id"]:
+            return None
+        from control_plane import rollout_driver
+
+        return pipeline_pages.rollout_info(rollout_driver.load(store, job["rollout_id"]))
+
+    def pipeline_rows(request: Request) -> tuple[list[dict], str]:
+        jobs = pipeline_jobs()
+        status = request.query_params.get("status", "")
+        rows = jobs.jobs((status,) if status else (), _int_param(request, "limit", 50, 1, 1000))
+        return [pipeline_pages.summary(j, jobs.stages(j["job_id"]), pipeline_rollout(j)) for j in rows], status
+
+    def pipeline_detail(request: Request) -> dict | None:
+        jobs = pipeline_jobs()
+        job = jobs.job(request.path_params["job_id"])
+        if job is None:
+            return None
+        return pipeline_pages.detail(job, jobs.stages(job["job_id"]),
+                                     jobs.log_tail(job["job_id"], _int_param(request, "lines", 200, 1, 5000)),
+                                     pipeline_rollout(job))
+
+    def pipelines(request: Request):
+        if not admin(request):
+            return denied(request)
+        rows, status = pipeline_rows(request)
+        return HTMLResponse(pipeline_pages.list_page(rows, status))
+
+    def pipeline(request: Request):
+        if not admin(request):
+            return denied(request)
+        d = pipeline_detail(request)
+        if d is None:
+            return HTMLResponse(pages.layout("not found", "<section>no such pipeline</section>", 0), status_code=404)
+        return HTMLResponse(pipeline_pages.detail_page(d))
+
+    def api_pipelines(request: Request):
+        if not admin(request):
+            return denied(request)
+        return JSONResponse({"pipelines": pipeline_rows(request)[0]})
+
+    def api_pipeline(request: Request):
+        if not admin(request):
+            return denied(request)
+        d = pipeline_detail(request)
+        if d is None:
+            return JSONResponse({"error": f"no pipeline {request.path_params['job_id']!r}"}, status_code=404)
+        return JSONResponse({"pipeline": d})
+
     def metrics(request: Request):
         return PlainTextResponse(metrics_render() if metrics_render else "", media_type="text/plain; version=0.0.4")
 
@@ -128,6 +187,8 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
         Route("/", fleet), Route("/login", login), Route("/devices/{device_id}", device),
         Route("/api/fleet", api_fleet), Route("/api/devices/{device_id}/minutes", api_minutes),
         Route("/api/devices/{device_id}/events", api_events), Route("/api/captures.jsonl", api_captures),
+        Route("/pipelines", pipelines), Route("/pipelines/{job_id}", pipeline),
+        Route("/api/pipelines", api_pipelines), Route("/api/pipelines/{job_id}", api_pipeline),
         Route("/metrics", metrics)])
 
 
