@@ -185,3 +185,48 @@ def test_invalid_recipe_is_refused_with_every_error_listed(cluster):
                   "stages[2].publish.version:", "stages[3].rollout.selector:", "stages[3].rollout.waves:"):
         assert where in d, d
     assert not cluster.admin.pipelines()
+
+
+CHAIN = ROOT / "training" / "recipes" / "pipeline_chain_tiny.yaml"
+
+
+def chain_recipe(model_cache: str, last_steps: int = 4) -> str:
+    d = yaml.safe_load(CHAIN.read_text())
+    trains = [s["train"] for s in d["stages"] if "train" in s]
+    trains[0]["set"] = [*trains[0]["set"], f"cache_dir={model_cache}"]
+    trains[-1]["set"] = [*trains[-1]["set"], f"train.max_steps={last_steps}"]
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def test_chained_train_stages_feed_each_other_and_a_retry_skips_the_finished_ones(cluster, model_cache):
+    """full fine-tune (teacher) -> distill (teacher data + student) -> LoRA on the student -> evaluate -> export
+    -> gate -> publish, through the real queue; then the same chain with only its last train stage changed."""
+    cluster.start_cp()
+    p = cluster.admin.submit_pipeline(chain_recipe(model_cache), str(ROOT))
+    kinds = ["train", "train", "train", "evaluate", "export", "gate", "publish"]
+    assert [s.kind for s in p.stages] == kinds
+    p = wait_status(cluster, p.job_id, ("succeeded", "failed"), timeout=900)
+    lines = [ln.line for ln in cluster.admin.pipeline_logs(p.job_id)]
+    assert p.status == "succeeded", (p.reason, lines[-30:])
+    assert [s.status for s in p.stages] == ["done"] * 7
+    outs = [json.loads(s.outputs_json) for s in p.stages]
+    ins = [json.loads(s.inputs_json) for s in p.stages]
+    assert ins[1]["model_dir"] == outs[0]["model_dir"] and ins[2]["model_dir"] == outs[1]["model_dir"]
+    assert len({outs[0]["model_dir"], outs[1]["model_dir"], outs[2]["model_dir"]}) == 3
+    assert ins[3]["model_dir"] == outs[2]["model_dir"], "evaluate sees the last model of the chain"
+    teacher = json.loads(pathlib.Path(outs[0]["model_dir"], "config.json").read_text())
+    student = json.loads(pathlib.Path(outs[1]["model_dir"], "config.json").read_text())
+    assert student["num_hidden_layers"] == 1 < teacher["num_hidden_layers"]
+    assert json.loads(p.stages[1].metrics_json)["teacher_outputs"]["train"]["total"] > 0   # teacher data
+    assert any(ln.startswith("base: ") and "the teacher" in ln for ln in lines), lines
+    assert p.published.startswith("support-chain@v-")
+
+    again = cluster.admin.submit_pipeline(chain_recipe(model_cache, last_steps=5), str(ROOT))
+    again = wait_status(cluster, again.job_id, ("succeeded", "failed"), timeout=600)
+    assert again.status == "succeeded", again.reason
+    assert [s.status for s in again.stages] == ["skipped", "skipped"] + ["done"] * 5
+    assert [s.key for s in again.stages[:2]] == [s.key for s in p.stages[:2]]
+    assert again.stages[2].key != p.stages[2].key
+    assert json.loads(again.stages[2].inputs_json)["model_dir"] == outs[1]["model_dir"], \
+        "the re-run stage starts from the reused student"
+    assert again.published != p.published and len(cluster.admin.models()) == 2
