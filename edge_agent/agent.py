@@ -1,10 +1,12 @@
 """Wires the agent: local state, runtime, serving, HTTP (uvicorn), the reconciler and the uploader."""
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 
 import uvicorn
+from prometheus_client.core import GaugeMetricFamily
 
 from edge_agent import device_identity
 from edge_agent.config import AgentConfig
@@ -25,11 +27,40 @@ from edge_agent.uploader import Uploader
 log = logging.getLogger("slmops.agent")
 
 
+def reporting_fallbacks(engine_factory, state: AgentState):
+    """Each model load that passed over a preferred execution provider leaves a telemetry event saying which,
+    why, and what serves instead, so the fleet view shows devices that fell back (e.g. cuda -> cpu)."""
+    def load(path, manifest):
+        engine = engine_factory(path, manifest)
+        for provider, reason in getattr(engine, "fallbacks", ()):
+            state.record("event", "execution_provider_fallback", model=manifest.ref, outcome=engine.provider,
+                         detail=f"{provider} unavailable: {reason}")
+        return engine
+    return load
+
+
+class ExecutionProviderInfo:
+    """/metrics: slmops_agent_execution_provider_info{model,provider} 1 for the serving model."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def collect(self):
+        g = GaugeMetricFamily("slmops_agent_execution_provider_info",
+                              "the execution provider the serving model runs on", labels=["model", "provider"])
+        slot = self.runtime.slot
+        if slot:
+            g.add_metric([slot.manifest.ref, getattr(slot.engine, "provider", "") or "cpu"], 1)
+        yield g
+
+
 class Agent:
-    def __init__(self, cfg: AgentConfig, engine_factory=OgaEngine):
+    def __init__(self, cfg: AgentConfig, engine_factory=None):
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.state = AgentState(cfg.data_dir / "agent.db", cfg.telemetry_max_rows)
+        engine_factory = reporting_fallbacks(
+            engine_factory or functools.partial(OgaEngine, providers=cfg.execution_providers), self.state)
         self.runtime = Runtime(cfg.max_concurrent, cfg.max_queue)
         serving_args = (self.runtime, self.state, cfg.max_prompt_tokens, cfg.max_new_tokens, cfg.request_timeout_s)
         self.serving = CapturingServing(*serving_args, capture_rate=cfg.capture_rate,
@@ -42,6 +73,7 @@ class Agent:
                                  cfg.telemetry_interval_s, cfg.telemetry_batch,
                                  Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
         self.metrics = AgentMetrics(self.runtime, self.state)
+        self.metrics.registry.register(ExecutionProviderInfo(self.runtime))
         self.sampler = ResourceSampler(self.state, self.runtime, cfg.data_dir, cfg.sample_interval_s)
         self.golden = GoldenChecker(self.state, self.runtime, cfg.golden_interval_s)
         self.app = build_app(self.serving, cfg.api_keys, self.metrics.render)

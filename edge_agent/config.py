@@ -6,6 +6,7 @@ import os
 import pathlib
 from dataclasses import dataclass
 
+from edge_agent.engine import EXECUTION_PROVIDERS
 from slmops.errors import ConfigError
 
 AGENT_VERSION = "0.1.0"
@@ -65,6 +66,7 @@ class AgentConfig:
     golden_interval_s: float = 0.0       # scheduled golden-prompt checks; 0 = off
     capture_rate: float = 0.0            # share of requests captured (prompt + answer, redacted); 0 = off
     capture_redactor: str = ""           # "module:function" str -> str; "" = edge_agent.capture.redact_default
+    execution_providers: tuple[str, ...] = ("cpu",)  # preference order; the first that loads the model serves
 
     def __post_init__(self) -> None:
         _host_port(self.control_plane, "--control-plane")
@@ -80,6 +82,15 @@ class AgentConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.sample_interval_s < 0 or self.golden_interval_s < 0:
             raise ConfigError("sample and golden intervals must be 0 (off) or positive seconds")
+        eps = self.execution_providers
+        if isinstance(eps, str) or not eps:
+            raise ConfigError("--execution-providers needs a preference list of names, e.g. cuda,cpu")
+        unknown = [p for p in eps if p not in EXECUTION_PROVIDERS]
+        if unknown:
+            raise ConfigError(f"--execution-providers: unknown execution provider {unknown[0]!r}; known: "
+                              f"{', '.join(EXECUTION_PROVIDERS)}")
+        if len(set(eps)) != len(eps):
+            raise ConfigError(f"--execution-providers {','.join(eps)} names a provider twice")
         if not 0.0 <= self.capture_rate <= 1.0:
             raise ConfigError(f"capture_rate {self.capture_rate} must be between 0 and 1")
         if not 0 <= self.probation_max_error_ratio <= 1:
@@ -104,6 +115,11 @@ class AgentConfig:
     @property
     def http_host_port(self) -> tuple[str, int]:
         return _host_port(self.http, "--http")
+
+    @staticmethod
+    def parse_providers(value: str) -> tuple[str, ...]:
+        """"cuda, CPU" -> ("cuda", "cpu"); validated when the config is built."""
+        return tuple(p.strip().lower() for p in value.split(","))
 
     @classmethod
     def from_env(cls, **kwargs) -> "AgentConfig":

@@ -4,6 +4,7 @@ queues or telemetry; it turns a prompt into a stream of text pieces.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -11,6 +12,8 @@ from typing import Callable, Iterator
 from slmops.chat_format import ChatFormat
 from slmops.errors import ModelLoadError
 from slmops.manifest import Manifest
+
+log = logging.getLogger("slmops.agent.engine")
 
 
 @dataclass
@@ -36,6 +39,11 @@ class Generation:
         return self.pieces
 
 
+# Execution providers by the name the agent's config uses -> the name onnxruntime-genai's Config takes.
+EXECUTION_PROVIDERS = {"cpu": "cpu", "cuda": "cuda", "dml": "dml", "webgpu": "WebGPU", "openvino": "OpenVINO",
+                       "qnn": "QNN", "nvtensorrtrtx": "NvTensorRtRtx", "vitisai": "VitisAI"}
+
+
 class OgaEngine:
     def __init__(self, model_dir: pathlib.Path, manifest: Manifest, providers: tuple[str, ...] = ("cpu",)):
         import onnxruntime_genai as og
@@ -43,17 +51,36 @@ class OgaEngine:
         self.og = og
         self.manifest = manifest
         self.model_dir = pathlib.Path(model_dir)
-        try:
-            cfg = og.Config(str(self.model_dir))
-            cfg.clear_providers()
-            for p in providers:
+        # The first provider in the preference list that loads the model serves it; each one passed over is kept
+        # (with onnxruntime-genai's reason) in `fallbacks` and logged, so the device can say why it runs on cpu.
+        self.fallbacks: list[tuple[str, str]] = []
+        self.provider = ""
+        for p in providers:
+            if p not in EXECUTION_PROVIDERS:
+                raise ModelLoadError(f"unknown execution provider {p!r}; known: {', '.join(EXECUTION_PROVIDERS)}")
+            try:
+                cfg = og.Config(str(self.model_dir))
+                cfg.clear_providers()
                 if p != "cpu":
-                    cfg.append_provider(p)
-            self.model = og.Model(cfg)
-            self.tokenizer = og.Tokenizer(self.model)
-        except Exception as e:  # og raises RuntimeError/OSError with C++ messages; map once here
-            raise ModelLoadError(f"cannot load {manifest.ref} from {self.model_dir}: {e}") from e
-        self.provider = providers[0]
+                    cfg.append_provider(EXECUTION_PROVIDERS[p])
+                self.model = og.Model(cfg)
+                self.tokenizer = og.Tokenizer(self.model)
+            except Exception as e:  # og raises RuntimeError/OSError with C++ messages; map once here
+                reason = " ".join(str(e).split()) or type(e).__name__
+                self.fallbacks.append((p, reason))
+                rest = providers[providers.index(p) + 1:]
+                if rest:
+                    log.warning("execution provider %s cannot load %s (%s); trying %s", p, manifest.ref, reason,
+                                rest[0])
+                continue
+            self.provider = p
+            break
+        else:
+            tried = "; ".join(f"{p}: {reason}" for p, reason in self.fallbacks)
+            raise ModelLoadError(f"cannot load {manifest.ref} from {self.model_dir} on any execution provider "
+                                 f"of {','.join(providers) or '(none given)'} (tried {tried or 'nothing'})")
+        if self.fallbacks:
+            log.info("%s runs on execution provider %s", manifest.ref, self.provider)
         # LoRA adapters are loaded once per engine and chosen per request (generator.set_active_adapter).
         self.adapters = og.Adapters(self.model)
         self.adapter_versions: dict[str, str] = {}

@@ -105,11 +105,13 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
         if slot:
             m = slot.manifest
             created = int(m.created_unix_ms / 1000)
-            data.append({"id": m.name, "object": "model", "created": created,
-                         "owned_by": "slmops", "version": m.version, "precision": m.precision})
+            ep = provider(slot.engine)
+            data.append({"id": m.name, "object": "model", "created": created, "owned_by": "slmops",
+                         "version": m.version, "precision": m.precision, "execution_provider": ep})
             for name, version in sorted(getattr(slot.engine, "adapter_versions", {}).items()):
                 data.append({"id": f"{m.name}:{name}", "object": "model", "created": created, "owned_by": "slmops",
-                             "version": version, "parent": m.name, "base_version": m.version})
+                             "version": version, "parent": m.name, "base_version": m.version,
+                             "execution_provider": ep})
         return JSONResponse({"object": "list", "data": data})
 
     async def healthz(request: Request):
@@ -119,8 +121,9 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
         slot = serving.runtime.slot
         if slot is None:
             return JSONResponse({"status": "not ready", "model": None}, status_code=503)
-        return JSONResponse({"status": "ready", "model": slot.manifest.ref,
-                             "provider": getattr(slot.engine, "provider", "cpu")})
+        return JSONResponse({"status": "ready", "model": slot.manifest.ref, "provider": provider(slot.engine),
+                             "provider_fallbacks": [{"provider": p, "reason": r}
+                                                    for p, r in getattr(slot.engine, "fallbacks", ())]})
 
     async def metrics_endpoint(request: Request):
         text = metrics() if metrics else ""
@@ -131,6 +134,11 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
               Route("/v1/models", models, methods=["GET"]),
               Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
     return Starlette(routes=routes)
+
+
+def provider(engine) -> str:
+    """The execution provider a loaded engine runs on (the first of the preference list that loaded)."""
+    return getattr(engine, "provider", "") or "cpu"
 
 
 def sse(obj: dict) -> bytes:

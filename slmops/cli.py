@@ -189,7 +189,9 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
               probation: float = typer.Option(30.0, help="seconds a new model is watched before it is committed"),
               probation_max_error_ratio: float = typer.Option(0.2, help="failed-request ratio that rolls back"),
               min_free_disk_mb: int = typer.Option(256, help="refuse updates that would leave less free disk"),
-              resync: float = typer.Option(30.0, help="seconds between re-checks of the desired state")):
+              resync: float = typer.Option(30.0, help="seconds between re-checks of the desired state"),
+              execution_providers: str = typer.Option(
+                  "cpu", help="preference list; the first that loads the model serves, e.g. cuda,cpu")):
     """Enroll, follow the control plane's desired model, verify, install, serve and report."""
     from edge_agent.agent import Agent
     from edge_agent.config import AgentConfig
@@ -207,7 +209,8 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
                                    trusted_root=trusted_root,
                                    min_download_rate_bps=min_download_rate, probation_s=probation,
                                    probation_max_error_ratio=probation_max_error_ratio,
-                                   min_free_disk_bytes=min_free_disk_mb << 20, resync_s=resync)
+                                   min_free_disk_bytes=min_free_disk_mb << 20, resync_s=resync,
+                                   execution_providers=AgentConfig.parse_providers(execution_providers))
     except ConfigError as e:
         fail(str(e))
     Agent(cfg).run()
