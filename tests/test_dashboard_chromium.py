@@ -84,3 +84,77 @@ def test_dashboard_shows_live_fleet_device_charts_and_events(cluster, tiny_int4,
     chromium(profile, signed_in(base, token, f"/devices/{did}"), f"--screenshot={ARTIFACTS / 'dashboard-device.png'}")
     for png in ("dashboard-fleet.png", "dashboard-device.png"):
         assert (ARTIFACTS / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it)")
+def test_dashboard_shows_pipelines_that_ran_through_the_queue(cluster, tmp_path):
+    """A tiny pipeline really run by the control plane (train -> ... -> publish -> rollout to a real agent) and
+    one whose train stage crashes, seen through the JSON API and in Chromium: list and per-pipeline pages."""
+    import json
+
+    from tests.test_pipeline_e2e import ROOT, recipe, wait_status
+
+    http_port = free_port()
+    start_cp_with_http(cluster, http_port)
+    cluster.start_agent("edge-p")
+    cluster.wait_for(lambda: cluster.admin.devices(), what="the agent enrolling")
+    cache = str(tmp_path / "model-cache")
+    bad = cluster.admin.submit_pipeline(recipe(cache, rollout=False, name="crash", stages=("train", "export"),
+                                               train_set=["base.source=hf", f"base.path={tmp_path / 'nowhere'}"]),
+                                        str(ROOT))
+    ok = cluster.admin.submit_pipeline(recipe(cache), str(ROOT))
+    bad = wait_status(cluster, bad.job_id, ("failed",), timeout=300)
+    ok = wait_status(cluster, ok.job_id, ("succeeded", "failed"), timeout=600)
+    assert ok.status == "succeeded", ok.reason
+    base, token = f"http://127.0.0.1:{http_port}", (cluster.cp_dir / "admin-token").read_text().strip()
+
+    def api(path: str) -> dict:
+        req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    with pytest.raises(urllib.error.HTTPError) as e:  # no token: no data
+        urllib.request.urlopen(f"{base}/api/pipelines", timeout=10)
+    assert e.value.code == 401
+    rows = {p["job_id"]: p for p in api("/api/pipelines")["pipelines"]}
+    assert rows[ok.job_id]["progress"] == {"finished": 6, "total": 6} and rows[ok.job_id]["current_stage"] is None
+    assert rows[ok.job_id]["published"] == ok.published
+    assert rows[ok.job_id]["rollout"]["rollout_id"] == ok.rollout_id
+    assert rows[ok.job_id]["rollout"]["status"] == "completed" and rows[ok.job_id]["rollout"]["succeeded"] == 1
+    assert rows[bad.job_id]["current_stage"] == {"index": 0, "kind": "train", "status": "failed"}
+    d = api(f"/api/pipelines/{ok.job_id}")["pipeline"]
+    assert d["stages"][3]["metrics"]["chosen"] in ("int4", "fp32")
+    assert d["stages"][3]["metrics"]["evaluated_on"] == "cpu"
+    assert d["stages"][1]["inputs"]["model_dir"] == d["stages"][0]["outputs"]["model_dir"]
+    assert any(f"published {ok.published}" in ln["line"] for ln in d["log_tail"])
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    profile = tmp_path / "chromium-profile"
+    dom = chromium(profile, signed_in(base, token, "/pipelines"), "--dump-dom")
+    row = re.search(rf'<tr class="pipeline" data-job-id="{ok.job_id}" data-status="succeeded">(.*?)</tr>', dom, re.S)
+    assert row, dom[:3000]
+    assert f'<td class="published">{ok.published}</td>' in row.group(1)
+    assert f'data-rollout-id="{ok.rollout_id}" data-status="completed"' in row.group(1)
+    assert '<span class="progress">6/6</span>' in row.group(1) and row.group(1).count('data-status="done"') == 6
+    row = re.search(rf'<tr class="pipeline" data-job-id="{bad.job_id}" data-status="failed">(.*?)</tr>', dom, re.S)
+    assert row and '<td class="current">0 train (failed)</td>' in row.group(1)
+    assert "stage 0 train failed" in row.group(1)
+    chromium(profile, signed_in(base, token, "/pipelines"), f"--screenshot={ARTIFACTS / 'dashboard-pipelines.png'}")
+
+    dom = chromium(profile, signed_in(base, token, f"/pipelines/{ok.job_id}"), "--dump-dom")
+    assert f'<section id="pipeline" data-job-id="{ok.job_id}" data-status="succeeded">' in dom
+    for i, kind in enumerate(["train", "evaluate", "export", "gate", "publish", "rollout"]):
+        assert f'<tr class="stage" data-stage="{i}" data-kind="{kind}" data-status="done">' in dom, kind
+    log_tail = re.search(r'<pre id="log-tail">(.*?)</pre>', dom, re.S).group(1)
+    assert "stage 0 train: done" in log_tail and f"published {ok.published}" in log_tail
+    assert "&quot;chosen&quot;" in dom or '"chosen"' in dom   # the gate's metrics
+    chromium(profile, signed_in(base, token, f"/pipelines/{ok.job_id}"),
+             f"--screenshot={ARTIFACTS / 'dashboard-pipeline.png'}")
+
+    dom = chromium(profile, signed_in(base, token, f"/pipelines/{bad.job_id}"), "--dump-dom")
+    failure = re.search(r'<p class="reason" id="failure">(.*?)</p>', dom, re.S)
+    assert failure and "stage 0 train failed: the worker exited with status 1" in failure.group(1)
+    assert "nowhere" in dom   # the log tail names the missing folder
+    assert '<tr class="stage" data-stage="0" data-kind="train" data-status="failed">' in dom
+    for png in ("dashboard-pipelines.png", "dashboard-pipeline.png"):
+        assert (ARTIFACTS / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

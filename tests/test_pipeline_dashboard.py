@@ -40,7 +40,7 @@ def dash(tmp_path):
 
 
 def test_pipelines_need_the_admin_token(dash):
-    client, token, ok, _ = dash
+    client, _, ok, _ = dash
     for path in ("/api/pipelines", f"/api/pipelines/{ok}"):
         assert client.get(path).status_code == 401
     assert client.get("/pipelines").status_code == 401

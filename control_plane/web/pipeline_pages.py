@@ -106,6 +106,7 @@ def list_page(rows: list[dict], status_filter: str = "") -> str:
             cur_txt = f'{cur["index"]} {cur["kind"]} ({cur["status"]})' if cur else "-"
             pr = p["progress"]
             pct = 100 * pr["finished"] / pr["total"] if pr["total"] else 0
+            first_line = (p["reason"].splitlines() or [""])[0]
             trs.append(
                 f'<tr class="pipeline" data-job-id="{esc(p["job_id"])}" data-status="{esc(p["status"])}">'
                 f'<td><a href="/pipelines/{esc(p["job_id"])}">{esc(p["job_id"])}</a></td>'
@@ -116,7 +117,7 @@ def list_page(rows: list[dict], status_filter: str = "") -> str:
                 f'<td>{esc(_when(p["started_ms"]))}</td><td>{esc(_when(p["finished_ms"]))}</td>'
                 f'<td class="published">{esc(p["published"] or "-")}</td>'
                 f'<td class="rollout-cell">{_rollout_cell(p["rollout"], p["rollout_id"])}</td>'
-                f'<td class="reason">{esc(p["reason"][:160])}</td></tr>')
+                f'<td class="reason" title="{esc(p["reason"][:2000])}">{esc(first_line[:160])}</td></tr>')
         table = ('<table id="pipelines"><tr><th>job</th><th>recipe</th><th>status</th><th>current stage</th>'
                  '<th>stages</th><th>started</th><th>finished</th><th>published</th><th>rollout</th>'
                  '<th>reason</th></tr>' + "".join(trs) + "</table>")
