@@ -104,7 +104,8 @@ def stage_table(p) -> Table:
         detail = s.message.splitlines()[0][:80] if s.message else ""
         metrics = json.loads(s.metrics_json or "{}")
         if s.kind == "gate" and metrics.get("chosen"):
-            detail = f"chose {metrics['chosen']}; {detail}"
+            on = f" (measured on its {metrics['evaluated_on']})" if metrics.get("evaluated_on") == "cpu twin" else ""
+            detail = f"chose {metrics['chosen']}{on}; {detail}"
         if s.kind == "evaluate" and metrics.get("task_accuracy") is not None:
             detail = f"accuracy {metrics['task_accuracy']:.1%}, ppl {metrics['perplexity']:.2f}; {detail}"
         if s.kind in ("publish", "rollout"):
