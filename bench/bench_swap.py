@@ -3,7 +3,8 @@ desired version to the agent serving it. Real control plane + agent processes on
 
     .venv/bin/python bench/bench_swap.py                 # SmolLM2-135M int4 (real model)
     .venv/bin/python bench/bench_swap.py --tiny          # tiny model, seconds
-Prints a markdown table and writes bench/results/swap.json.
+Prints a markdown table and writes bench/results/swap.json (swap-tiny.json with --tiny), including a
+per-request timeline for bench/make_plots.py.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--steady-s", type=float, default=20.0)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--name", default="", help="result file bench/results/NAME.json (default swap / swap-tiny)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-swap-") as tmp:
         work = pathlib.Path(tmp)
@@ -84,10 +86,14 @@ def main() -> None:
            "requests": len(samples), "failed": len(failed),
            "steady_p50_ms": pct(steady, 50), "steady_p99_ms": pct(steady, 99),
            "swap_p50_ms": pct(during, 50), "swap_p99_ms": pct(during, 99), "swap_requests": len(during),
-           "desired_to_serving_s": t_serving - t_set}
+           "desired_to_serving_s": t_serving - t_set,
+           # every request, for the latency-during-a-swap plot (bench/make_plots.py): seconds relative to
+           # set_desired(v2) (negative = before), latency, HTTP status, the model@version that answered
+           "timeline": [[round(s - t_set, 3), round((e - s) * 1000, 1), st, model] for s, e, st, model in samples],
+           "command": " ".join([".venv/bin/python", "bench/bench_swap.py", *sys.argv[1:]])}
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / f"swap{'-tiny' if args.tiny else ''}.json").write_text(json.dumps(res, indent=1))
+    (out / f"{args.name or 'swap' + ('-tiny' if args.tiny else '')}.json").write_text(json.dumps(res, indent=1))
     print(f"| model | clients | requests (failed) | steady p50 / p99 ms | during swap p50 / p99 ms (n) | "
           f"desired -> serving s |\n|---|---|---|---|---|---|\n| {res['model']} | {args.clients} | "
           f"{res['requests']} ({res['failed']}) | {res['steady_p50_ms']:.0f} / {res['steady_p99_ms']:.0f} | "
