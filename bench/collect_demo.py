@@ -1,0 +1,62 @@
+"""Accuracy per stage of the main job, as JSON for bench/make_plots.py, from the files `slmops demo --workdir DIR`
+leaves in DIR (the demo itself prints its results and writes no result file):
+
+    .venv/bin/python -m slmops.cli demo --workdir /tmp/demo-real      # the main job (see docs/BENCHMARKS.md)
+    .venv/bin/python bench/collect_demo.py /tmp/demo-real             # -> bench/results/demo.json
+
+Read: lora/eval_report.json and distill/eval_report.json (held-out task accuracy of base, tuned and student in
+fp32 with transformers, 26 questions) and onnx-{base,tuned,student}/gate_report.json (the precision the quality
+gate shipped, its accuracy on the gate's examples, sizes). The accuracy measured through the fleet's OpenAI API
+before/after the rollout is only printed by the demo, so it is not here (`fleet` stays null) until the demo
+writes it.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import machine, write_result  # noqa: E402
+
+
+def collect(workdir: pathlib.Path) -> dict:
+    evals = {}
+    for f in ("lora/eval_report.json", "distill/eval_report.json"):
+        path = workdir / f
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: is {workdir} a finished `slmops demo --workdir` folder?")
+        evals |= {m["name"]: m for m in json.loads(path.read_text())["models"]}
+    stages = []
+    for name, label in (("base", "base"), ("tuned", "+ LoRA, merged"), ("student", "distilled student")):
+        gate = json.loads((workdir / f"onnx-{name}" / "gate_report.json").read_text())
+        chosen = next(t for t in gate["tried"] if t["passed"])
+        e = evals[name]
+        stages.append({"stage": name, "label": label, "params": e["params"],
+                       "fp32_accuracy": e["task_accuracy"], "fp32_examples": e["n"],
+                       "shipped_precision": gate["chosen"], "shipped_accuracy": chosen["metrics"]["accuracy"],
+                       "gate_examples": chosen["metrics"]["examples"],
+                       "gate_reference_accuracy": gate["reference"]["accuracy"],
+                       "shipped_mb": round(chosen["bytes"] / 1e6, 1),
+                       "fp32_mb": round(gate["reference_bytes"] / 1e6, 1),
+                       "tried": [{"precision": t["precision"], "passed": t["passed"],
+                                  "accuracy": t["metrics"]["accuracy"], "mb": round(t["bytes"] / 1e6, 1)}
+                                 for t in gate["tried"]]})
+    return {"bench": "demo", "workdir": str(workdir), "stages": stages, "fleet": None}
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    import time
+    started, m0 = time.monotonic(), machine()
+    res = collect(pathlib.Path(sys.argv[1]))
+    for s in res["stages"]:
+        print(f"{s['label']:20s} fp32 {100 * s['fp32_accuracy']:5.1f}% ({s['fp32_examples']})  shipped "
+              f"{s['shipped_precision']} {100 * s['shipped_accuracy']:5.1f}% ({s['gate_examples']})  "
+              f"{s['shipped_mb']:.1f} MB")
+    write_result("demo", res, started, m0)
+
+
+if __name__ == "__main__":
+    main()
