@@ -91,14 +91,21 @@ def verdict(samples: list[dict], warmup_s: float, max_slope: float) -> dict:
     slope_last = linear_slope([s["t_s"] / 60 for s in half], [s["rss_mb"] for s in half])
     total_req = sum(s["requests"] for s in warm[1:])
     growing = [name for name, v in (("post-warm-up", slope_all), ("last half", slope_last)) if v > max_slope]
+    k = len(warm) // 3
+    thirds = [linear_slope([s["t_s"] / 60 for s in part], [s["rss_mb"] for s in part])
+              for part in (warm[:k], warm[k:2 * k], warm[2 * k:])] if k >= 2 else []
+    slowing = len(thirds) == 3 and None not in thirds and thirds[2] < 0.5 * thirds[0]
     return {**out, "rss_first_mb": ys[0], "rss_last_mb": ys[-1], "rss_min_mb": min(ys), "rss_max_mb": max(ys),
             "rss_max_minus_min_mb": round(max(ys) - min(ys), 2),
             "rss_growth_kb_per_1000_requests": round(1000 * (ys[-1] - ys[0]) * 1000 / total_req, 2) if total_req else None,
             "slope_mb_per_min": round(slope_all, 4), "slope_last_half_mb_per_min": round(slope_last, 4),
             "threads_first_last": [warm[0]["threads"], warm[-1]["threads"]],
             "fds_first_last": [warm[0]["fds"], warm[-1]["fds"]],
+            "slope_by_third_mb_per_min": [round(x, 4) for x in thirds if x is not None],
             "verdict": ("no growth trend" if not growing else
-                        "growth: RSS slope above the threshold over the " + " and ".join(growing))}
+                        "growth: RSS slope above the threshold over the " + " and ".join(growing)
+                        + ("; slowing down (last third under half the first): run longer to see if it levels off"
+                           if slowing else ""))}
 
 
 def main() -> None:

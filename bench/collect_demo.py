@@ -7,8 +7,9 @@ leaves in DIR (the demo itself prints its results and writes no result file):
 Read: lora/eval_report.json and distill/eval_report.json (held-out task accuracy of base, tuned and student in
 fp32 with transformers, 26 questions) and onnx-{base,tuned,student}/gate_report.json (the precision the quality
 gate shipped, its accuracy on the gate's examples, sizes). The accuracy measured through the fleet's OpenAI API
-before/after the rollout is only printed by the demo, so it is not here (`fleet` stays null) until the demo
-writes it.
+before/after the rollout is only printed by the demo today; when the demo writes DIR/demo_result.json with
+{"fleet": {"acc_before": 0.0, "acc_after": 0.615, "questions": 26, "load_ok": 608, "load_failed": 0}} (the
+values run_demo already returns), it is copied into `fleet` and plotted; until then `fleet` stays null.
 """
 from __future__ import annotations
 
@@ -42,7 +43,10 @@ def collect(workdir: pathlib.Path) -> dict:
                        "tried": [{"precision": t["precision"], "passed": t["passed"],
                                   "accuracy": t["metrics"]["accuracy"], "mb": round(t["bytes"] / 1e6, 1)}
                                  for t in gate["tried"]]})
-    return {"bench": "demo", "workdir": str(workdir), "stages": stages, "fleet": None}
+    fleet = None
+    if (workdir / "demo_result.json").exists():
+        fleet = json.loads((workdir / "demo_result.json").read_text()).get("fleet")
+    return {"bench": "demo", "workdir": str(workdir), "stages": stages, "fleet": fleet}
 
 
 def main() -> None:

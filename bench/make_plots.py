@@ -149,12 +149,23 @@ def plot_accuracy(plt, results, out):
         raise Skip("demo.json has no stages")
     fig, ax = plt.subplots(figsize=(9, 4))
     x = range(len(stages))
-    w = 0.38
-    a = ax.bar([i - w / 2 for i in x], [100 * s["fp32_accuracy"] for s in stages], w, color="tab:gray",
+    fleet = doc.get("fleet") or {}
+    through = {"base": fleet.get("acc_before"), "tuned": fleet.get("acc_after")}
+    has_fleet = any(v is not None for v in through.values())
+    w = 0.27 if has_fleet else 0.38
+    off = w if has_fleet else w / 2
+    a = ax.bar([i - off for i in x] if has_fleet else [i - w / 2 for i in x],
+               [100 * s["fp32_accuracy"] for s in stages], w, color="tab:gray",
                label=f"fp32, transformers ({stages[0]['fp32_examples']} held-out questions)")
-    b = ax.bar([i + w / 2 for i in x], [100 * s["shipped_accuracy"] for s in stages], w, color="tab:blue",
-               label=f"as shipped by the gate ({stages[0]['gate_examples']} gate examples)")
-    for bars in (a, b):
+    b = ax.bar([i if has_fleet else i + w / 2 for i in x], [100 * s["shipped_accuracy"] for s in stages], w,
+               color="tab:blue", label=f"as shipped by the gate ({stages[0]['gate_examples']} gate examples)")
+    groups = [a, b]
+    if has_fleet:
+        idx = [i for i, s in enumerate(stages) if through.get(s.get("stage")) is not None]
+        groups.append(ax.bar([i + off for i in idx], [100 * through[stages[i]["stage"]] for i in idx], w,
+                             color="tab:green", label=f"through an agent's OpenAI API, in the fleet "
+                                                      f"({fleet.get('questions', '?')} questions)"))
+    for bars in groups:
         for bar in bars:
             ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{bar.get_height():.1f}%",
                     ha="center", fontsize=8)

@@ -37,10 +37,11 @@ def synthetic(results: pathlib.Path) -> None:
                          "sample_s": 5.0, "samples": samples,
                          "trend": {"warmup_s": 30, "slope_mb_per_min": 0.12, "verdict": "no growth trend"}})
     w("demo.json", {"stages": [
-        {"label": "base", "fp32_accuracy": 0.0, "shipped_accuracy": 0.0, "shipped_precision": "int8",
+        {"stage": "base", "label": "base", "fp32_accuracy": 0.0, "shipped_accuracy": 0.0, "shipped_precision": "int8",
          "shipped_mb": 270.5, "fp32_examples": 26, "gate_examples": 13},
-        {"label": "+ LoRA", "fp32_accuracy": 0.654, "shipped_accuracy": 0.538, "shipped_precision": "int8",
-         "shipped_mb": 270.5, "fp32_examples": 26, "gate_examples": 13}]})
+        {"stage": "tuned", "label": "+ LoRA", "fp32_accuracy": 0.654, "shipped_accuracy": 0.538, "shipped_precision": "int8",
+         "shipped_mb": 270.5, "fp32_examples": 26, "gate_examples": 13}],
+        "fleet": {"acc_before": 0.0, "acc_after": 0.615, "questions": 26}})
     w("prompt-lengths-tiny.json", {"model": "tiny", "max_tokens": 64, "agent_prompt_limit": 511, "lengths": [
         {"prompt_tokens": n, "first_token_ms": n / 10, "total_ms": n / 5, "decode_tok_s": 500 - n / 2}
         for n in (36, 128, 506)]})
