@@ -3,11 +3,14 @@ OpenAI's error shape: 400 invalid, 401 key, 404 model, 413 too long, 429 busy (R
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
+import threading
 import time
 import uuid
+from typing import Iterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -76,24 +79,36 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
 
     async def stream(req: GenRequest, kind: str):
         outcome = Outcome(model="")
-        cancelled = {"v": False}
-        it = serving.run(req, kind, outcome, cancelled=lambda: cancelled["v"])
-        sentinel = object()
-        # Pull the first piece before answering, so errors (404, 413, 429, 503) are real HTTP statuses.
-        first = await run_in_threadpool(next, it, sentinel)
+        cancelled = threading.Event()
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+        framer = []
+
+        def frame(piece: str) -> bytes:  # on the generating thread, between tokens: the event loop only writes
+            if not framer:
+                framer.append(sse_framer(kind, cid, outcome))  # the model's name is known once a piece exists
+            return framer[0](piece)
+
+        pump = Pump(map(frame, serving.run(req, kind, outcome, cancelled=cancelled.is_set)),
+                    asyncio.get_running_loop())
+        try:
+            # Wait for the first piece before answering, so errors (404, 413, 429, 503) are real HTTP statuses.
+            first = await pump.take()
+        except BaseException:
+            cancelled.set()
+            raise
 
         async def events():
-            piece = first
+            batch = first
             try:
-                while piece is not sentinel:
-                    yield sse(chunk(kind, cid, piece, outcome, None))
-                    piece = await run_in_threadpool(next, it, sentinel)
+                while batch:
+                    # Pieces that arrived while the last write was under way go out together: one write, one
+                    # wake-up, each piece still its own SSE event.
+                    yield b"".join(batch)
+                    batch = await pump.take()
                 yield sse(chunk(kind, cid, "", outcome, outcome.finish_reason or "stop", usage_=True))
                 yield b"data: [DONE]\n\n"
             finally:
-                cancelled["v"] = True  # client gone or done: stop generating, free the slot
-                await run_in_threadpool(it.close)
+                cancelled.set()  # client gone or done: the generation stops within a token and frees its slot
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
@@ -134,6 +149,64 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
               Route("/v1/models", models, methods=["GET"]),
               Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
     return Starlette(routes=routes)
+
+
+class Pump:
+    """Runs a blocking iterator (one generation) to its end on its own thread and hands what it yields to the
+    event loop. The generator never waits for the network (the next token is computed while the last one is
+    written), and the loop is woken only when it is waiting, not once per piece."""
+
+    def __init__(self, it: Iterator, loop: asyncio.AbstractEventLoop):
+        self._it, self._loop = it, loop
+        self._lock = threading.Lock()
+        self._items: list = []
+        self._waiter: asyncio.Future | None = None
+        self._done = False
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name="generate", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._it:
+                with self._lock:
+                    self._items.append(item)
+                    waiter, self._waiter = self._waiter, None
+                if waiter is not None:
+                    self._loop.call_soon_threadsafe(_wake, waiter)
+        except BaseException as e:  # handed to the consumer, raised there
+            self._error = e
+        finally:
+            with self._lock:
+                self._done = True
+                waiter, self._waiter = self._waiter, None
+            if waiter is not None:
+                self._loop.call_soon_threadsafe(_wake, waiter)
+
+    async def take(self) -> list:
+        """Every item produced since the last take (waits for one); [] at the end; the iterator's error, raised."""
+        while True:
+            with self._lock:
+                if self._items:
+                    items, self._items = self._items, []
+                    return items
+                if self._done:
+                    if self._error is not None:
+                        raise self._error
+                    return []
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def sse_framer(kind: str, cid: str, o: Outcome):
+    """piece -> its SSE event bytes: the chunk's JSON around the piece is rendered once per stream."""
+    head, tail = json.dumps(chunk(kind, cid, "\x00", o, None)).split('"\\u0000"')
+    head, tail = b"data: " + head.encode(), tail.encode() + b"\n\n"
+    return lambda piece: head + json.dumps(piece).encode() + tail
 
 
 def provider(engine) -> str:

@@ -138,6 +138,16 @@ def test_invalid_requests_are_400_with_the_field_named(server, kwargs, match):
     assert match in str(e.value)
 
 
+def test_streaming_errors_before_the_first_piece_are_real_statuses(server):
+    c = server.client()
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="gpt-9", messages=ask(), stream=True)
+    with pytest.raises(openai.APIStatusError) as e:
+        c.chat.completions.create(model="tiny", messages=ask("word " * 2000), stream=True)
+    assert e.value.status_code == 413
+    assert server.runtime._running == 0 and server.runtime.queue_depth == 0
+
+
 def test_huge_prompt_is_413(server):
     with pytest.raises(openai.APIStatusError) as e:
         server.client().chat.completions.create(model="tiny", messages=ask("word " * 2000))
