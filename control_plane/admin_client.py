@@ -55,21 +55,39 @@ class AdminClient:
         except grpc.RpcError as e:
             raise AdminError(e.code(), e.details()) from e
 
-    def upload_file(self, path: pathlib.Path, sha256: str, progress: Callable[[int], None] | None = None):
-        def chunks():
-            with open(path, "rb") as f:
-                first = True
-                while data := f.read(CHUNK):
-                    if progress:
-                        progress(len(data))
-                    yield admin_pb2.BlobUpload(data=data, expected_sha256=sha256 if first else "")
-                    first = False
-        return self._call(self.stub.UploadBlob, chunks(), timeout=3600)
+    def upload_bytes(self, data: bytes, sha256: str):
+        pieces = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+        return self._call(self.stub.UploadBlob, (admin_pb2.BlobUpload(data=d, expected_sha256=sha256 if i == 0 else "")
+                                                 for i, d in enumerate(pieces)), timeout=3600)
+
+    def missing_blobs(self, shas: list[str]) -> set[str]:
+        return set(self._call(self.stub.MissingBlobs, admin_pb2.BlobList(sha256=shas)).sha256)
 
     def publish(self, bundle_dir: pathlib.Path, manifest: Manifest,
                 progress: Callable[[int], None] | None = None) -> admin_pb2.PublishResponse:
-        for f in manifest.files:
-            self.upload_file(pathlib.Path(bundle_dir) / f.path, f.sha256, progress)
+        """Uploads only the chunks the control plane does not hold yet (a new version of a model shares most of
+        its chunks with the last one), then asks it to sign and publish the manifest. `self.last_upload` says
+        how many chunks and bytes moved and how many were already there."""
+        spans = [(f, sha, off, size) for f in manifest.files for sha, off, size in f.chunk_spans()]
+        missing = self.missing_blobs(sorted({sha for _, sha, _, _ in spans}))
+        sent, stats = set(), {"chunks": 0, "bytes": 0, "reused_chunks": 0, "reused_bytes": 0}
+        for f, sha, off, size in spans:
+            if sha not in missing or sha in sent:
+                stats["reused_chunks"] += 1
+                stats["reused_bytes"] += size
+                if progress:
+                    progress(size)
+                continue
+            with open(pathlib.Path(bundle_dir) / f.path, "rb") as fh:
+                fh.seek(off)
+                data = fh.read(size)
+            self.upload_bytes(data, sha)
+            sent.add(sha)
+            stats["chunks"] += 1
+            stats["bytes"] += size
+            if progress:
+                progress(size)
+        self.last_upload = stats
         return self._call(self.stub.PublishModel, admin_pb2.PublishRequest(manifest_json=manifest.to_json()))
 
     def models(self):

@@ -23,8 +23,8 @@ from control_plane.store import Store
 ROLES = ("viewer", "operator", "admin")
 VIEWER_RPCS = ("ListModels", "ListDevices", "QueryTelemetry", "QueryRollups", "ListEvents", "GetRollout",
                "ListRollouts", "GetDevice", "SelectDevices", "ListPipelines", "GetPipeline", "PipelineLogs")
-OPERATOR_RPCS = ("UploadBlob", "PublishModel", "SetDesiredVersion", "CreateEnrollToken", "CreateRollout",
-                 "PauseRollout", "ResumeRollout", "AbortRollout", "PinDevice", "SetDeviceLabels",
+OPERATOR_RPCS = ("UploadBlob", "MissingBlobs", "PublishModel", "SetDesiredVersion", "CreateEnrollToken",
+                 "CreateRollout", "PauseRollout", "ResumeRollout", "AbortRollout", "PinDevice", "SetDeviceLabels",
                  "SubmitPipeline", "CancelPipeline")
 METHOD_ROLES = {**{m: "viewer" for m in VIEWER_RPCS}, **{m: "operator" for m in OPERATOR_RPCS},
                 "CreateApiToken": "admin", "ListAudit": "admin"}

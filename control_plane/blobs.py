@@ -52,6 +52,20 @@ class BlobStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def put_file_chunks(self, path: pathlib.Path, entry) -> tuple[int, int]:
+        """Stores the chunks of one manifest file entry read from `path`, skipping those already held.
+        Returns (chunks stored, chunks already present)."""
+        stored = present = 0
+        with open(path, "rb") as f:
+            for sha, offset, size in entry.chunk_spans():
+                if self.has(sha):
+                    present += 1
+                    continue
+                f.seek(offset)
+                self.put_stream([f.read(size)], expected_sha256=sha)
+                stored += 1
+        return stored, present
+
     def read(self, sha256: str, offset: int = 0, length: int = 0, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         with open(self.path(sha256), "rb") as f:
             f.seek(offset)

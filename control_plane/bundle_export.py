@@ -38,7 +38,7 @@ def export_bundle(data_dir: pathlib.Path, name: str, version: str, out: pathlib.
                 raise ArtifactInvalid(f"{data_dir} has no signed {role} metadata yet")
             add_bytes(tar, f"metadata/{role}.json", bytes.fromhex(raw))
         tar.add(blobs.path(row["manifest_sha256"]), f"blobs/{row['manifest_sha256']}")
-        for f in m.files:
-            tar.add(blobs.path(f.sha256), f"blobs/{f.sha256}")
+        for sha in sorted({sha for f in m.files for sha, _, _ in f.chunk_spans()}):
+            tar.add(blobs.path(sha), f"blobs/{sha}")
     tmp.rename(out)
     return out

@@ -166,6 +166,16 @@ class AdminServicer(FleetAdmin, PipelineAdmin, admin_pb2_grpc.AdminServicer):  #
             context.abort(grpc.StatusCode.DATA_LOSS, f"uploaded bytes hash to {digest}, expected {expected['sha']}")
         return admin_pb2.BlobRef(sha256=digest, size=size)
 
+    def MissingBlobs(self, request, context):
+        auth.require_admin(self.store, context)
+        if len(request.sha256) > 100_000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ask about at most 100000 blobs at a time")
+        try:
+            missing = [sha for sha in request.sha256 if not self.blobs.has(sha)]
+        except ArtifactInvalid as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return admin_pb2.BlobList(sha256=missing)
+
     def PublishModel(self, request, context):
         auth.require_admin(self.store, context)
         try:

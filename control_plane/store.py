@@ -60,6 +60,10 @@ class Store:
             db["model_files"].create({"name": str, "version": str, "path": str, "sha256": str, "size": int},
                                      pk=("name", "version", "path"), if_not_exists=True)
             db["model_files"].create_index(["sha256"], if_not_exists=True)
+            # The chunks of files larger than one chunk (slmops/manifest.py): devices download these by sha256.
+            db["model_chunks"].create({"name": str, "version": str, "sha256": str, "size": int},
+                                      pk=("name", "version", "sha256"), if_not_exists=True)
+            db["model_chunks"].create_index(["sha256"], if_not_exists=True)
             db["devices"].create({"device_id": str, "name": str, "token_hash": str, "hardware": str,
                                   "agent_version": str, "desired_name": str, "desired_version": str,
                                   "desired_rev": int, "current_name": str, "current_version": str,
@@ -221,7 +225,11 @@ class Store:
             self.db["models"].insert({"name": name, "version": version, "manifest": manifest,
                                       "manifest_sha256": manifest_sha256, "precision": precision,
                                       "total_bytes": sum(f["size"] for f in files), "created_ms": now_ms()})
-            self.db["model_files"].insert_all({"name": name, "version": version, **f} for f in files)
+            self.db["model_files"].insert_all({"name": name, "version": version, "path": f["path"],
+                                               "sha256": f["sha256"], "size": f["size"]} for f in files)
+            self.db["model_chunks"].insert_all(({"name": name, "version": version, "sha256": sha, "size": size}
+                                                for f in files for sha, size in f.get("chunks", ())),
+                                               ignore=True)
 
     def model(self, name: str, version: str) -> dict | None:
         rows = list(self.db.query("select * from models where name = ? and version = ?", [name, version]))
@@ -232,10 +240,11 @@ class Store:
                                   "order by created_ms"))
 
     def blob_in_model(self, sha256: str, name: str, version: str) -> bool:
-        """True when `sha256` is one of the model's files or its manifest."""
+        """True when `sha256` is one of the model's files, chunks or its manifest."""
         rows = list(self.db.query("select 1 from model_files where sha256 = ? and name = ? and version = ? union "
+                                  "select 1 from model_chunks where sha256 = ? and name = ? and version = ? union "
                                   "select 1 from models where manifest_sha256 = ? and name = ? and version = ?",
-                                  [sha256, name, version, sha256, name, version]))
+                                  [sha256, name, version] * 3))
         return bool(rows)
 
     # ---- telemetry --------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class AgentConfig:
     ca_cert: pathlib.Path | None = None  # the control plane's CA (keys/ca.pem); pinned at first start
     insecure_loopback_dev: bool = False  # plaintext gRPC to a loopback control plane (development only)
     min_download_rate_bps: int = 0       # 0 = no floor (slow-retrieval defence when set)
+    download_parallelism: int = 4        # chunks fetched at once
     trusted_root: pathlib.Path | None = None  # a root.json shipped with the agent; else pinned at enrollment
     resync_s: float = 30.0               # re-check the last desired state this often (retries, resumes)
     failed_retry_s: float = 600.0        # a refused assignment is tried again after this cool-down

@@ -11,7 +11,10 @@ import tempfile
 from slmops.manifest import Manifest
 
 
-def install(manifest: Manifest, manifest_bytes: bytes, blob_path, models_dir) -> pathlib.Path:
+def install(manifest: Manifest, manifest_bytes: bytes, blob_path, models_dir,
+            extra: dict[str, bytes] | None = None) -> pathlib.Path:
+    """`manifest` lists every file to link (for an adapter-only version: its base's files too); the signed
+    `manifest_bytes` become manifest.json, and `extra` files (base.json: the base's signed manifest) sit beside."""
     models_dir = pathlib.Path(models_dir)
     dest = models_dir / manifest.name / manifest.version
     if dest.exists():
@@ -28,6 +31,8 @@ def install(manifest: Manifest, manifest_bytes: bytes, blob_path, models_dir) ->
             except OSError:
                 shutil.copyfile(src, target)
         (staging / "manifest.json").write_bytes(manifest_bytes)
+        for name, data in (extra or {}).items():
+            (staging / name).write_bytes(data)
         fd = os.open(staging, os.O_RDONLY)
         try:
             os.fsync(fd)

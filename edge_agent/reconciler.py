@@ -28,7 +28,7 @@ from edge_agent.runtime import Runtime
 from edge_agent.state import AgentState
 from edge_agent.verify import check_file
 from slmops.errors import ArtifactInvalid, ModelLoadError, SlmopsError, TransportError
-from slmops.manifest import FileEntry, Manifest, sha256_file
+from slmops.manifest import FileEntry, Manifest, combine, sha256_file
 from slmops.v1 import common_pb2
 
 log = logging.getLogger("slmops.agent")
@@ -80,6 +80,8 @@ class Update:
     source: str = ""                 # "" = the control plane; else a sideloaded bundle folder
     manifest_sha256: str = ""
     manifest_size: int = 0
+    base_manifest_sha256: str = ""   # an adapter-only bundle: the signed manifest of the base it needs
+    base_manifest_size: int = 0
     load_attempts: int = 0
     previous: dict | None = None     # {"name", "version"} serving before the switch
     error: str = ""
@@ -98,15 +100,16 @@ class Reconciler:
         self.runtime = runtime
         self.engine_factory = engine_factory
         self.client = client or ControlClient(cfg.control_plane)
-        self.blobs = BlobCache(cfg.data_dir / "blobs")
+        self.blobs = BlobCache(cfg.data_dir / "blobs", cfg.download_parallelism)
         self.models_dir = cfg.data_dir / "models"
         self.stop = threading.Event()
         self.device_id = ""
         self.work: queue.Queue = queue.Queue()
         self.desired: tuple[str, str, int] | None = None
         self._engine = None              # loaded, not yet switched to
-        self._manifest: Manifest | None = None
+        self._manifest: Manifest | None = None   # for an adapter-only bundle: combined with its base
         self._manifest_bytes = b""
+        self._base_bytes = b""
 
     # ---- trusted metadata (persisted, so a restart keeps its knowledge of versions) -------------------
     def trusted(self) -> trust.Trusted:
@@ -143,17 +146,29 @@ class Reconciler:
 
     def load_installed(self, name: str, version: str):
         path = self.models_dir / name / version
-        raw = (path / "manifest.json").read_bytes()
-        trust.installed_is_trusted(self.trusted(), name, version, raw)
-        m = Manifest.from_json(raw)
+        m = self.installed_manifest(path, check_trust=True)
         for f in m.files:
             check_file(f, sha256_file(path / f.path), (path / f.path).stat().st_size)
         return self.engine_factory(path, m), m
 
+    def installed_manifest(self, path: pathlib.Path, check_trust: bool = False) -> Manifest:
+        """The manifest of an install folder; an adapter-only version is combined with base.json, its base's
+        signed manifest. With check_trust, both must be what the last trusted targets metadata named."""
+        raw = (path / "manifest.json").read_bytes()
+        m = Manifest.from_json(raw)
+        if check_trust:
+            trust.installed_is_trusted(self.trusted(), m.name, m.version, raw)
+        if not m.base:
+            return m
+        base_raw = (path / "base.json").read_bytes()
+        if check_trust:
+            trust.installed_is_trusted(self.trusted(), m.base["name"], m.base["version"], base_raw)
+        return combine(Manifest.from_json(base_raw), m)
+
     def forget_install(self, name: str, version: str) -> None:
         path = self.models_dir / name / version
         try:
-            m = Manifest.from_json((path / "manifest.json").read_bytes())
+            m = self.installed_manifest(path)
             for f in m.files:  # installed files are hard links to blobs: a corrupt one is corrupt in both
                 self.blobs.path(f.sha256).unlink(missing_ok=True)
         except (OSError, ArtifactInvalid):
@@ -219,8 +234,15 @@ class Reconciler:
 
     def run(self) -> None:
         self.restore()
+        ident = self.state.get("identity")   # known before the watch thread starts: a resumed update needs it
+        if ident:
+            self.device_id, self.client.token = ident["device_id"], ident["token"]
         threading.Thread(target=self.watch, name="watch", daemon=True).start()
-        self.resume_saved()
+        try:
+            self.resume_saved()
+        except (TransportError, Refused) as e:   # the desired state from the watch stream restarts it
+            log.warning("could not resume the interrupted update yet (%s); it restarts when the control plane "
+                        "answers", e)
         backoff = Backoff(self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
         while not self.stop.is_set():
             try:
@@ -254,8 +276,10 @@ class Reconciler:
         except (TransportError, Refused) as e:
             log.info("status report skipped (%s)", e)
 
-    def event(self, name: str, u: Update, outcome: str = "ok", detail: str = "", latency_ms: float = 0.0):
-        self.state.record("event", name, model=u.ref, outcome=outcome, detail=detail, latency_ms=latency_ms)
+    def event(self, name: str, u: Update, outcome: str = "ok", detail: str = "", latency_ms: float = 0.0,
+              values: dict | None = None):
+        self.state.record("event", name, model=u.ref, outcome=outcome, detail=detail, latency_ms=latency_ms,
+                          values=values)
 
     # ---- deciding ---------------------------------------------------------------------------------
     def resume_saved(self) -> None:
@@ -349,29 +373,74 @@ class Reconciler:
         else:
             m, raw = self.verified_manifest(u.name, u.version)
         u.manifest_sha256, u.manifest_size = trust.sha256_bytes(raw), len(raw)
-        self._manifest, self._manifest_bytes = m, raw
-        missing = sum(f.size for f in m.files if not self.blobs.has_verified(f))
+        base_raw = b""
+        if m.base:
+            base, base_raw = self.base_manifest(m, u)
+            u.base_manifest_sha256, u.base_manifest_size = trust.sha256_bytes(base_raw), len(base_raw)
+            m = combine(base, m)
+        self._manifest, self._manifest_bytes, self._base_bytes = m, raw, base_raw
+        todo = [f.size for f in m.files if not self.blobs.has_verified(f)]
+        missing = sum(todo) + max(todo, default=0)   # the largest file's chunks sit beside it while it assembles
         free = shutil.disk_usage(self.cfg.data_dir).free
         if free - missing < self.cfg.min_free_disk_bytes:
             raise DiskFull(f"{u.ref} needs {missing / 1e6:.1f} MB; {free / 1e6:.1f} MB free and "
                            f"{self.cfg.min_free_disk_bytes / 1e6:.1f} MB must stay free")
 
+    def base_manifest(self, m: Manifest, u: Update) -> tuple[Manifest, bytes]:
+        """The signed manifest of the base an adapter-only bundle names: from its install when the device has
+        it, else fetched and verified like any target. Kept in the blob cache so a restart finds it."""
+        name, version = m.base["name"], m.base["version"]
+        installed = self.models_dir / name / version / "manifest.json"
+        if installed.exists():
+            raw = installed.read_bytes()
+            trust.installed_is_trusted(self.trusted(), name, version, raw)
+            base = Manifest.from_json(raw)
+        elif u.source:
+            raise ArtifactInvalid(f"{m.ref} is adapter-only and needs its base {name}@{version}, which is not "
+                                  f"installed: sideload the base's bundle first")
+        else:
+            base, raw = self.verified_manifest(name, version)
+        dest = self.blobs.path(trust.sha256_bytes(raw))
+        if not dest.exists():
+            dest.write_bytes(raw)
+        return base, raw
+
     def manifest_of(self, u: Update) -> Manifest:
         if self._manifest is None or self._manifest.ref != u.ref:   # after a restart: from the blob cache
-            entry = FileEntry("manifest.json", u.manifest_sha256, u.manifest_size)
-            if not self.blobs.has_verified(entry):
-                raise ArtifactInvalid(f"the manifest of {u.ref} is no longer in the blob cache")
-            self._manifest_bytes = self.blobs.path(u.manifest_sha256).read_bytes()
+            def cached(sha, size):
+                entry = FileEntry("manifest.json", sha, size)
+                if not self.blobs.has_verified(entry):
+                    raise ArtifactInvalid(f"the manifest of {u.ref} (or of its base) is no longer in the blob cache")
+                return self.blobs.path(sha).read_bytes()
+
+            self._manifest_bytes = cached(u.manifest_sha256, u.manifest_size)
             self._manifest = Manifest.from_json(self._manifest_bytes)
+            self._base_bytes = b""
+            if self._manifest.base:
+                self._base_bytes = cached(u.base_manifest_sha256, u.base_manifest_size)
+                self._manifest = combine(Manifest.from_json(self._base_bytes), self._manifest)
         return self._manifest
 
     def s_fetch_chunks(self, u: Update) -> None:
         m = self.manifest_of(u)
         t0 = time.monotonic()
         fetch = self.bundle_range(pathlib.Path(u.source)) if u.source else self.client.download
-        for f in m.files:
-            self.blobs.fetch(f, fetch, self.cfg.min_download_rate_bps)
-        self.event("download", u, latency_ms=(time.monotonic() - t0) * 1000, detail=f"{m.total_bytes} bytes")
+        stats = self.blobs.fetch_all(m.files, fetch, self.cfg.min_download_rate_bps,
+                                     local=self.blobs.local_index(self.installed_manifests()))
+        log.info("fetched %s: %s", u.ref, stats.describe())
+        self.event("download", u, latency_ms=(time.monotonic() - t0) * 1000,
+                   detail=f"{m.total_bytes} bytes: {stats.describe()}",
+                   values={k: float(v) for k, v in vars(stats).items()})
+
+    def installed_manifests(self) -> list[Manifest]:
+        """Manifests of the versions installed on disk (their files are the local source of shared chunks)."""
+        out = []
+        for p in self.models_dir.glob("*/*/manifest.json"):
+            try:
+                out.append(self.installed_manifest(p.parent))
+            except (OSError, ArtifactInvalid):
+                pass
+        return out
 
     def s_verify(self, u: Update) -> None:
         for f in self.manifest_of(u).files:
@@ -382,7 +451,9 @@ class Reconciler:
 
     def s_install(self, u: Update) -> None:
         self.report("installing", u.ref)
-        installer.install(self.manifest_of(u), self._manifest_bytes, self.blobs.path, self.models_dir)
+        m = self.manifest_of(u)
+        installer.install(m, self._manifest_bytes, self.blobs.path, self.models_dir,
+                          extra={"base.json": self._base_bytes} if self._base_bytes else None)
 
     def s_load(self, u: Update) -> None:
         import psutil
@@ -527,9 +598,10 @@ class Reconciler:
         keep_blobs = set()
         for d in keep_dirs:
             try:
-                m = Manifest.from_json((d / "manifest.json").read_bytes())
+                m = self.installed_manifest(d)
                 keep_blobs |= {f.sha256 for f in m.files}
-                keep_blobs.add(trust.sha256_bytes((d / "manifest.json").read_bytes()))
+                keep_blobs |= {trust.sha256_bytes((d / n).read_bytes()) for n in ("manifest.json", "base.json")
+                               if (d / n).exists()}
             except (OSError, ArtifactInvalid):
                 pass
         for d in self.models_dir.glob("*/*"):
@@ -538,3 +610,4 @@ class Reconciler:
         for b in self.blobs.root.iterdir():
             if b.is_file() and b.suffix != ".part" and b.name not in keep_blobs:
                 b.unlink(missing_ok=True)
+        self.blobs.clear_chunks()   # chunks left by an update that did not finish

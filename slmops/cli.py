@@ -186,6 +186,7 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
                   None, help="root.json shipped with the device (else the control plane's root is pinned at "
                              "enrollment)"),
               min_download_rate: int = typer.Option(0, help="bytes/s below which a download is abandoned"),
+              download_parallelism: int = typer.Option(4, min=1, max=32, help="chunks fetched at once"),
               probation: float = typer.Option(30.0, help="seconds a new model is watched before it is committed"),
               probation_max_error_ratio: float = typer.Option(0.2, help="failed-request ratio that rolls back"),
               min_free_disk_mb: int = typer.Option(256, help="refuse updates that would leave less free disk"),
@@ -207,7 +208,8 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
                                    sample_interval_s=sample_interval, golden_interval_s=golden_interval,
                                    capture_rate=capture_rate, capture_redactor=capture_redactor,
                                    trusted_root=trusted_root,
-                                   min_download_rate_bps=min_download_rate, probation_s=probation,
+                                   min_download_rate_bps=min_download_rate,
+                                   download_parallelism=download_parallelism, probation_s=probation,
                                    probation_max_error_ratio=probation_max_error_ratio,
                                    min_free_disk_bytes=min_free_disk_mb << 20, resync_s=resync,
                                    execution_providers=AgentConfig.parse_providers(execution_providers))
@@ -232,7 +234,9 @@ def tokens_create(uses: int = typer.Option(1, help="how many devices may enroll 
 @models_app.command("publish")
 def models_publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), version: str = typer.Option(...),
                    control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
-                   cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+                   cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT,
+                   chunk_mb: float = typer.Option(4.0, help="files are cut into content-addressed chunks of this "
+                                                            "size; chunks the control plane holds are not sent")):
     """Upload an exported ONNX folder and register it as NAME@VERSION (the control plane signs it)."""
     from slmops.errors import ArtifactInvalid
     from slmops.manifest import manifest_for_dir
@@ -248,7 +252,7 @@ def models_publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), vers
     except GateError as e:
         fail(str(e))
     try:
-        m = manifest_for_dir(bundle_dir, name, version, exp["precision"],
+        m = manifest_for_dir(bundle_dir, name, version, exp["precision"], chunk_bytes=int(chunk_mb * (1 << 20)),
                              execution_provider=exp["execution_provider"],
                              metrics={"quality_gate": verdict["metrics"], "reference": verdict["reference"]},
                              adapters=tuple(json.loads((bundle_dir / "adapters.json").read_text())
@@ -262,8 +266,54 @@ def models_publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), vers
                   TransferSpeedColumn(), console=console) as prog:
         task = prog.add_task(f"upload {m.ref}", total=m.total_bytes)
         r = _admin_call(lambda: c.publish(bundle_dir, m, lambda n: prog.advance(task, n)))
+    up = c.last_upload
     console.print(f"published {r.model.name}@{r.model.version}: {len(m.files)} files, "
-                  f"{m.total_bytes / 1e6:.2f} MB, precision {m.precision}")
+                  f"{m.total_bytes / 1e6:.2f} MB, precision {m.precision}; uploaded {up['chunks']} chunks "
+                  f"({up['bytes'] / 1e6:.2f} MB), {up['reused_chunks']} chunks ({up['reused_bytes'] / 1e6:.2f} MB) "
+                  f"were already on the control plane")
+
+
+@models_app.command("publish-adapter")
+def models_publish_adapter(peft_dir: pathlib.Path,
+                           base: str = typer.Option(..., help="NAME@VERSION of the published base it runs on"),
+                           base_dir: pathlib.Path = typer.Option(..., help="that base's export folder (exported "
+                                                                           "with --adapter, so it has LoRA slots)"),
+                           adapter: str = typer.Option(..., help="adapter name: requests use MODEL:ADAPTER"),
+                           name: str = typer.Option(...), version: str = typer.Option(...),
+                           adapter_version: str = typer.Option("1"),
+                           control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                           cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Publish a new LoRA adapter as an adapter-only version: a few KB-MB that names its base. Agents that hold
+    the base fetch only the adapter; the control plane refuses it if the base is not published or does not fit."""
+    import tempfile
+
+    from slmops.errors import ArtifactInvalid
+    from slmops.manifest import manifest_for_dir
+    from training.adapters import AdapterError, convert_adapter
+
+    base_name, _, base_version = base.partition("@")
+    if not base_name or not base_version:
+        fail(f"--base must be NAME@VERSION, got {base!r}")
+    info = base_dir / "export_info.json"
+    if not info.exists():
+        fail(f"{base_dir} has no export_info.json; pass the base's export folder")
+    exp = json.loads(info.read_text())
+    with tempfile.TemporaryDirectory(prefix="adapter-bundle-") as tmp:
+        bundle = pathlib.Path(tmp)
+        try:
+            convert_adapter(peft_dir, base_dir, bundle / f"{adapter}.onnx_adapter")
+            m = manifest_for_dir(bundle, name, version, exp["precision"],
+                                 execution_provider=exp["execution_provider"],
+                                 base={"name": base_name, "version": base_version},
+                                 adapters=({"name": adapter, "path": f"{adapter}.onnx_adapter",
+                                            "version": adapter_version},))
+        except (AdapterError, ArtifactInvalid) as e:
+            fail(str(e))
+        c = _admin(control_plane, admin_token, cp_data_dir)
+        r = _admin_call(lambda: c.publish(bundle, m))
+    console.print(f"published {r.model.name}@{r.model.version}: adapter {adapter} on {base}, "
+                  f"{m.total_bytes / 1e3:.1f} KB uploaded {c.last_upload['bytes'] / 1e3:.1f} KB; "
+                  f"serve it as {name}:{adapter}")
 
 
 @models_app.command("bundle")

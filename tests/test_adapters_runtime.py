@@ -258,3 +258,86 @@ def test_a_misfit_adapter_fails_the_engine_load_not_a_request(lora, tmp_path):
                          adapters=({"name": "wrong", "path": "wrong.onnx_adapter", "version": "1"},))
     with pytest.raises(ModelLoadError, match="cannot load adapter 'wrong'"):
         OgaEngine(bundle, m)
+
+
+# ---- adapter-only versions through the fleet -------------------------------------------------------------
+@pytest.mark.e2e
+def test_adapter_only_version_reaches_agents_and_reuses_every_base_chunk(cluster, lora, tmp_path):
+    """The base is published once; a new adapter is a version of a few KB that names it. An agent holding the
+    base fetches only the adapter; an agent without it fetches the base too (it is signed like any target);
+    both serve BASE:ADAPTER, and a restart restores it from disk."""
+    import re
+
+    from control_plane.admin_client import AdminError
+    from slmops.manifest import manifest_for_dir
+
+    chunk = 16 << 10
+    cluster.start_cp()
+    base = cluster.publish(lora["base"], "tiny", "v1", precision="fp32", chunk_bytes=chunk)
+    cluster.admin.set_desired("tiny", "v1")
+    cluster.start_agent("a1")
+    cluster.wait_serving("a1", base.ref)
+
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(lora["files"]["b"], only / "b.onnx_adapter")
+    entry = {"name": "b", "path": "b.onnx_adapter", "version": "b1"}
+    m = manifest_for_dir(only, "tiny-b", "v1", "fp32", base={"name": "tiny", "version": "v1"},
+                         adapters=(entry,), chunk_bytes=chunk)
+    cluster.admin.publish(only, m)
+    adapter_bytes = m.total_bytes
+    assert cluster.admin.last_upload["bytes"] == adapter_bytes < base.total_bytes / 10
+
+    for bad, match in (({"name": "tiny", "version": "v9"}, "not published"),):
+        wrong = manifest_for_dir(only, "tiny-c", "v1", "fp32", base=bad, adapters=(entry,))
+        with pytest.raises(AdminError, match=match):
+            cluster.admin.publish(only, wrong)
+    misfit = manifest_for_dir(only, "tiny-d", "v1", "int4", base={"name": "tiny", "version": "v1"},
+                              adapters=(entry,))
+    with pytest.raises(AdminError, match="precision"):
+        cluster.admin.publish(only, misfit)
+
+    cluster.admin.set_desired("tiny-b", "v1")
+    cluster.wait_serving("a1", m.ref, timeout=90)
+    device = cluster.device("a1").device_id
+    detail = cluster.wait_for(lambda: next((e.detail for e in cluster.admin.events(device)
+                                            if e.name == "download" and e.model == m.ref), None),
+                              what="the adapter version's download event")
+    got = re.search(r"downloaded (\d+) bytes in (\d+) chunks; .*; (\d+) files already cached", detail)
+    assert got, detail
+    assert int(got.group(1)) == adapter_bytes, "an agent that has the base fetches only the adapter"
+    assert int(got.group(3)) == len(base.files)
+
+    def ask(name, model):
+        from control_plane.procs import http_json
+
+        port = cluster.agents[name][1]
+        return http_json(f"http://127.0.0.1:{port}/v1/chat/completions",
+                         {"model": model, "max_tokens": 8, "messages": [{"role": "user", "content": "E17?"}]})
+
+    status, body = ask("a1", "tiny-b:b")
+    assert status == 200, body
+    answer = body["choices"][0]["message"]["content"]
+
+    cluster.start_agent("a2")   # no base on this device: it comes with the adapter version
+    cluster.wait_serving("a2", m.ref, timeout=120)
+    status, body2 = ask("a2", "tiny-b:b")
+    assert status == 200 and body2["choices"][0]["message"]["content"] == answer
+
+    from typer.testing import CliRunner
+
+    from slmops.cli import app
+
+    r = CliRunner().invoke(app, ["models", "publish-adapter", str(lora["peft"]["a"]), "--base", "tiny@v1",
+                                 "--base-dir", str(lora["base"]), "--adapter", "a", "--name", "tiny-a",
+                                 "--version", "v1", "--control-plane", cluster.address,
+                                 "--cp-data-dir", str(cluster.cp_dir)],
+                           env={"SLMOPS_INSECURE_LOOPBACK_DEV": "1"})
+    assert r.exit_code == 0, r.output
+    assert "serve it as tiny-a:a" in r.output
+    assert any(v.model.name == "tiny-a" for v in cluster.admin.models())
+
+    cluster.restart_agent("a1")   # restored from models/tiny-b/v1 (+ base.json), checked against trust
+    cluster.wait_serving("a1", m.ref, timeout=60)
+    status, body = ask("a1", "tiny-b:b")
+    assert status == 200 and body["choices"][0]["message"]["content"] == answer

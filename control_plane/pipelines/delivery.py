@@ -57,9 +57,8 @@ def publish(registry: Registry, blobs: BlobStore, store: Store, bundle_dir: str,
             raise DeliveryFailed(f"{name}@{version} is already published with other files; versions are "
                                  f"immutable (use version: \"v-{{hash}}\" to name each build by its content)")
         return {"model": f"{name}@{version}", "already_published": True}
-    for f in m.files:
-        with open(bundle / f.path, "rb") as fh:
-            blobs.put_stream(iter(lambda: fh.read(1 << 20), b""), expected_sha256=f.sha256)
+    for f in m.files:  # only chunks the store does not hold yet are written (versions share chunks)
+        blobs.put_file_chunks(bundle / f.path, f)
     try:
         registry.publish(m.to_json())
     except ArtifactInvalid as e:

@@ -23,6 +23,12 @@ class BlobRef(_message.Message):
     size: int
     def __init__(self, sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
+class BlobList(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sha256: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class FileEntry(_message.Message):
     __slots__ = ("path", "sha256", "size")
     PATH_FIELD_NUMBER: _ClassVar[int]

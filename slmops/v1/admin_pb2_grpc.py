@@ -41,6 +41,11 @@ class AdminStub:
                 request_serializer=slmops_dot_v1_dot_admin__pb2.BlobUpload.SerializeToString,
                 response_deserializer=slmops_dot_v1_dot_admin__pb2.BlobRef.FromString,
                 _registered_method=True)
+        self.MissingBlobs = channel.unary_unary(
+                '/slmops.v1.Admin/MissingBlobs',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.BlobList.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.BlobList.FromString,
+                _registered_method=True)
         self.PublishModel = channel.unary_unary(
                 '/slmops.v1.Admin/PublishModel',
                 request_serializer=slmops_dot_v1_dot_admin__pb2.PublishRequest.SerializeToString,
@@ -174,6 +179,13 @@ class AdminServicer:
 
     def UploadBlob(self, request_iterator, context):
         """Client stream of one file's bytes; the server stores it by sha256.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MissingBlobs(self, request, context):
+        """Which of these blobs (chunks) the control plane does not hold yet: a new version uploads only those.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -345,6 +357,11 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=slmops_dot_v1_dot_admin__pb2.BlobUpload.FromString,
                     response_serializer=slmops_dot_v1_dot_admin__pb2.BlobRef.SerializeToString,
             ),
+            'MissingBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.MissingBlobs,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.BlobList.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.BlobList.SerializeToString,
+            ),
             'PublishModel': grpc.unary_unary_rpc_method_handler(
                     servicer.PublishModel,
                     request_deserializer=slmops_dot_v1_dot_admin__pb2.PublishRequest.FromString,
@@ -499,6 +516,33 @@ class Admin:
             '/slmops.v1.Admin/UploadBlob',
             slmops_dot_v1_dot_admin__pb2.BlobUpload.SerializeToString,
             slmops_dot_v1_dot_admin__pb2.BlobRef.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MissingBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/MissingBlobs',
+            slmops_dot_v1_dot_admin__pb2.BlobList.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.BlobList.FromString,
             options,
             channel_credentials,
             insecure,
