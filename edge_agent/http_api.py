@@ -152,7 +152,7 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
 
 
 class Pump:
-    """Runs a blocking iterator (one generation) to its end on its own thread and hands what it yields to the
+    """Runs a blocking iterator (one generation) to its end on a worker thread and hands what it yields to the
     event loop. The generator never waits for the network (the next token is computed while the last one is
     written), and the loop is woken only when it is waiting, not once per piece."""
 
@@ -163,7 +163,9 @@ class Pump:
         self._waiter: asyncio.Future | None = None
         self._done = False
         self._error: BaseException | None = None
-        threading.Thread(target=self._run, name="generate", daemon=True).start()
+        # A pooled worker thread (already running: starting a fresh thread blocks the loop until the OS schedules
+        # it, tens of ms on a busy 2-core box); the task is kept so the loop does not drop it.
+        self._task = loop.create_task(run_in_threadpool(self._run))
 
     def _run(self) -> None:
         try:
