@@ -55,7 +55,8 @@ def install_size(tmp: pathlib.Path) -> dict:
     for d in ("slmops", "control_plane", "edge_agent", "training"):
         shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
     r = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                        "--disable-pip-version-check", f"{src}[agent]"], capture_output=True, text=True)
+                        "--disable-pip-version-check", f"{src}[agent]"],
+                       capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise SystemExit(f"pip install .[agent] failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     total = du_mb(sp)
@@ -65,13 +66,14 @@ def install_size(tmp: pathlib.Path) -> dict:
             continue
         pkgs[p.name] = du_mb(p) if p.is_dir() else p.stat().st_size / 2**20
     freeze = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "freeze"], capture_output=True,
-                            text=True).stdout.split()
+                            text=True, check=True).stdout.split()
     bad = [f for f in freeze if f.split("==")[0].lower() in FORBIDDEN]
     if bad:
         raise SystemExit(f"the agent install pulled in {bad}: the edge side must not need them")
     # The agent must start from this install alone: import its entry point.
     imp = subprocess.run([str(venv / "bin" / "python"), "-c",
-                          "import edge_agent.agent, onnxruntime_genai; print('ok')"], capture_output=True, text=True)
+                          "import edge_agent.agent, onnxruntime_genai; print('ok')"],
+                         capture_output=True, text=True, check=False)
     top = sorted(pkgs.items(), key=lambda kv: -kv[1])[:12]
     return {"site_packages_mb": round(total, 1), "empty_venv_site_packages_mb": round(empty, 1),
             "agent_install_mb": round(total - empty, 1), "packages": len(freeze), "freeze": freeze,

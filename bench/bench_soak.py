@@ -8,8 +8,9 @@ half of them streaming.
 
 Every --sample-s seconds: RSS/PSS/USS of the agent process (psutil), threads, open fds, and the requests that
 finished in that interval (count, failures, latency p50/p95/p99). Verdict, over the samples after --warmup-min:
-least-squares slope of RSS in MB/min (whole post-warm-up part and its last half), max - min, and "no growth
-trend" only when both slopes stay under --max-slope-mb-min. Writes bench/results/soak-MODEL.json.
+least-squares slope of RSS in MB/min (whole post-warm-up part and its last half), max - min. "no growth trend"
+when both slopes stay under --max-slope-mb-min; "levelled off" when only the last half does (the allocator
+was still warming up after --warmup-min); "growth" when the last half grows. Writes bench/results/soak-MODEL.json.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class Load:
                                                        temperature=0.7)
                     ok = bool(r.choices) and r.choices[0].message.content is not None
                     err = "" if ok else "no choices"
-            except Exception as e:  # any failure counts; the soak records, it does not stop
+            except Exception as e:  # noqa: BLE001 (any failure counts; the soak records, it does not stop)
                 ok, err = False, f"{type(e).__name__}: {str(e)[:200]}"
             with self.lock:
                 self.records.append((t0, time.monotonic(), ok, err))
@@ -103,6 +104,8 @@ def verdict(samples: list[dict], warmup_s: float, max_slope: float) -> dict:
             "fds_first_last": [warm[0]["fds"], warm[-1]["fds"]],
             "slope_by_third_mb_per_min": [round(x, 4) for x in thirds if x is not None],
             "verdict": ("no growth trend" if not growing else
+                        f"levelled off: RSS grew {ys[-1] - ys[0]:+.1f} MB after the warm-up, then stayed flat over "
+                        f"the last half ({slope_last:+.2f} MB/min)" if growing == ["post-warm-up"] else
                         "growth: RSS slope above the threshold over the " + " and ".join(growing)
                         + ("; slowing down (last third under half the first): run longer to see if it levels off"
                            if slowing else ""))}

@@ -122,10 +122,17 @@ def plot_soak(plt, results, out, path: pathlib.Path):
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         k = tr["slope_mb_per_min"]
         a.plot([xs[0], xs[-1]], [my + k * (xs[0] - mx), my + k * (xs[-1] - mx)], "r--", lw=1,
-               label=f"least-squares fit: {k:+.2f} MB/min")
+               label=f"least-squares fit after warm-up: {k:+.2f} MB/min")
+        half = warm[len(warm) // 2:]
+        if "slope_last_half_mb_per_min" in tr and len(half) >= 2:
+            hx = [s["t_s"] / 60 for s in half]
+            hmx, hmy = sum(hx) / len(hx), sum(s["rss_mb"] for s in half) / len(half)
+            k2 = tr["slope_last_half_mb_per_min"]
+            a.plot([hx[0], hx[-1]], [hmy + k2 * (hx[0] - hmx), hmy + k2 * (hx[-1] - hmx)], "m:", lw=1.5,
+                   label=f"fit over the last half: {k2:+.2f} MB/min")
     a.set_ylabel("agent memory, MB")
     a.set_title(f"Soak: {doc['model']}, {doc['clients']} clients, {doc['minutes']:g} min, {doc['requests']} requests, "
-                f"{doc['failed']} failed — {tr.get('verdict', '?')}", fontsize=10)
+                f"{doc['failed']} failed\nverdict: {tr.get('verdict', '?')}", fontsize=9)
     a.legend(fontsize=8, loc="lower right")
     lat = [(x, s.get("p95_ms")) for x, s in zip(t, samples) if s.get("p95_ms") is not None]
     b.plot([x for x, _ in lat], [y for _, y in lat], color="tab:orange", label="p95 latency per interval")
