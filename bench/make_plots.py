@@ -58,7 +58,10 @@ def plot_engines(plt, results, out):
                f" {bar.get_width():.0f} tok/s, first token {r['first_token_ms']:.0f} ms", va="center", fontsize=8)
     a.set_xlabel("decode tokens/s (median)")
     a.set_xlim(0, max(tps) * 1.6)
-    a.set_title(f"Decode speed per engine, SmolLM2-135M, {doc.get('tokens', '?')} greedy tokens", fontsize=10)
+    title = f"Decode speed per engine, SmolLM2-135M, {doc.get('tokens', '?')} greedy tokens"
+    if doc.get("paired_ratio_median") is not None:  # bench_serving.py since its interleaved pairs
+        title += f"\nagent HTTP int4 / onnxruntime-genai in-process, paired median {doc['paired_ratio_median']:.2f}"
+    a.set_title(title, fontsize=10)
     conc = doc.get("concurrency") or []
     if conc:
         b.bar([str(r["clients"]) for r in conc], [r["total_tok_s"] for r in conc], color="tab:blue")
@@ -216,6 +219,10 @@ def plot_prompt_lengths(plt, results, out, path: pathlib.Path):
     return save(fig, out / path.name.replace(".json", ".png"))
 
 
+def missing(message: str):
+    raise Skip(message)
+
+
 def save(fig, path: pathlib.Path) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -243,12 +250,11 @@ def main(argv=None) -> int:
     soaks = sorted(args.results.glob("soak-*.json"))
     plens = sorted(args.results.glob("prompt-lengths-*.json"))
     jobs += [(p.stem, (lambda p=p: plot_swap(plt, args.results, args.out, p.name))) for p in swaps] or \
-        [("swap-latency", lambda: (_ for _ in ()).throw(Skip("no swap*.json; run bench/bench_swap.py")))]
+        [("swap-latency", lambda: missing("no swap*.json; run bench/bench_swap.py"))]
     jobs += [(p.stem, (lambda p=p: plot_soak(plt, args.results, args.out, p))) for p in soaks] or \
-        [("soak-rss", lambda: (_ for _ in ()).throw(Skip("no soak-*.json; run bench/bench_soak.py")))]
+        [("soak-rss", lambda: missing("no soak-*.json; run bench/bench_soak.py"))]
     jobs += [(p.stem, (lambda p=p: plot_prompt_lengths(plt, args.results, args.out, p))) for p in plens] or \
-        [("prompt-lengths", lambda: (_ for _ in ()).throw(Skip("no prompt-lengths-*.json; run "
-                                                               "bench/bench_prompt_lengths.py")))]
+        [("prompt-lengths", lambda: missing("no prompt-lengths-*.json; run bench/bench_prompt_lengths.py"))]
     wrote = skipped = 0
     for name, job in jobs:
         try:
