@@ -81,13 +81,25 @@ def run_demo(tiny: bool, workdir: pathlib.Path | None, n_agents: int, console: C
         result = fleet.run(plan, bundles, console)
         result["models"] = models
         summary(plan, models, bundles, result, console)
-        step(f"demo finished in {time.monotonic() - t_start:.1f} s; logs in {work / 'logs'}")
+        result["seconds"] = round(time.monotonic() - t_start, 1)
+        write_result(work / "demo_result.json", plan, result)
+        step(f"demo finished in {result['seconds']:.1f} s; logs in {work / 'logs'}; "
+             f"figures in {work / 'demo_result.json'}")
         if keep_running:
             console.print(f"dashboard: {result['dashboard']} — press Ctrl-C to stop everything")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(1)
         return result
+
+
+def write_result(path: pathlib.Path, plan: Plan, result: dict) -> None:
+    """The run's figures, machine-readable (bench/collect_demo.py and bench/make_plots.py read them)."""
+    questions = sum(1 for line in HELDOUT.read_text().splitlines() if line.strip())
+    path.write_text(json.dumps({
+        "tiny": plan.tiny, "seconds": result["seconds"], "refs": result["refs"],
+        "fleet": {"acc_before": result["acc_before"], "acc_after": result["acc_after"], "questions": questions,
+                  "load_ok": result["load_ok"], "load_failed": result["load_failed"]}}, indent=1, default=str))
 
 
 # ---- 1. models -----------------------------------------------------------------------------------------

@@ -19,6 +19,11 @@ def test_demo_tiny_runs_end_to_end(tmp_path):
                      "accuracy per stage", "telemetry at the control plane", "demo finished"):
         assert expected in out, f"missing {expected!r} in:\n{out[-3000:]}"
     assert (tmp_path / "logs" / "control-plane.log").exists()
+    import json
+
+    figures = json.loads((tmp_path / "demo_result.json").read_text())
+    assert figures["fleet"]["load_failed"] == 0 and figures["fleet"]["load_ok"] > 0
+    assert figures["fleet"]["questions"] > 0 and 0 <= figures["fleet"]["acc_after"] <= 1
 
 
 def test_cli_errors_are_clear_and_non_zero(tmp_path):
