@@ -95,6 +95,7 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
             first = await pump.take()
         except BaseException:
             cancelled.set()
+            pump.first_sent()
             raise
 
         async def events():
@@ -104,11 +105,13 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
                     # Pieces that arrived while the last write was under way go out together: one write, one
                     # wake-up, each piece still its own SSE event.
                     yield b"".join(batch)
+                    pump.first_sent()
                     batch = await pump.take()
                 yield sse(chunk(kind, cid, "", outcome, outcome.finish_reason or "stop", usage_=True))
                 yield b"data: [DONE]\n\n"
             finally:
                 cancelled.set()  # client gone or done: the generation stops within a token and frees its slot
+                pump.first_sent()
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
@@ -154,10 +157,16 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
 class Pump:
     """Runs a blocking iterator (one generation) to its end on a worker thread and hands what it yields to the
     event loop. The generator never waits for the network (the next token is computed while the last one is
-    written), and the loop is woken only when it is waiting, not once per piece."""
+    written), and the loop is woken only when it is waiting, not once per piece.
+    onnxruntime-genai holds the GIL while it computes a token, so the event loop runs only between tokens: after
+    the first piece the generator waits (up to FIRST_HOLD_S) until the consumer calls `first_sent`, else the
+    response's start and first piece would each wait out a token and the first-token latency grow by several."""
+
+    FIRST_HOLD_S = 1.0
 
     def __init__(self, it: Iterator, loop: asyncio.AbstractEventLoop):
         self._it, self._loop = it, loop
+        self._first_sent = threading.Event()
         self._lock = threading.Lock()
         self._items: list = []
         self._waiter: asyncio.Future | None = None
@@ -175,6 +184,8 @@ class Pump:
                     waiter, self._waiter = self._waiter, None
                 if waiter is not None:
                     self._loop.call_soon_threadsafe(_wake, waiter)
+                if not self._first_sent.is_set():
+                    self._first_sent.wait(self.FIRST_HOLD_S)
         except BaseException as e:  # handed to the consumer, raised there
             self._error = e
         finally:
@@ -183,6 +194,10 @@ class Pump:
                 waiter, self._waiter = self._waiter, None
             if waiter is not None:
                 self._loop.call_soon_threadsafe(_wake, waiter)
+
+    def first_sent(self) -> None:
+        """The first piece is on the wire (or never will be): the generator goes on."""
+        self._first_sent.set()
 
     async def take(self) -> list:
         """Every item produced since the last take (waits for one); [] at the end; the iterator's error, raised."""
