@@ -112,8 +112,10 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
             finally:
                 cancelled.set()  # client gone or done: the generation stops within a token and frees its slot
                 pump.first_sent()
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        def closed():  # also when the client left before the body started (events() then never runs)
+            cancelled.set()
+            pump.first_sent()
+        return EventStream(events(), closed, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def models(request: Request):
         if not authorized(request):
@@ -152,6 +154,20 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
               Route("/v1/models", models, methods=["GET"]),
               Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
     return Starlette(routes=routes)
+
+
+class EventStream(StreamingResponse):
+    """A StreamingResponse that calls `closed` once the response is over, however it ended."""
+
+    def __init__(self, content, closed, **kw):
+        super().__init__(content, **kw)
+        self._closed = closed
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._closed()
 
 
 class Pump:
