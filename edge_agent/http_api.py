@@ -14,7 +14,7 @@ from typing import Iterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
@@ -63,6 +63,9 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
                 return await complete(req, kind)
             except BadRequest as e:
                 return error(e.status, str(e), param=e.param, code=e.code)
+            except ClientDisconnect:   # hung up before the whole body arrived: nobody to answer, nothing failed
+                log.info("client disconnected before sending the whole request body")
+                return error(400, "the client disconnected before sending the whole request body")
             except QueueFull as e:
                 return error(429, f"server busy: {e}", "rate_limit_error", headers={"Retry-After": "1"})
             except NotReady as e:

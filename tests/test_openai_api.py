@@ -236,3 +236,22 @@ def test_runtime_admission_is_bounded():
                 pass
     with rt.admit(1) as slot:
         assert slot.inflight == 1
+
+
+def test_a_client_hanging_up_mid_body_is_not_a_model_failure(server, caplog):
+    """Headers promise 1000 bytes, 10 arrive, the socket closes: no 'generation failed' error, next request fine."""
+    import logging
+    import socket
+
+    with caplog.at_level(logging.INFO, logger="slmops"):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"messages\"")
+        deadline = time.monotonic() + 10
+        while "disconnected before sending" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert "disconnected before sending the whole request body" in caplog.text
+    assert "generation failed" not in caplog.text
+    r = server.client().chat.completions.create(model="tiny", max_tokens=4,
+                                                 messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content is not None
