@@ -4,12 +4,14 @@ percentiles, and writing a JSON result that records the exact command line that 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import platform
 import shlex
 import sys
+import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -106,6 +108,24 @@ def start_agent_serving(c, bundle: pathlib.Path, model: str, name: str = "a1", e
     p, port = c.agents[name]
     assert http_json(f"http://127.0.0.1:{port}/readyz")[0] == 200
     return p, port, m.ref
+
+
+@contextlib.contextmanager
+def serving_agent(model: str, workdir: pathlib.Path | None, prefix: str, extra: list[str] = ()):
+    """The model built (or reused from `workdir`), a control plane and one agent serving it in a temporary folder,
+    all stopped on exit. Yields (bundle, proc, port, ref)."""
+    from tests.conftest import Cluster
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        work = workdir or pathlib.Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        bundle = build_model(model, work)
+        c = Cluster(pathlib.Path(tmp) / "cluster")
+        try:
+            proc, port, ref = start_agent_serving(c, bundle, model, extra=extra)
+            yield bundle, proc, port, ref
+        finally:
+            c.stop()
 
 
 def rss_mb(pid: int) -> dict:

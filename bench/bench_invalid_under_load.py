@@ -18,14 +18,13 @@ import json
 import pathlib
 import socket
 import sys
-import tempfile
 import threading
 import time
 
 import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import build_model, linear_slope, machine, pct, rss_mb, start_agent_serving, write_result  # noqa: E402
+from _common import linear_slope, machine, pct, rss_mb, serving_agent, write_result  # noqa: E402
 
 CHAT = "/v1/chat/completions"
 MSG = [{"role": "user", "content": "What does error E17 mean on the Kestrel K2?"}]
@@ -105,85 +104,75 @@ def main() -> None:
     ap.add_argument("--workdir", type=pathlib.Path, default=None, help="keep/reuse the exported model here")
     args = ap.parse_args()
     started, m0 = time.monotonic(), machine()
-    from tests.conftest import Cluster
+    with serving_agent(args.model, args.workdir, "bench-invalid-",
+                       extra=["--max-concurrent", "2", "--max-queue", "16"]) as (_, proc, port, ref):
+        url = f"http://127.0.0.1:{port}"
+        long_prompt = "The Kestrel K2 gateway forwards sensor readings. " * 1200  # ~10k tokens, < 1 MiB
+        specs = kinds(long_prompt)
+        rss_before = rss_mb(proc.popen.pid)
+        stop = threading.Event()
+        lock = threading.Lock()
+        valid: list[tuple[float, int | str, bool]] = []  # (latency ms, status or error, streamed)
+        invalid: dict[str, dict[str, int]] = {k: {} for k in specs}
 
-    with tempfile.TemporaryDirectory(prefix="bench-invalid-") as tmp:
-        work = args.workdir or pathlib.Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        bundle = build_model(args.model, work)
-        c = Cluster(pathlib.Path(tmp) / "cluster")
-        try:
-            proc, port, ref = start_agent_serving(c, bundle, args.model,
-                                                  extra=["--max-concurrent", "2", "--max-queue", "16"])
-            url = f"http://127.0.0.1:{port}"
-            long_prompt = "The Kestrel K2 gateway forwards sensor readings. " * 1200  # ~10k tokens, < 1 MiB
-            specs = kinds(long_prompt)
-            rss_before = rss_mb(proc.popen.pid)
-            stop = threading.Event()
-            lock = threading.Lock()
-            valid: list[tuple[float, int | str, bool]] = []  # (latency ms, status or error, streamed)
-            invalid: dict[str, dict[str, int]] = {k: {} for k in specs}
+        def valid_loop(i: int):
+            stream = i % 2 == 1
+            with httpx.Client(timeout=120) as client:
+                while not stop.is_set():
+                    t0 = time.monotonic()
+                    body = {"messages": MSG, "max_tokens": args.max_tokens, "temperature": 0.7,
+                            "stream": stream}
+                    try:
+                        if stream:
+                            with client.stream("POST", url + CHAT, json=body) as r:
+                                lines = [x for x in r.iter_lines() if x.startswith("data: ")]
+                                st = r.status_code if (r.status_code != 200 or lines[-1] == "data: [DONE]") \
+                                    else "incomplete stream"
+                        else:
+                            r = client.post(url + CHAT, json=body)
+                            st = r.status_code if r.status_code != 200 or r.json()["choices"] else "no choices"
+                    except Exception as e:  # noqa: BLE001 (recorded per request, never raised)
+                        st = f"{type(e).__name__}: {str(e)[:120]}"
+                    with lock:
+                        valid.append(((time.monotonic() - t0) * 1000, st, stream))
 
-            def valid_loop(i: int):
-                stream = i % 2 == 1
-                with httpx.Client(timeout=120) as client:
-                    while not stop.is_set():
-                        t0 = time.monotonic()
-                        body = {"messages": MSG, "max_tokens": args.max_tokens, "temperature": 0.7,
-                                "stream": stream}
-                        try:
-                            if stream:
-                                with client.stream("POST", url + CHAT, json=body) as r:
-                                    lines = [x for x in r.iter_lines() if x.startswith("data: ")]
-                                    st = r.status_code if (r.status_code != 200 or lines[-1] == "data: [DONE]") \
-                                        else "incomplete stream"
-                            else:
-                                r = client.post(url + CHAT, json=body)
-                                st = r.status_code if r.status_code != 200 or r.json()["choices"] else "no choices"
-                        except Exception as e:  # noqa: BLE001 (recorded per request, never raised)
-                            st = f"{type(e).__name__}: {str(e)[:120]}"
-                        with lock:
-                            valid.append(((time.monotonic() - t0) * 1000, st, stream))
+        def invalid_loop(i: int):
+            names = list(specs)
+            n = i
+            with httpx.Client(timeout=120) as client:
+                while not stop.is_set():
+                    kind = names[n % len(names)]
+                    n += args.invalid_workers
+                    try:
+                        st = send_invalid(client, port, kind, specs[kind])
+                        key = "no status (client hung up)" if st is None else str(st)
+                    except Exception as e:  # noqa: BLE001 (recorded per request, never raised)
+                        key = f"{type(e).__name__}"
+                    with lock:
+                        invalid[kind][key] = invalid[kind].get(key, 0) + 1
 
-            def invalid_loop(i: int):
-                names = list(specs)
-                n = i
-                with httpx.Client(timeout=120) as client:
-                    while not stop.is_set():
-                        kind = names[n % len(names)]
-                        n += args.invalid_workers
-                        try:
-                            st = send_invalid(client, port, kind, specs[kind])
-                            key = "no status (client hung up)" if st is None else str(st)
-                        except Exception as e:  # noqa: BLE001 (recorded per request, never raised)
-                            key = f"{type(e).__name__}"
-                        with lock:
-                            invalid[kind][key] = invalid[kind].get(key, 0) + 1
-
-            threads = ([threading.Thread(target=valid_loop, args=(i,), daemon=True) for i in range(args.clients)]
-                       + [threading.Thread(target=invalid_loop, args=(i,), daemon=True)
-                          for i in range(args.invalid_workers)])
-            print(f"serving {ref} on {url}: {args.clients} valid clients + {args.invalid_workers} invalid "
-                  f"senders for {args.seconds:.0f} s ({len(specs)} invalid kinds)", flush=True)
-            for t in threads:
-                t.start()
-            rss_samples = [{"t_s": 0.0, **rss_before}]
-            t_start = time.monotonic()
-            while time.monotonic() - t_start < args.seconds:
-                time.sleep(min(5.0, max(0.0, args.seconds - (time.monotonic() - t_start))))
-                rss_samples.append({"t_s": round(time.monotonic() - t_start, 1), **rss_mb(proc.popen.pid)})
-            stop.set()
-            for t in threads:
-                t.join(150)
-            time.sleep(1.0)
-            ready = httpx.get(url + "/readyz", timeout=10).status_code
-            after = httpx.post(url + CHAT, json={"messages": MSG, "max_tokens": 4}, timeout=60).status_code
-            metrics = httpx.get(url + "/metrics", timeout=10).text
-            rss_after = rss_mb(proc.popen.pid)
-            alive = proc.alive()
-            log = proc.log_path.read_text(errors="replace")
-        finally:
-            c.stop()
+        threads = ([threading.Thread(target=valid_loop, args=(i,), daemon=True) for i in range(args.clients)]
+                   + [threading.Thread(target=invalid_loop, args=(i,), daemon=True)
+                      for i in range(args.invalid_workers)])
+        print(f"serving {ref} on {url}: {args.clients} valid clients + {args.invalid_workers} invalid "
+              f"senders for {args.seconds:.0f} s ({len(specs)} invalid kinds)", flush=True)
+        for t in threads:
+            t.start()
+        rss_samples = [{"t_s": 0.0, **rss_before}]
+        t_start = time.monotonic()
+        while time.monotonic() - t_start < args.seconds:
+            time.sleep(min(5.0, max(0.0, args.seconds - (time.monotonic() - t_start))))
+            rss_samples.append({"t_s": round(time.monotonic() - t_start, 1), **rss_mb(proc.popen.pid)})
+        stop.set()
+        for t in threads:
+            t.join(150)
+        time.sleep(1.0)
+        ready = httpx.get(url + "/readyz", timeout=10).status_code
+        after = httpx.post(url + CHAT, json={"messages": MSG, "max_tokens": 4}, timeout=60).status_code
+        metrics = httpx.get(url + "/metrics", timeout=10).text
+        rss_after = rss_mb(proc.popen.pid)
+        alive = proc.alive()
+        log = proc.log_path.read_text(errors="replace")
     tracebacks = log.count("Traceback (most recent call last)")
     error_lines = [x for x in log.splitlines() if " ERROR" in x or "[ERROR]" in x]
     error_kinds: dict[str, int] = {}

@@ -20,13 +20,12 @@ import json
 import pathlib
 import statistics
 import sys
-import tempfile
 import time
 
 import httpx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import build_model, machine, start_agent_serving, write_result  # noqa: E402
+from _common import machine, serving_agent, write_result  # noqa: E402
 
 FILLER = ("The Kestrel K2 is an industrial edge gateway. It collects readings from sensors on the factory floor, "
           "buffers them when the uplink is down, and forwards them to the plant's data platform. Error codes "
@@ -109,70 +108,61 @@ def main() -> None:
     ap.add_argument("--workdir", type=pathlib.Path, default=None, help="keep/reuse the exported model here")
     args = ap.parse_args()
     started, m0 = time.monotonic(), machine()
-    from tests.conftest import Cluster
-
-    with tempfile.TemporaryDirectory(prefix="bench-plen-") as tmp:
-        work = args.workdir or pathlib.Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        bundle = build_model(args.model, work)
+    rows, beyond = [], []
+    with serving_agent(args.model, args.workdir, "bench-plen-", extra=["--max-concurrent", "1"]) as \
+            (bundle, _, port, ref):
         genai = json.loads((bundle / "genai_config.json").read_text())
         context = int(genai["model"].get("context_length") or genai["search"]["max_length"])
         limit = min(AGENT_PROMPT_LIMIT, context - 1)
         prompts = Prompts(bundle)
-        c = Cluster(pathlib.Path(tmp) / "cluster")
-        rows, beyond = [], []
-        try:
-            _, port, ref = start_agent_serving(c, bundle, args.model, extra=["--max-concurrent", "1"])
-            url = f"http://127.0.0.1:{port}"
-            probe_text = prompts.content(5)
-            probe = stream_once(url, probe_text, 1)
-            prompts.offset = probe["prompt_tokens"] - prompts.count(probe_text)
-            print(f"serving {ref}; context {context}, prompt limit {limit} tokens; tokenizer offset "
-                  f"{prompts.offset:+d}")
-            if args.lengths:
-                targets = [int(x) for x in args.lengths.split(",")]
-            else:
-                targets, t = [], 16
-                while t < limit:
-                    targets.append(t)
-                    t *= 2
-                targets += [int(limit * 0.75), int(limit * 0.9), limit]
-            targets = sorted({min(t, limit) for t in targets})
-            shortest = prompts.count(prompts.content(0))
-            if targets[0] < shortest:  # the chat template and the question alone are longer: start there
-                targets = sorted({max(t, shortest) for t in targets})
-            print("| prompt tokens | first token ms | total ms | decode tok/s | completion tokens |\n|---|---|---|---|---|")
-            for target in targets:
-                content = prompts.for_tokens(target)
-                stream_once(url, content, args.max_tokens)  # warm-up
-                runs = [stream_once(url, content, args.max_tokens) for _ in range(args.runs)]
-                bad = [r for r in runs if r["status"] != 200]
-                row = {"target_tokens": target, "prompt_tokens": runs[0].get("prompt_tokens"),
-                       "status": sorted({r["status"] for r in runs}),
-                       "first_token_ms": med(runs, "first_token_ms"), "total_ms": med(runs, "total_ms"),
-                       "decode_tok_s": med(runs, "decode_tok_s"), "completion_tokens": med(runs, "completion_tokens"),
-                       "finish_reason": runs[0].get("finish_reason"), "failed": len(bad), "runs": runs}
-                rows.append(row)
-                f = lambda v, p=0: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-                print(f"| {row['prompt_tokens']} | {f(row['first_token_ms'])} | {f(row['total_ms'])} | "
-                      f"{f(row['decode_tok_s'], 1)} | {f(row['completion_tokens'])} |"
-                      + (f" FAILED {bad[0]}" if bad else ""), flush=True)
-            # Beyond the limit: one token over, twice the limit, and a body over the 1 MiB cap.
-            over = [("limit + 1 token", prompts.for_tokens(limit + 1)),
-                    ("2 x limit", prompts.for_tokens(2 * limit)),
-                    ("body over 1 MiB", "x " * (600 * 1024))]
-            for what, content in over:
-                r = stream_once(url, content, args.max_tokens)
-                counted = prompts.count(content) if len(content) < 200_000 else None
-                beyond.append({"case": what, "prompt_tokens_local_count": counted, "body_bytes": len(content),
-                               **{k: r.get(k) for k in ("status", "total_ms", "error", "prompt_tokens")}})
-                print(f"{what}: {counted or '-'} tokens -> HTTP {r['status']} "
-                      f"{(r.get('error') or {}).get('code')}: {(r.get('error') or {}).get('message', '')[:100]} "
-                      f"({r['total_ms']:.0f} ms)")
-            # The agent still serves after the refusals.
-            after = stream_once(url, prompts.for_tokens(16), 8)
-        finally:
-            c.stop()
+        url = f"http://127.0.0.1:{port}"
+        probe_text = prompts.content(5)
+        probe = stream_once(url, probe_text, 1)
+        prompts.offset = probe["prompt_tokens"] - prompts.count(probe_text)
+        print(f"serving {ref}; context {context}, prompt limit {limit} tokens; tokenizer offset "
+              f"{prompts.offset:+d}")
+        if args.lengths:
+            targets = [int(x) for x in args.lengths.split(",")]
+        else:
+            targets, t = [], 16
+            while t < limit:
+                targets.append(t)
+                t *= 2
+            targets += [int(limit * 0.75), int(limit * 0.9), limit]
+        targets = sorted({min(t, limit) for t in targets})
+        shortest = prompts.count(prompts.content(0))
+        if targets[0] < shortest:  # the chat template and the question alone are longer: start there
+            targets = sorted({max(t, shortest) for t in targets})
+        print("| prompt tokens | first token ms | total ms | decode tok/s | completion tokens |\n|---|---|---|---|---|")
+        for target in targets:
+            content = prompts.for_tokens(target)
+            stream_once(url, content, args.max_tokens)  # warm-up
+            runs = [stream_once(url, content, args.max_tokens) for _ in range(args.runs)]
+            bad = [r for r in runs if r["status"] != 200]
+            row = {"target_tokens": target, "prompt_tokens": runs[0].get("prompt_tokens"),
+                   "status": sorted({r["status"] for r in runs}),
+                   "first_token_ms": med(runs, "first_token_ms"), "total_ms": med(runs, "total_ms"),
+                   "decode_tok_s": med(runs, "decode_tok_s"), "completion_tokens": med(runs, "completion_tokens"),
+                   "finish_reason": runs[0].get("finish_reason"), "failed": len(bad), "runs": runs}
+            rows.append(row)
+            f = lambda v, p=0: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+            print(f"| {row['prompt_tokens']} | {f(row['first_token_ms'])} | {f(row['total_ms'])} | "
+                  f"{f(row['decode_tok_s'], 1)} | {f(row['completion_tokens'])} |"
+                  + (f" FAILED {bad[0]}" if bad else ""), flush=True)
+        # Beyond the limit: one token over, twice the limit, and a body over the 1 MiB cap.
+        over = [("limit + 1 token", prompts.for_tokens(limit + 1)),
+                ("2 x limit", prompts.for_tokens(2 * limit)),
+                ("body over 1 MiB", "x " * (600 * 1024))]
+        for what, content in over:
+            r = stream_once(url, content, args.max_tokens)
+            counted = prompts.count(content) if len(content) < 200_000 else None
+            beyond.append({"case": what, "prompt_tokens_local_count": counted, "body_bytes": len(content),
+                           **{k: r.get(k) for k in ("status", "total_ms", "error", "prompt_tokens")}})
+            print(f"{what}: {counted or '-'} tokens -> HTTP {r['status']} "
+                  f"{(r.get('error') or {}).get('code')}: {(r.get('error') or {}).get('message', '')[:100]} "
+                  f"({r['total_ms']:.0f} ms)")
+        # The agent still serves after the refusals.
+        after = stream_once(url, prompts.for_tokens(16), 8)
     res = {"bench": "prompt_lengths", "model": args.model, "ref": ref, "context_length": context,
            "agent_prompt_limit": limit, "max_tokens": args.max_tokens, "runs": args.runs, "temperature": 0,
            "lengths": rows, "beyond_limit": beyond, "served_after_refusals": after["status"] == 200}

@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import build_model, linear_slope, machine, pct, rss_mb, start_agent_serving, write_result  # noqa: E402
+from _common import linear_slope, machine, pct, rss_mb, serving_agent, write_result  # noqa: E402
 
 QUESTIONS = ["What does error E17 mean on the Kestrel K2?", "How do I reset the Kestrel K2 to factory settings?",
              "Which power adapter does the Kestrel K2 need?", "Explain what an edge gateway does in a factory."]
@@ -129,50 +128,40 @@ def main() -> None:
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warmup_s = 60 * (args.warmup_min if args.warmup_min is not None else min(2.0, 0.2 * args.minutes))
-    from tests.conftest import Cluster
-
-    with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
-        work = args.workdir or pathlib.Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        bundle = build_model(args.model, work)
-        c = Cluster(pathlib.Path(tmp) / "cluster")
-        try:
-            proc, port, ref = start_agent_serving(c, bundle, args.model,
-                                                  extra=["--max-concurrent", "2", "--max-queue", "16"])
-            pid = proc.popen.pid
-            url = f"http://127.0.0.1:{port}"
-            load = Load(url, args.clients, args.max_tokens)
-            samples = [{"t_s": 0.0, **rss_mb(pid), "requests": 0, "failed": 0, "p50_ms": None, "p95_ms": None,
-                        "p99_ms": None}]
-            print(f"serving {ref} on {url}; {args.clients} clients for {args.minutes} min; agent pid {pid}, "
-                  f"RSS {samples[0]['rss_mb']:.1f} MB before load")
-            t_start = time.monotonic()
-            load.start()
-            end = t_start + 60 * args.minutes
-            seen = 0
-            next_t = t_start
-            while time.monotonic() < end:
-                next_t += args.sample_s
-                time.sleep(max(0.0, next_t - time.monotonic()))
-                if not proc.alive():
-                    raise SystemExit(f"agent exited during the soak:\n{proc.log_tail()}")
-                now = time.monotonic()
-                with load.lock:
-                    new = load.records[seen:]
-                    seen = len(load.records)
-                lat = [(e - s) * 1000 for s, e, ok, _ in new if ok]
-                row = {"t_s": round(now - t_start, 2), **rss_mb(pid), "requests": len(new),
-                       "failed": sum(1 for r in new if not r[2]),
-                       "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99)}
-                samples.append(row)
-                if len(samples) % max(1, int(60 / args.sample_s)) == 1 or now >= end:
-                    print(f"  t={row['t_s']:7.1f}s RSS {row['rss_mb']:7.1f} MB  threads {row['threads']:3d}  "
-                          f"fds {row['fds']:4d}  requests {seen:6d} (failed {sum(1 for r in load.records if not r[2])})"
-                          f"  p95 {row['p95_ms'] or 0:.0f} ms", flush=True)
-            load.close()
-            after = rss_mb(pid)
-        finally:
-            c.stop()
+    with serving_agent(args.model, args.workdir, "bench-soak-",
+                       extra=["--max-concurrent", "2", "--max-queue", "16"]) as (_, proc, port, ref):
+        pid = proc.popen.pid
+        url = f"http://127.0.0.1:{port}"
+        load = Load(url, args.clients, args.max_tokens)
+        samples = [{"t_s": 0.0, **rss_mb(pid), "requests": 0, "failed": 0, "p50_ms": None, "p95_ms": None,
+                    "p99_ms": None}]
+        print(f"serving {ref} on {url}; {args.clients} clients for {args.minutes} min; agent pid {pid}, "
+              f"RSS {samples[0]['rss_mb']:.1f} MB before load")
+        t_start = time.monotonic()
+        load.start()
+        end = t_start + 60 * args.minutes
+        seen = 0
+        next_t = t_start
+        while time.monotonic() < end:
+            next_t += args.sample_s
+            time.sleep(max(0.0, next_t - time.monotonic()))
+            if not proc.alive():
+                raise SystemExit(f"agent exited during the soak:\n{proc.log_tail()}")
+            now = time.monotonic()
+            with load.lock:
+                new = load.records[seen:]
+                seen = len(load.records)
+            lat = [(e - s) * 1000 for s, e, ok, _ in new if ok]
+            row = {"t_s": round(now - t_start, 2), **rss_mb(pid), "requests": len(new),
+                   "failed": sum(1 for r in new if not r[2]),
+                   "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99)}
+            samples.append(row)
+            if len(samples) % max(1, int(60 / args.sample_s)) == 1 or now >= end:
+                print(f"  t={row['t_s']:7.1f}s RSS {row['rss_mb']:7.1f} MB  threads {row['threads']:3d}  "
+                      f"fds {row['fds']:4d}  requests {seen:6d} (failed {sum(1 for r in load.records if not r[2])})"
+                      f"  p95 {row['p95_ms'] or 0:.0f} ms", flush=True)
+        load.close()
+        after = rss_mb(pid)
     recs = load.records
     ok_lat = [(e - s) * 1000 for s, e, ok, _ in recs if ok]
     errors: dict[str, int] = {}
