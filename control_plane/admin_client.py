@@ -48,6 +48,7 @@ class AdminClient:
         self.channel = channel(address, ca_pem, [("grpc.max_send_message_length", 8 << 20)])
         self.stub = admin_pb2_grpc.AdminStub(self.channel)
         self.md = (("authorization", f"Bearer {token}"),)
+        self.last_upload: dict = {}   # what the last publish moved (see publish)
 
     def _call(self, fn, req, **kw):
         try:

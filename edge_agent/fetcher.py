@@ -96,15 +96,21 @@ class BlobCache:
         p = self.chunk_path(sha256)
         return p.exists() and p.stat().st_size == size   # only ever renamed into place after its hash matched
 
-    def clear_chunks(self, keep: set[str] = frozenset()) -> None:
+    def clear_chunks(self) -> None:
         for p in self.chunks.iterdir():
-            if p.name.split(".")[0] not in keep:
-                p.unlink(missing_ok=True)
+            p.unlink(missing_ok=True)
+
+    def put_bytes(self, data: bytes) -> pathlib.Path:
+        """Stores small verified bytes (a manifest) under their sha256, atomically."""
+        dest = self.path(hashlib.sha256(data).hexdigest())
+        if not (dest.exists() and dest.stat().st_size == len(data)):
+            self._write_atomic(dest, data)
+        return dest
 
     # ---- one file -----------------------------------------------------------------------------------
     def fetch(self, entry: FileEntry, fetch_range: FetchRange, min_rate_bps: int = 0,
               progress: Callable[[int], None] | None = None, local: LocalIndex | None = None) -> pathlib.Path:
-        self.fetch_file(entry, fetch_range, min_rate_bps, progress, local or {})
+        self.fetch_file(entry, fetch_range, min_rate_bps, progress, local)
         return self.path(entry.sha256)
 
     def fetch_file(self, entry: FileEntry, fetch_range: FetchRange, min_rate_bps: int = 0,
@@ -117,12 +123,14 @@ class BlobCache:
             self._download_chunk(entry.sha256, entry.size, entry.path, fetch_range, min_rate_bps, progress,
                                  dest=self.path(entry.sha256), stats=stats)
             return stats
-        plan = plan_chunks(entry.chunk_spans(), self._have_chunk, local or {})
+        local = local or {}
+        plan = plan_chunks(entry.chunk_spans(), self._have_chunk, local)
         stats.resumed_chunks = len(plan.resumed)
-        for sha in plan.local:
-            if not self._copy_local(sha, (local or {})[sha], stats):
-                plan = ChunkPlan(plan.resumed, plan.local, plan.download + ((sha, (local or {})[sha][2]),))
-        self._download_parallel(entry, plan.download, fetch_range, min_rate_bps, progress, stats)
+        download = list(plan.download)
+        for sha in plan.local:   # a local copy that fails its hash is fetched instead
+            if not self._copy_local(sha, local[sha], stats):
+                download.append((sha, local[sha][2]))
+        self._download_parallel(entry, download, fetch_range, min_rate_bps, progress, stats)
         self._assemble(entry)
         return stats
 

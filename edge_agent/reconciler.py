@@ -175,10 +175,14 @@ class Reconciler:
             pass
         shutil.rmtree(path, ignore_errors=True)
 
-    def enroll(self) -> None:
+    def load_identity(self) -> bool:
         ident = self.state.get("identity")
         if ident:
             self.device_id, self.client.token = ident["device_id"], ident["token"]
+        return bool(ident)
+
+    def enroll(self) -> None:
+        if self.load_identity():
             return
         if not self.cfg.enroll_token:
             raise Refused(__import__("grpc").StatusCode.UNAUTHENTICATED,
@@ -234,9 +238,7 @@ class Reconciler:
 
     def run(self) -> None:
         self.restore()
-        ident = self.state.get("identity")   # known before the watch thread starts: a resumed update needs it
-        if ident:
-            self.device_id, self.client.token = ident["device_id"], ident["token"]
+        self.load_identity()   # before the watch thread starts: a resumed update needs the device token
         threading.Thread(target=self.watch, name="watch", daemon=True).start()
         try:
             self.resume_saved()
@@ -400,9 +402,7 @@ class Reconciler:
                                   f"installed: sideload the base's bundle first")
         else:
             base, raw = self.verified_manifest(name, version)
-        dest = self.blobs.path(trust.sha256_bytes(raw))
-        if not dest.exists():
-            dest.write_bytes(raw)
+        self.blobs.put_bytes(raw)
         return base, raw
 
     def manifest_of(self, u: Update) -> Manifest:

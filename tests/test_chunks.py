@@ -163,21 +163,20 @@ def test_control_plane_stores_each_chunk_once_and_publish_uploads_only_new_chunk
     from slmops.manifest import manifest_for_dir
 
     c = cluster
-    if True:
-        c.start_cp()
-        m1 = manifest_for_dir(tiny_int4, "tiny", "v1", "int4", chunk_bytes=CHUNK)
-        c.admin.publish(tiny_int4, m1)
-        base_chunks = sum(len(f.chunk_spans()) for f in m1.files)
-        assert any(f.chunks for f in m1.files), "the tiny model should span several chunks at 16 KiB"
-        assert c.admin.last_upload["chunks"] == len({s for f in m1.files for s, _, _ in f.chunk_spans()})
-        v2 = tmp_path / "v2"
-        shutil.copytree(tiny_int4, v2)
-        random_file(v2 / "adapter.onnx_adapter", 3 * CHUNK, 4)
-        m2 = manifest_for_dir(v2, "tiny", "v2", "int4", chunk_bytes=CHUNK)
-        c.admin.publish(v2, m2)
-        assert c.admin.last_upload["reused_chunks"] == base_chunks
-        assert c.admin.last_upload["chunks"] == 3
-        assert c.admin.last_upload["bytes"] == 3 * CHUNK
+    c.start_cp()
+    m1 = manifest_for_dir(tiny_int4, "tiny", "v1", "int4", chunk_bytes=CHUNK)
+    c.admin.publish(tiny_int4, m1)
+    base_chunks = sum(len(f.chunk_spans()) for f in m1.files)
+    assert any(f.chunks for f in m1.files), "the tiny model should span several chunks at 16 KiB"
+    assert c.admin.last_upload["chunks"] == len({s for f in m1.files for s, _, _ in f.chunk_spans()})
+    v2 = tmp_path / "v2"
+    shutil.copytree(tiny_int4, v2)
+    random_file(v2 / "adapter.onnx_adapter", 3 * CHUNK, 4)
+    m2 = manifest_for_dir(v2, "tiny", "v2", "int4", chunk_bytes=CHUNK)
+    c.admin.publish(v2, m2)
+    assert c.admin.last_upload["reused_chunks"] == base_chunks
+    assert c.admin.last_upload["chunks"] == 3
+    assert c.admin.last_upload["bytes"] == 3 * CHUNK
 
 
 @pytest.mark.e2e
