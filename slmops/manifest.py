@@ -8,6 +8,7 @@ import hashlib
 import pathlib
 import re
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
 
 from slmops import canonical
@@ -23,6 +24,67 @@ PRECISIONS = ("fp32", "fp16", "int8", "int4")
 # larger than one chunk is its own chunk (no list). 4 MiB keeps a SmolLM2 int8 model at ~45 chunks.
 DEFAULT_CHUNK_BYTES = 4 << 20
 MAX_CHUNK_BYTES = 64 << 20   # the most an agent buffers for one chunk: a bound on what a server can send
+# Names the agent writes beside a version's files in models/<name>/<version> (installer.py): a listed file of that
+# name would replace the signed manifest (a hard link into the blob cache) or the base's manifest.
+RESERVED_PATHS = ("manifest.json", "base.json")
+MAX_PATH_CHARS = 1024
+MAX_PART_CHARS = 255
+MAX_FILES = 10_000
+_FORBIDDEN_CATEGORIES = ("Cc", "Cf", "Cs", "Zl", "Zp")   # NUL and other controls, bidi overrides, lone surrogates
+
+
+def check_path(path) -> None:
+    """The one rule for a file path in a manifest (both sides): a relative, normalized POSIX path of ordinary
+    names, no `.`/`..`/empty parts, no NUL, control characters or backslashes, no reserved name (any case)."""
+    if not isinstance(path, str) or not path:
+        raise ArtifactInvalid(f"file path {path!r} must be a non-empty relative path")
+    if len(path) > MAX_PATH_CHARS:
+        raise ArtifactInvalid(f"file path {path[:40]!r}… is longer than {MAX_PATH_CHARS} characters")
+    bad = next((c for c in path if c == "\\" or unicodedata.category(c) in _FORBIDDEN_CATEGORIES), None)
+    if bad is not None:
+        raise ArtifactInvalid(f"file path {path!r} holds a forbidden character {bad!r} (NUL, control, format, "
+                              "surrogate, line separator or backslash)")
+    if path.startswith("/"):
+        raise ArtifactInvalid(f"file path {path!r} must be relative and stay inside the bundle")
+    parts = path.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ArtifactInvalid(f"file path {path!r} must be relative and normalized (no empty, '.' or '..' "
+                                  "parts) and stay inside the bundle")
+        if len(part) > MAX_PART_CHARS:
+            raise ArtifactInvalid(f"file path {path!r} has a part longer than {MAX_PART_CHARS} characters")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ArtifactInvalid(f"file path {path!r} is not valid UTF-8 text: {e}") from None
+    if path.casefold() in RESERVED_PATHS:
+        raise ArtifactInvalid(f"file path {path!r} is reserved: the agent writes {', '.join(RESERVED_PATHS)} "
+                              "beside a version's files")
+
+
+def check_paths(paths) -> None:
+    """check_path for each, plus: no path listed twice and no file that is also a folder of another file
+    (`a` and `a/b`), compared without case so a case-insensitive file system cannot merge two of them."""
+    paths = list(paths)
+    if len(paths) > MAX_FILES:
+        raise ArtifactInvalid(f"manifest lists {len(paths)} files; at most {MAX_FILES}")
+    seen: dict[str, str] = {}
+    for p in paths:
+        check_path(p)
+        key = p.casefold()
+        if key in seen:
+            raise ArtifactInvalid(f"file {p!r} is listed twice" + ("" if seen[key] == p else f" (as {seen[key]!r})"))
+        seen[key] = p
+    for p in paths:
+        parts = p.casefold().split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in seen:
+                raise ArtifactInvalid(f"file {seen[folder]!r} is also a folder of {p!r}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -50,7 +112,7 @@ class FileEntry:
         return d
 
     @classmethod
-    def from_dict(cls, f: dict) -> "FileEntry":
+    def from_dict(cls, f: dict) -> FileEntry:
         if not isinstance(f, dict):
             raise ArtifactInvalid(f"file entry {f!r} must be an object")
         unknown = set(f) - {"path", "sha256", "size", "chunks"}
@@ -60,8 +122,11 @@ class FileEntry:
         if not isinstance(chunks, (list, tuple)) or not all(
                 isinstance(c, (list, tuple)) and len(c) == 2 for c in chunks):
             raise ArtifactInvalid(f"file {f.get('path')!r}: chunks must be a list of [sha256, size] pairs")
-        return cls(str(f["path"]), str(f["sha256"]), int(f["size"]),
-                   tuple((str(sha), int(size)) for sha, size in chunks))
+        if not isinstance(f.get("path"), str) or not isinstance(f.get("sha256"), str) or not _is_int(f.get("size")):
+            raise ArtifactInvalid(f"file entry {str(f)[:80]!r} needs a string path, a string sha256 and an integer size")
+        if not all(isinstance(sha, str) and _is_int(size) for sha, size in chunks):
+            raise ArtifactInvalid(f"file {f['path']!r}: each chunk is [sha256 string, integer size]")
+        return cls(f["path"], f["sha256"], f["size"], tuple((sha, size) for sha, size in chunks))
 
     def validate(self) -> None:
         if not _SHA.match(self.sha256):
@@ -126,13 +191,15 @@ class Manifest:
         return canonical.dumps(d)
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Manifest":
+    def from_json(cls, raw: bytes) -> Manifest:
         import json
 
         try:
             d = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, TypeError) as e:
             raise ArtifactInvalid(f"manifest is not valid JSON: {e}") from e
+        except RecursionError:
+            raise ArtifactInvalid("manifest JSON is nested too deeply") from None
         if not isinstance(d, dict):
             raise ArtifactInvalid("manifest must be a JSON object")
         if d.get("schema") != SCHEMA:
@@ -151,6 +218,20 @@ class Manifest:
         return m
 
     def validate(self) -> None:
+        for what in ("name", "version", "precision", "execution_provider", "hardware_class", "min_agent_version"):
+            if not isinstance(getattr(self, what), str):
+                raise ArtifactInvalid(f"manifest field {what!r} must be a string")
+        for what in ("generation", "chat_format", "metrics", "base"):
+            if not isinstance(getattr(self, what), dict):
+                raise ArtifactInvalid(f"manifest field {what!r} must be an object")
+        if not _is_int(self.created_unix_ms):
+            raise ArtifactInvalid("manifest field 'created_unix_ms' must be an integer")
+        if not all(isinstance(f, FileEntry) for f in self.files):
+            raise ArtifactInvalid("manifest files must be file entries")
+        for i, gp in enumerate(self.golden_prompts):
+            if not isinstance(gp, dict) or not isinstance(gp.get("messages"), list) or not all(
+                    isinstance(msg, dict) for msg in gp["messages"]):
+                raise ArtifactInvalid(f"golden prompt {i} must be an object with a list of message objects")
         if not _NAME.match(self.name):
             raise ArtifactInvalid(f"model name {self.name!r} must match {_NAME.pattern}")
         if not _NAME.match(self.version):
@@ -159,14 +240,9 @@ class Manifest:
             raise ArtifactInvalid(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if not self.files:
             raise ArtifactInvalid("manifest lists no files")
-        seen = set()
+        check_paths([f.path for f in self.files])
+        seen = {f.path for f in self.files}
         for f in self.files:
-            p = pathlib.PurePosixPath(f.path)
-            if p.is_absolute() or ".." in p.parts or f.path != str(p) or not f.path:
-                raise ArtifactInvalid(f"file path {f.path!r} must be relative and stay inside the bundle")
-            if f.path in seen:
-                raise ArtifactInvalid(f"file {f.path!r} is listed twice")
-            seen.add(f.path)
             f.validate()
         self._validate_adapters(seen)
         if self.base:
