@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -158,8 +158,27 @@ class AdminClient:
     def api_token(self, role: str, name: str) -> admin_pb2.ApiToken:
         return self._call(self.stub.CreateApiToken, admin_pb2.CreateApiTokenRequest(role=role, name=name))
 
-    def audit(self, limit: int = 100, action: str = ""):
-        return self._call(self.stub.ListAudit, admin_pb2.AuditQuery(limit=limit, action=action)).entries
+    def audit(self, limit: int = 100, action: str = "", actor: str = "", since_unix_ms: int = 0):
+        return self._call(self.stub.ListAudit, admin_pb2.AuditQuery(limit=limit, action=action, actor=actor,
+                                                                    since_unix_ms=since_unix_ms)).entries
+
+    # ---- tokens and devices: list, revoke, delete ---------------------------------------------
+    def enroll_tokens(self) -> list:
+        """EnrollTokenInfo of every enrollment token (ids, never secrets), oldest first."""
+        return list(self._call(self.stub.ListEnrollTokens, common_pb2.Empty()).tokens)
+
+    def revoke_enroll_token(self, token_id: str) -> admin_pb2.EnrollTokenInfo:
+        return self._call(self.stub.RevokeEnrollToken, admin_pb2.TokenRef(token_id=token_id))
+
+    def api_tokens(self) -> list:
+        """ApiTokenInfo of every API token (ids, never secrets), oldest first."""
+        return list(self._call(self.stub.ListApiTokens, common_pb2.Empty()).tokens)
+
+    def revoke_api_token(self, token_id: str) -> admin_pb2.ApiTokenInfo:
+        return self._call(self.stub.RevokeApiToken, admin_pb2.TokenRef(token_id=token_id))
+
+    def delete_device(self, device_id: str) -> admin_pb2.Device:
+        return self._call(self.stub.DeleteDevice, admin_pb2.DeviceRef(device_id=device_id))
 
     # ---- pipelines (issue 10) ----------------------------------------------------------------
     def submit_pipeline(self, recipe_yaml: str, base_dir: str) -> admin_pb2.Pipeline:

@@ -25,9 +25,11 @@ VIEWER_RPCS = ("ListModels", "ListDevices", "QueryTelemetry", "QueryRollups", "L
                "ListRollouts", "GetDevice", "SelectDevices", "ListPipelines", "GetPipeline", "PipelineLogs")
 OPERATOR_RPCS = ("UploadBlob", "MissingBlobs", "PublishModel", "SetDesiredVersion", "CreateEnrollToken",
                  "CreateRollout", "PauseRollout", "ResumeRollout", "AbortRollout", "PinDevice", "SetDeviceLabels",
-                 "SubmitPipeline", "CancelPipeline")
+                 "SubmitPipeline", "CancelPipeline", "DeleteDevice")
+ADMIN_RPCS = ("CreateApiToken", "ListAudit", "ListApiTokens", "RevokeApiToken", "ListEnrollTokens",
+              "RevokeEnrollToken")
 METHOD_ROLES = {**{m: "viewer" for m in VIEWER_RPCS}, **{m: "operator" for m in OPERATOR_RPCS},
-                "CreateApiToken": "admin", "ListAudit": "admin"}
+                **{m: "admin" for m in ADMIN_RPCS}}
 ADMIN_SERVICE = "/slmops.v1.Admin/"
 DEVICE_SERVICES = ("/slmops.v1.Fleet/", "/slmops.v1.Artifacts/", "/slmops.v1.Telemetry/")
 REFUSALS = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -111,7 +113,7 @@ def describe(request) -> str:
     msg = type(request)()
     msg.CopyFrom(request)
     for f in msg.DESCRIPTOR.fields:
-        if "token" in f.name or f.name in ("manifest_json", "data", "device_public_key"):
+        if ("token" in f.name and f.name != "token_id") or f.name in ("manifest_json", "data", "device_public_key"):
             msg.ClearField(f.name)
     return text_format.MessageToString(msg, as_one_line=True)[:300]
 

@@ -13,7 +13,7 @@ import grpc
 
 from control_plane import auth, rollout_driver
 from control_plane import rollouts as ro
-from control_plane.store import Store
+from control_plane.store import LastAdminToken, Store, api_token_id, token_hash
 from slmops.v1 import admin_pb2, common_pb2
 
 GATE_FIELDS = {"min_success_ratio": "min_success_ratio", "max_failure_ratio": "max_failure_ratio",
@@ -35,6 +35,23 @@ def device_pb(d: dict) -> admin_pb2.Device:
         last_seen_unix_ms=d["last_seen_ms"], agent_version=d["agent_version"],
         hardware=common_pb2.Hardware(**hw) if hw else None, labels=json.loads(d.get("labels") or "{}"),
         pinned=common_pb2.ModelRef(name=d.get("pin_name") or "", version=d.get("pin_version") or ""))
+
+
+def bad_labels(labels) -> str:
+    """'' when every label key is 1-63 characters and every value at most 63; otherwise what is wrong."""
+    bad = [k for k in labels if not k or len(k) > 63 or len(labels[k]) > 63]
+    return f"label keys must be 1-63 characters and values at most 63: {bad[:3]}" if bad else ""
+
+
+def enroll_token_pb(t: dict) -> admin_pb2.EnrollTokenInfo:
+    return admin_pb2.EnrollTokenInfo(token_id=t["token_id"], uses_left=t["uses_left"], uses=t["uses"],
+                                     expires_unix_ms=t["expires_ms"], created_unix_ms=t["created_ms"],
+                                     labels=t["labels"], revoked=t["revoked"], created_by=t["created_by"])
+
+
+def api_token_pb(t: dict) -> admin_pb2.ApiTokenInfo:
+    return admin_pb2.ApiTokenInfo(token_id=t["token_id"], role=t["role"], name=t["name"],
+                                  created_unix_ms=t["created_ms"], revoked=t["revoked"], created_by=t["created_by"])
 
 
 def selector_from(msg: admin_pb2.Selector) -> ro.Selector:
@@ -158,13 +175,26 @@ class FleetAdmin:
 
     def SetDeviceLabels(self, request, context):
         self._device(context, request.device_id)
-        bad = [k for k in request.labels if not k or len(k) > 63 or len(request.labels[k]) > 63]
+        bad = bad_labels(request.labels)
         if bad:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"label keys must be 1-63 characters and values "
-                                                            f"at most 63: {bad[:3]}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
         self.store.set_labels(request.device_id, dict(request.labels))
         self.store.rollouts_changed.set()
         return device_pb(self.store.device(request.device_id))
+
+    def DeleteDevice(self, request, context):
+        """The device's row goes (its token with it); unfinished rollouts forget it rather than count it failed."""
+        with self.store.rollouts_lock:
+            row = self.store.delete_device(request.device_id)
+            if row is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
+            for r_row in self.store.rollout_rows(rollout_driver.UNFINISHED):
+                r = ro.from_json(r_row["state"])
+                kept = tuple(a for a in r.assignments if a.device_id != request.device_id)
+                if kept != r.assignments:
+                    rollout_driver.save(self.store, dataclasses.replace(r, assignments=kept))
+        self.store.rollouts_changed.set()
+        return device_pb(row)
 
     def SelectDevices(self, request, context):
         try:
@@ -182,11 +212,37 @@ class FleetAdmin:
         if not request.name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required (it identifies the holder in "
                                                             "the audit log)")
-        token = self.store.create_api_token(request.role, request.name)
-        return admin_pb2.ApiToken(token=token, role=request.role, name=request.name)
+        who = (auth.admin_principal(self.store, context) or {"name": ""})["name"]
+        token = self.store.create_api_token(request.role, request.name, created_by=who)
+        return admin_pb2.ApiToken(token=token, role=request.role, name=request.name,
+                                  token_id=api_token_id(token_hash(token)))
+
+    def ListApiTokens(self, request, context):
+        return admin_pb2.ApiTokenList(tokens=[api_token_pb(t) for t in self.store.api_tokens()])
+
+    def RevokeApiToken(self, request, context):
+        try:
+            t = self.store.revoke_api_token(request.token_id)
+        except LastAdminToken as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        if t is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no API token {request.token_id!r}")
+        return api_token_pb(t)
+
+    def ListEnrollTokens(self, request, context):
+        return admin_pb2.EnrollTokenList(tokens=[enroll_token_pb(t) for t in self.store.enroll_tokens()])
+
+    def RevokeEnrollToken(self, request, context):
+        t = self.store.revoke_enroll_token(request.token_id)
+        if t is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no enrollment token {request.token_id!r}")
+        return enroll_token_pb(t)
 
     def ListAudit(self, request, context):
-        rows = self.store.audit_log(request.limit or 100, request.action)
+        if request.limit < 0 or request.since_unix_ms < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit and since_unix_ms must not be negative")
+        rows = self.store.audit_log(min(request.limit or 100, 10_000), request.action, request.actor,
+                                    request.since_unix_ms)
         return admin_pb2.AuditList(entries=[admin_pb2.AuditEntry(
             ts_unix_ms=r["ts_ms"], who=r["who"], role=r["role"] or "", action=r["action"], target=r["target"] or "",
             result=r["result"], detail=r["detail"] or "") for r in rows])

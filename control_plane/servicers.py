@@ -9,14 +9,23 @@ import grpc
 
 from control_plane import auth, ingest, rollups
 from control_plane.blobs import BlobStore
-from control_plane.registry import Registry
-from control_plane.fleet_admin import FleetAdmin, device_pb
+from control_plane.fleet_admin import FleetAdmin, bad_labels, device_pb
 from control_plane.pipelines.servicer import PipelineAdmin
-from control_plane.store import Store
+from control_plane.registry import Registry
+from control_plane.store import Store, enroll_token_id, token_hash
 from control_plane.telemetry_views import TelemetryViews
 from slmops.errors import ArtifactInvalid
-from slmops.v1 import (admin_pb2, admin_pb2_grpc, artifacts_pb2, artifacts_pb2_grpc, common_pb2, fleet_pb2,
-                       fleet_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc)
+from slmops.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    artifacts_pb2,
+    artifacts_pb2_grpc,
+    common_pb2,
+    fleet_pb2,
+    fleet_pb2_grpc,
+    telemetry_pb2,
+    telemetry_pb2_grpc,
+)
 
 MAX_EVENTS_PER_BATCH = ingest.MAX_EVENTS_PER_BATCH
 
@@ -208,11 +217,15 @@ class AdminServicer(FleetAdmin, PipelineAdmin, admin_pb2_grpc.AdminServicer):  #
         auth.require_admin(self.store, context)
         if request.uses < 0 or request.ttl_seconds < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "uses and ttl_seconds must not be negative")
+        bad = bad_labels(request.labels)
+        if bad:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, bad)
         uses = request.uses or 1
-        token, expires = self.store.create_enroll_token(uses, request.ttl_seconds or 86400)
-        if request.labels:
-            self.store.set_enroll_labels(token, dict(request.labels))
-        return admin_pb2.EnrollToken(token=token, expires_unix_ms=expires, uses=uses)
+        who = (auth.admin_principal(self.store, context) or {"name": ""})["name"]
+        token, expires = self.store.create_enroll_token(uses, request.ttl_seconds or 86400, dict(request.labels),
+                                                        created_by=who)
+        return admin_pb2.EnrollToken(token=token, expires_unix_ms=expires, uses=uses,
+                                     token_id=enroll_token_id(token_hash(token)))
 
     def ListDevices(self, request, context):
         auth.require_admin(self.store, context)

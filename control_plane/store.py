@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
+from slmops.errors import RequestInvalid
 from slmops.sqlite_conn import ThreadLocalDB
 
 SCHEMA_VERSION = 1
@@ -25,6 +26,27 @@ def now_ms() -> int:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# Public ids of tokens: a prefix of the stored hash, so listing and revoking never need (or show) the secret.
+ENROLL_ID_PREFIX, API_ID_PREFIX, ID_HEX = "tok_", "api_", 12
+
+
+def enroll_token_id(th: str) -> str:
+    return ENROLL_ID_PREFIX + th[:ID_HEX]
+
+
+def api_token_id(th: str) -> str:
+    return API_ID_PREFIX + th[:ID_HEX]
+
+
+def _hash_prefix(token_id: str, prefix: str) -> str | None:
+    h = token_id[len(prefix):] if token_id.startswith(prefix) else ""
+    return h if len(h) == ID_HEX and all(c in "0123456789abcdef" for c in h) else None
+
+
+class LastAdminToken(RequestInvalid):
+    """Revoking this API token would leave no live admin token."""
 
 
 @dataclass(frozen=True)
@@ -106,17 +128,49 @@ class Store:
         return token
 
     def admin_role(self, token: str) -> str | None:
-        rows = list(self.db.query("select role from admin_tokens where token_hash = ?", [token_hash(token)]))
-        return rows[0]["role"] if rows else None
+        p = self.admin_principal(token)
+        return p["role"] if p else None
 
     # ---- enrollment -------------------------------------------------------------------------------
-    def create_enroll_token(self, uses: int = 1, ttl_s: int = 86400) -> tuple[str, int]:
+    def create_enroll_token(self, uses: int = 1, ttl_s: int = 86400, labels: dict | None = None,
+                            created_by: str = "") -> tuple[str, int]:
+        """A new enrollment token (the secret is returned once; only its hash is kept). `labels` are applied to
+        every device that enrolls with it."""
         token = "slm_enroll_" + secrets.token_urlsafe(18)
         expires = now_ms() + ttl_s * 1000
         with self._lock:
-            self.db["enroll_tokens"].insert({"token_hash": token_hash(token), "uses_left": uses,
-                                             "expires_ms": expires, "created_ms": now_ms()})
+            self.db["enroll_tokens"].insert({"token_hash": token_hash(token), "uses_left": uses, "uses": uses,
+                                             "expires_ms": expires, "created_ms": now_ms(),
+                                             "labels": json.dumps(labels or {}, sort_keys=True),
+                                             "created_by": created_by, "revoked_ms": 0})
         return token, expires
+
+    def enroll_tokens(self) -> list[dict]:
+        """Every enrollment token, oldest first, with its public token_id (never the secret)."""
+        return [self._enroll_info(r) for r in self.db.query("select * from enroll_tokens order by created_ms")]
+
+    def revoke_enroll_token(self, token_id: str) -> dict | None:
+        """Marks the token revoked (it enrolls no further device); None when no token has this id."""
+        h = _hash_prefix(token_id, ENROLL_ID_PREFIX)
+        with self._lock:
+            rows = list(self.db.query("select * from enroll_tokens where substr(token_hash, 1, ?) = ?",
+                                      [ID_HEX, h])) if h else []
+            if len(rows) != 1:
+                return None
+            if not rows[0].get("revoked_ms"):
+                self.db.execute("update enroll_tokens set revoked_ms = ? where token_hash = ?",
+                                [now_ms(), rows[0]["token_hash"]])
+            return self._enroll_info(self._one("enroll_tokens", rows[0]["token_hash"]))
+
+    def _one(self, table: str, th: str) -> dict:
+        return next(iter(self.db.query(f"select * from {table} where token_hash = ?", [th])))
+
+    @staticmethod
+    def _enroll_info(r: dict) -> dict:
+        return {"token_id": enroll_token_id(r["token_hash"]), "uses_left": r["uses_left"],
+                "uses": r.get("uses") or 0, "expires_ms": r["expires_ms"], "created_ms": r["created_ms"],
+                "labels": json.loads(r.get("labels") or "{}"), "revoked": bool(r.get("revoked_ms")),
+                "created_by": r.get("created_by") or ""}
 
     def consume_enroll_token(self, token: str) -> str | None:
         """Uses one use of `token`. Returns None on success, or why it was refused."""
@@ -125,6 +179,8 @@ class Store:
             if not rows:
                 return "unknown enrollment token"
             row = rows[0]
+            if row.get("revoked_ms"):
+                return "enrollment token revoked"
             if row["expires_ms"] < now_ms():
                 return "enrollment token expired"
             if row["uses_left"] <= 0:
@@ -156,6 +212,18 @@ class Store:
 
     def devices(self) -> list[dict]:
         return list(self.db.query("select * from devices order by enrolled_ms"))
+
+    def delete_device(self, device_id: str) -> dict | None:
+        """Removes the device (its token stops working at once) and wakes its watch streams so they end.
+        Returns the row as it was, or None when there is no such device. Its stored telemetry stays."""
+        with self._lock:
+            row = self.device(device_id)
+            if row is None:
+                return None
+            self.db.execute("delete from devices where device_id = ?", [device_id])
+            for ev in self._wakers.get(device_id, ()):
+                ev.set()
+        return row
 
     def touch(self, device_id: str, **fields) -> None:
         with self._lock:
@@ -290,7 +358,8 @@ class Store:
         db = self.db
         for table, cols in (("devices", {"labels": str, "pin_name": str, "pin_version": str, "reported_ms": int,
                                          "public_key": str}),
-                            ("enroll_tokens", {"labels": str}), ("admin_tokens", {"name": str})):
+                            ("enroll_tokens", {"labels": str, "uses": int, "created_by": str, "revoked_ms": int}),
+                            ("admin_tokens", {"name": str, "created_by": str, "revoked_ms": int})):
             for col, typ in cols.items():  # databases created before these columns existed
                 if col not in db[table].columns_dict:
                     db[table].add_column(col, typ)
@@ -299,11 +368,6 @@ class Store:
         db["rollouts"].create_index(["status"], if_not_exists=True)
         db.execute("create table if not exists audit (id integer primary key autoincrement, ts_ms integer, "
                    "who text, role text, action text, target text, result text, detail text)")
-
-    def set_enroll_labels(self, token: str, labels: dict) -> None:
-        with self._lock:
-            self.db.execute("update enroll_tokens set labels = ? where token_hash = ?",
-                            [json.dumps(labels, sort_keys=True), token_hash(token)])
 
     def finish_enrollment(self, device_id: str, enroll_token: str, public_key: str) -> None:
         """Applies the enrollment token's labels to the new device and records the key made on the device."""
@@ -323,18 +387,52 @@ class Store:
         if name:
             self.set_desired(name, version, [device_id])
 
-    def create_api_token(self, role: str, name: str) -> str:
+    def create_api_token(self, role: str, name: str, created_by: str = "") -> str:
         token = "slm_admin_" + secrets.token_urlsafe(24)
         with self._lock:
             self.db["admin_tokens"].insert({"token_hash": token_hash(token), "role": role, "name": name,
-                                            "created_ms": now_ms()})
+                                            "created_ms": now_ms(), "created_by": created_by, "revoked_ms": 0})
         return token
 
     def admin_principal(self, token: str) -> dict | None:
-        """{"name", "role"} of an API token; a token without a name is named by its hash prefix."""
+        """{"name", "role"} of a live API token (None when unknown or revoked); a token without a name is named
+        by its hash prefix. Looked up on every call, so a revocation counts from the next call on."""
         th = token_hash(token)
-        rows = list(self.db.query("select role, name from admin_tokens where token_hash = ?", [th]))
+        rows = list(self.db.query("select role, name from admin_tokens where token_hash = ? "
+                                  "and coalesce(revoked_ms, 0) = 0", [th]))
         return {"name": rows[0]["name"] or f"token:{th[:10]}", "role": rows[0]["role"]} if rows else None
+
+    def api_tokens(self) -> list[dict]:
+        return [self._api_info(r) for r in self.db.query("select * from admin_tokens order by created_ms")]
+
+    def revoke_api_token(self, token_id: str) -> dict | None:
+        """Marks the API token revoked; None when no token has this id. Raises LastAdminToken rather than
+        leave the control plane without a live admin token."""
+        h = _hash_prefix(token_id, API_ID_PREFIX)
+        with self._lock:
+            rows = list(self.db.query("select * from admin_tokens where substr(token_hash, 1, ?) = ?",
+                                      [ID_HEX, h])) if h else []
+            if len(rows) != 1:
+                return None
+            row = rows[0]
+            if not row.get("revoked_ms"):
+                if row["role"] == "admin":
+                    live = next(iter(self.db.query(
+                        "select count(*) as n from admin_tokens where role = 'admin' and "
+                        "coalesce(revoked_ms, 0) = 0 and token_hash != ?", [row["token_hash"]])))["n"]
+                    if live == 0:
+                        raise LastAdminToken(f"{token_id} is the last live admin token; create another admin "
+                                             "token before revoking it")
+                self.db.execute("update admin_tokens set revoked_ms = ? where token_hash = ?",
+                                [now_ms(), row["token_hash"]])
+            return self._api_info(self._one("admin_tokens", row["token_hash"]))
+
+    @staticmethod
+    def _api_info(r: dict) -> dict:
+        th = r["token_hash"]
+        return {"token_id": api_token_id(th), "role": r["role"], "name": r.get("name") or f"token:{th[:10]}",
+                "created_ms": r["created_ms"], "revoked": bool(r.get("revoked_ms")),
+                "created_by": r.get("created_by") or ""}
 
     def save_rollout(self, rollout_id: str, status: str, state: str, created_by: str = "") -> None:
         with self._lock:
@@ -362,8 +460,9 @@ class Store:
                             "values (?,?,?,?,?,?,?)", [now_ms(), who, role, action, target[:300], result,
                                                        detail[:1000]])
 
-    def audit_log(self, limit: int = 100, action: str = "") -> list[dict]:
-        sql, args = "select * from audit", []
-        if action:
-            sql, args = sql + " where action = ?", [action]
-        return list(self.db.query(sql + " order by id desc limit ?", args + [limit]))
+    def audit_log(self, limit: int = 100, action: str = "", actor: str = "", since_ms: int = 0) -> list[dict]:
+        """Newest first; each filter applies when given: the action, the actor (the "who"), a start time."""
+        terms = [(t, v) for t, v in (("action = ?", action), ("who = ?", actor), ("ts_ms >= ?", since_ms)) if v]
+        where = (" where " + " and ".join(t for t, _ in terms)) if terms else ""
+        return list(self.db.query(f"select * from audit{where} order by id desc limit ?",
+                                  [v for _, v in terms] + [limit]))

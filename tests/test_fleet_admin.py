@@ -289,3 +289,105 @@ def test_a_pinned_device_keeps_its_version_through_fleet_wide_assignment(cp):
     assert cp.admin.set_desired("m", "v2") == 1
     assert {d.device_id: d.desired.version for d in cp.admin.devices()} == {devs[0].device_id: "v1",
                                                                            devs[1].device_id: "v2"}
+
+
+# ---- tokens and devices: list, revoke, delete -------------------------------------------------------
+def test_enroll_tokens_are_listed_by_id_and_a_revoked_one_enrolls_no_device(cp):
+    t = cp.admin.enroll_token(uses=3, labels={"site": "oslo"})
+    assert t.token_id.startswith("tok_") and t.token_id not in t.token and len(t.token_id) == 16
+    SimDevice(cp.address, t.token, "first", ca_pem=cp.ca_pem)
+    info = next(i for i in cp.admin.enroll_tokens() if i.token_id == t.token_id)
+    assert (info.uses, info.uses_left, dict(info.labels), info.revoked) == (3, 2, {"site": "oslo"}, False)
+    assert info.created_by.startswith("token:") and info.expires_unix_ms > info.created_unix_ms > 0
+    assert all(t.token not in str(i) for i in cp.admin.enroll_tokens())      # the secret is never listed
+    revoked = cp.admin.revoke_enroll_token(t.token_id)
+    assert revoked.revoked and revoked.uses_left == 2
+    with pytest.raises(grpc.RpcError) as e:
+        SimDevice(cp.address, t.token, "second", ca_pem=cp.ca_pem)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and e.value.details() == "enrollment token revoked"
+    assert [d.name for d in cp.admin.devices()] == ["first"]
+    assert next(i for i in cp.admin.enroll_tokens() if i.token_id == t.token_id).uses_left == 2
+    for bad in ("tok_000000000000", "nonsense", ""):
+        with pytest.raises(AdminError) as e:
+            cp.admin.revoke_enroll_token(bad)
+        assert e.value.code == grpc.StatusCode.NOT_FOUND and f"no enrollment token {bad!r}" in e.value.details
+    log = [(a.action, a.result, a.target) for a in cp.admin.audit(limit=20)]
+    assert ("RevokeEnrollToken", "OK", f'token_id: "{t.token_id}"') in log
+
+
+def test_a_revoked_api_token_is_refused_at_once_and_the_last_admin_token_cannot_go(cp):
+    op = cp.admin.api_token("operator", "otto")
+    assert op.token_id.startswith("api_") and op.token_id not in op.token
+    otto = AdminClient(cp.address, op.token, cp.ca_pem)
+    assert otto.models() is not None
+    listed = {t.token_id: t for t in cp.admin.api_tokens()}
+    assert (listed[op.token_id].role, listed[op.token_id].name, listed[op.token_id].revoked) == \
+        ("operator", "otto", False)
+    assert listed[op.token_id].created_by.startswith("token:")
+    with pytest.raises(AdminError) as e:
+        otto.api_tokens()                                   # operators may not see tokens
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED and "ListApiTokens needs role admin" in e.value.details
+    with pytest.raises(AdminError) as e:
+        otto.revoke_api_token(op.token_id)
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert cp.admin.revoke_api_token(op.token_id).revoked
+    with pytest.raises(AdminError) as e:
+        otto.models()                                       # the same channel, the very next call
+    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+    (root,) = [t for t in cp.admin.api_tokens() if t.role == "admin" and not t.revoked]
+    with pytest.raises(AdminError) as e:
+        cp.admin.revoke_api_token(root.token_id)
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "last live admin token" in e.value.details
+    second = AdminClient(cp.address, cp.admin.api_token("admin", "ada").token, cp.ca_pem)
+    assert second.revoke_api_token(root.token_id).revoked   # another admin exists now: allowed
+    with pytest.raises(AdminError) as e:
+        cp.admin.models()
+    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(AdminError) as e:
+        second.revoke_api_token("api_ffffffffffff")
+    assert e.value.code == grpc.StatusCode.NOT_FOUND and "no API token 'api_ffffffffffff'" in e.value.details
+    assert ("ada", "RevokeApiToken", "OK") in [(a.who, a.action, a.result) for a in second.audit(limit=10)]
+    for c in (otto, second):
+        c.close()
+
+
+def test_a_deleted_device_loses_its_token_and_leaves_its_rollout(cp):
+    devs = fleet(cp, 3)
+    r = cp.admin.create_rollout("m", "v2", {"all_devices": True}, "canary", canary={"devices": 1})
+    r = drive(cp, devs, r.rollout_id, until=("running",))
+    canary = next(d for d in devs if d.device_id == cp.admin.rollout(r.rollout_id).devices[0].device_id)
+    viewer = AdminClient(cp.address, cp.admin.api_token("viewer", "vera").token, cp.ca_pem)
+    with pytest.raises(AdminError) as e:
+        viewer.delete_device(canary.device_id)
+    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED and "DeleteDevice needs role operator" in e.value.details
+    viewer.close()
+    gone = cp.admin.delete_device(canary.device_id)
+    assert gone.device_id == canary.device_id
+    with pytest.raises(grpc.RpcError) as e:
+        canary.report("serving")
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(AdminError) as e:
+        cp.admin.delete_device(canary.device_id)
+    assert e.value.code == grpc.StatusCode.NOT_FOUND and canary.device_id in e.value.details
+    rest = [d for d in devs if d is not canary]
+    r = drive(cp, rest, r.rollout_id)
+    assert r.status == "completed" and r.failed == 0 and r.succeeded == 2     # not counted as a failure
+    assert canary.device_id not in {a.device_id for a in r.devices}
+    assert {d.device_id for d in cp.admin.devices()} == {d.device_id for d in rest}
+
+
+def test_audit_filters_by_actor_and_time(cp):
+    vera = AdminClient(cp.address, cp.admin.api_token("viewer", "vera").token, cp.ca_pem)
+    vera.devices()
+    time.sleep(0.01)                                    # rows are stamped in ms: keep the mark off both sides
+    mark = int(time.time() * 1000)
+    time.sleep(0.01)
+    vera.models()
+    cp.admin.models()
+    by_vera = cp.admin.audit(actor="vera")
+    assert [a.action for a in by_vera] == ["ListModels", "ListDevices"]
+    assert [a.action for a in cp.admin.audit(actor="vera", since_unix_ms=mark)] == ["ListModels"]
+    since = [a.who for a in cp.admin.audit(action="ListModels", since_unix_ms=mark)]
+    assert len(since) == 2 and since[0].startswith("token:") and since[1] == "vera"
+    assert len(cp.admin.audit(actor="nobody")) == 0
+    vera.close()

@@ -103,14 +103,55 @@ class CreateEnrollTokenRequest(_message.Message):
     def __init__(self, uses: _Optional[int] = ..., ttl_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class EnrollToken(_message.Message):
-    __slots__ = ("token", "expires_unix_ms", "uses")
+    __slots__ = ("token", "expires_unix_ms", "uses", "token_id")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     USES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     token: str
     expires_unix_ms: int
     uses: int
-    def __init__(self, token: _Optional[str] = ..., expires_unix_ms: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
+    token_id: str
+    def __init__(self, token: _Optional[str] = ..., expires_unix_ms: _Optional[int] = ..., uses: _Optional[int] = ..., token_id: _Optional[str] = ...) -> None: ...
+
+class EnrollTokenInfo(_message.Message):
+    __slots__ = ("token_id", "uses_left", "uses", "expires_unix_ms", "created_unix_ms", "labels", "revoked", "created_by")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    USES_LEFT_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    uses_left: int
+    uses: int
+    expires_unix_ms: int
+    created_unix_ms: int
+    labels: _containers.ScalarMap[str, str]
+    revoked: bool
+    created_by: str
+    def __init__(self, token_id: _Optional[str] = ..., uses_left: _Optional[int] = ..., uses: _Optional[int] = ..., expires_unix_ms: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., revoked: _Optional[bool] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class EnrollTokenList(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[EnrollTokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[EnrollTokenInfo, _Mapping]]] = ...) -> None: ...
+
+class TokenRef(_message.Message):
+    __slots__ = ("token_id",)
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    def __init__(self, token_id: _Optional[str] = ...) -> None: ...
 
 class Device(_message.Message):
     __slots__ = ("device_id", "name", "current", "desired", "state", "message", "last_seen_unix_ms", "hardware", "agent_version", "labels", "pinned")
@@ -370,22 +411,50 @@ class CreateApiTokenRequest(_message.Message):
     def __init__(self, role: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ApiToken(_message.Message):
-    __slots__ = ("token", "role", "name")
+    __slots__ = ("token", "role", "name", "token_id")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     token: str
     role: str
     name: str
-    def __init__(self, token: _Optional[str] = ..., role: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    token_id: str
+    def __init__(self, token: _Optional[str] = ..., role: _Optional[str] = ..., name: _Optional[str] = ..., token_id: _Optional[str] = ...) -> None: ...
+
+class ApiTokenInfo(_message.Message):
+    __slots__ = ("token_id", "role", "name", "created_unix_ms", "revoked", "created_by")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    role: str
+    name: str
+    created_unix_ms: int
+    revoked: bool
+    created_by: str
+    def __init__(self, token_id: _Optional[str] = ..., role: _Optional[str] = ..., name: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., revoked: _Optional[bool] = ..., created_by: _Optional[str] = ...) -> None: ...
+
+class ApiTokenList(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedCompositeFieldContainer[ApiTokenInfo]
+    def __init__(self, tokens: _Optional[_Iterable[_Union[ApiTokenInfo, _Mapping]]] = ...) -> None: ...
 
 class AuditQuery(_message.Message):
-    __slots__ = ("limit", "action")
+    __slots__ = ("limit", "action", "actor", "since_unix_ms")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     limit: int
     action: str
-    def __init__(self, limit: _Optional[int] = ..., action: _Optional[str] = ...) -> None: ...
+    actor: str
+    since_unix_ms: int
+    def __init__(self, limit: _Optional[int] = ..., action: _Optional[str] = ..., actor: _Optional[str] = ..., since_unix_ms: _Optional[int] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
     __slots__ = ("ts_unix_ms", "who", "role", "action", "target", "result", "detail")

@@ -136,6 +136,31 @@ class AdminStub:
                 request_serializer=slmops_dot_v1_dot_admin__pb2.AuditQuery.SerializeToString,
                 response_deserializer=slmops_dot_v1_dot_admin__pb2.AuditList.FromString,
                 _registered_method=True)
+        self.ListEnrollTokens = channel.unary_unary(
+                '/slmops.v1.Admin/ListEnrollTokens',
+                request_serializer=slmops_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.EnrollTokenList.FromString,
+                _registered_method=True)
+        self.RevokeEnrollToken = channel.unary_unary(
+                '/slmops.v1.Admin/RevokeEnrollToken',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.TokenRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.EnrollTokenInfo.FromString,
+                _registered_method=True)
+        self.ListApiTokens = channel.unary_unary(
+                '/slmops.v1.Admin/ListApiTokens',
+                request_serializer=slmops_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.ApiTokenList.FromString,
+                _registered_method=True)
+        self.RevokeApiToken = channel.unary_unary(
+                '/slmops.v1.Admin/RevokeApiToken',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.TokenRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.ApiTokenInfo.FromString,
+                _registered_method=True)
+        self.DeleteDevice = channel.unary_unary(
+                '/slmops.v1.Admin/DeleteDevice',
+                request_serializer=slmops_dot_v1_dot_admin__pb2.DeviceRef.SerializeToString,
+                response_deserializer=slmops_dot_v1_dot_admin__pb2.Device.FromString,
+                _registered_method=True)
         self.QueryRollups = channel.unary_unary(
                 '/slmops.v1.Admin/QueryRollups',
                 request_serializer=slmops_dot_v1_dot_admin__pb2.RollupQuery.SerializeToString,
@@ -302,6 +327,40 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEnrollTokens(self, request, context):
+        """---- tokens and devices: list, revoke, delete (admin: tokens; operator: DeleteDevice) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeEnrollToken(self, request, context):
+        """A revoked enrollment token enrolls no further device; NOT_FOUND for an unknown token_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiToken(self, request, context):
+        """Refused from the next call on (UNAUTHENTICATED); revoking the last live admin token is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDevice(self, request, context):
+        """Removes the device: its token stops working at once; unfinished rollouts drop it. Telemetry stays.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def QueryRollups(self, request, context):
         """Per-device-per-minute rollups, oldest first (telemetry views).
         """
@@ -451,6 +510,31 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=slmops_dot_v1_dot_admin__pb2.AuditQuery.FromString,
                     response_serializer=slmops_dot_v1_dot_admin__pb2.AuditList.SerializeToString,
+            ),
+            'ListEnrollTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollTokens,
+                    request_deserializer=slmops_dot_v1_dot_common__pb2.Empty.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.EnrollTokenList.SerializeToString,
+            ),
+            'RevokeEnrollToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeEnrollToken,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.TokenRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.EnrollTokenInfo.SerializeToString,
+            ),
+            'ListApiTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiTokens,
+                    request_deserializer=slmops_dot_v1_dot_common__pb2.Empty.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.ApiTokenList.SerializeToString,
+            ),
+            'RevokeApiToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiToken,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.TokenRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.ApiTokenInfo.SerializeToString,
+            ),
+            'DeleteDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDevice,
+                    request_deserializer=slmops_dot_v1_dot_admin__pb2.DeviceRef.FromString,
+                    response_serializer=slmops_dot_v1_dot_admin__pb2.Device.SerializeToString,
             ),
             'QueryRollups': grpc.unary_unary_rpc_method_handler(
                     servicer.QueryRollups,
@@ -1029,6 +1113,141 @@ class Admin:
             '/slmops.v1.Admin/ListAudit',
             slmops_dot_v1_dot_admin__pb2.AuditQuery.SerializeToString,
             slmops_dot_v1_dot_admin__pb2.AuditList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/ListEnrollTokens',
+            slmops_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.EnrollTokenList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeEnrollToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/RevokeEnrollToken',
+            slmops_dot_v1_dot_admin__pb2.TokenRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.EnrollTokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/ListApiTokens',
+            slmops_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.ApiTokenList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/RevokeApiToken',
+            slmops_dot_v1_dot_admin__pb2.TokenRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.ApiTokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slmops.v1.Admin/DeleteDevice',
+            slmops_dot_v1_dot_admin__pb2.DeviceRef.SerializeToString,
+            slmops_dot_v1_dot_admin__pb2.Device.FromString,
             options,
             channel_credentials,
             insecure,
