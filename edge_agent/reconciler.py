@@ -3,68 +3,60 @@ the state machine in update_fsm.py. Every state is saved in SQLite before it act
 safe point. A failed update never touches the serving model; a model that misbehaves in probation is rolled
 back to the previous version (kept on disk). Every refusal is an event and a status report.
 
+A supervisor: whatever a state raises (the error tree, OSError, a bug) becomes an event and an edge of the
+table (`decisions.failure_kind`, `update_fsm.event_for`), with caps on retries, restarts of one update and steps,
+so a bad artifact costs one version and never the agent; the loops themselves catch and report anything else.
+Decisions are pure functions in decisions.py; installs on disk are installs.py; enrollment is enrollment.py.
+
 Threads: `watch` keeps the desired-state stream (and enrollment) alive and queues what arrives; `run` applies
 queued work and re-checks the last desired state every `resync_s` (so a failed update is retried after a
 cool-down and an interrupted one resumes).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import pathlib
-import platform
 import queue
 import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 
-from edge_agent import faults, installer, trust, update_fsm
-from edge_agent.config import AGENT_VERSION, AgentConfig
+from edge_agent import decisions, enrollment, faults, installer, trust, update_fsm
+from edge_agent.config import AgentConfig
 from edge_agent.control_client import Backoff, ControlClient, Refused
+from edge_agent.decisions import DiskFull, LocalIOError, ProbationFailed, SideloadRefused
 from edge_agent.engine import SamplingParams
+from edge_agent.enrollment import hardware_facts
 from edge_agent.fetcher import BlobCache
+from edge_agent.installs import Installs
 from edge_agent.runtime import Runtime
 from edge_agent.state import AgentState
 from edge_agent.verify import check_file
-from slmops.errors import ArtifactInvalid, ModelLoadError, SlmopsError, TransportError
+from slmops.errors import ArtifactInvalid, ModelLoadError, TransportError
 from slmops.manifest import FileEntry, Manifest, combine, sha256_file
-from slmops.v1 import common_pb2
 
 log = logging.getLogger("slmops.agent")
+UPDATE_SCHEMA = 1
 
-
-class DiskFull(SlmopsError):
-    """Not enough free disk for an update (checked before fetching)."""
-
-
-class ProbationFailed(SlmopsError):
-    pass
-
-
-FAILURE_KINDS = ((ArtifactInvalid, "verify_failed"), (ModelLoadError, "load_failed"), (DiskFull, "disk_full"),
-                 (ProbationFailed, "probation_failed"))
-
-
-def hardware_facts(data_dir) -> common_pb2.Hardware:
-    import onnxruntime
-    import psutil
-
-    providers = [p.replace("ExecutionProvider", "").lower() for p in onnxruntime.get_available_providers()]
-    return common_pb2.Hardware(hardware_class="gpu" if "cuda" in providers else "cpu",
-                               execution_providers=providers, ram_bytes=psutil.virtual_memory().total,
-                               disk_free_bytes=shutil.disk_usage(data_dir).free, arch=platform.machine())
+__all__ = ["DiskFull", "ProbationFailed", "Reconciler", "Update", "hardware_facts", "smoke_test"]
 
 
 def smoke_test(engine, manifest: Manifest) -> None:
     """Runs the manifest's golden prompts (or one short generation) on a freshly loaded engine."""
     prompts = manifest.golden_prompts or ({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4},)
     for i, gp in enumerate(prompts):
-        prompt = engine.chat.render(gp["messages"])
-        gen = engine.generate(prompt, SamplingParams(max_new_tokens=int(gp.get("max_tokens", 16))))
+        try:
+            prompt = engine.chat.render(gp["messages"])
+            max_tokens = int(gp.get("max_tokens", 16))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelLoadError(f"golden prompt {i} is malformed: {e}") from e
+        gen = engine.generate(prompt, SamplingParams(max_new_tokens=max_tokens))
         text = "".join(gen)
         want = gp.get("expect_contains")
-        if want and want.lower() not in text.lower():
+        if want and str(want).lower() not in text.lower():
             raise ModelLoadError(f"golden prompt {i} failed: expected {want!r} in {text[:120]!r}")
         if gen.completion_tokens == 0:
             raise ModelLoadError(f"golden prompt {i} produced no tokens")
@@ -83,13 +75,30 @@ class Update:
     base_manifest_sha256: str = ""   # an adapter-only bundle: the signed manifest of the base it needs
     base_manifest_size: int = 0
     load_attempts: int = 0
+    resumes: int = 0                 # restarts that found this update unfinished
+    retries: int = 0                 # transport failures in a row
     previous: dict | None = None     # {"name", "version"} serving before the switch
     error: str = ""
     started: float = field(default_factory=time.time)
+    schema: int = UPDATE_SCHEMA
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @classmethod
+    def from_saved(cls, saved) -> Update | None:
+        """The saved record, or None when it is not one this agent wrote (another schema, damaged)."""
+        if not isinstance(saved, dict) or saved.get("schema", UPDATE_SCHEMA) != UPDATE_SCHEMA:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            u = cls(**{k: v for k, v in saved.items() if k in names})
+        except TypeError:
+            return None
+        if not isinstance(u.name, str) or not isinstance(u.version, str) or u.state not in update_fsm.STATES:
+            return None
+        return u
 
 
 class Reconciler:
@@ -102,6 +111,7 @@ class Reconciler:
         self.client = client or ControlClient(cfg.control_plane)
         self.blobs = BlobCache(cfg.data_dir / "blobs", cfg.download_parallelism)
         self.models_dir = cfg.data_dir / "models"
+        self.installs = Installs(self.models_dir, self.blobs, self.trusted, engine_factory)
         self.stop = threading.Event()
         self.device_id = ""
         self.work: queue.Queue = queue.Queue()
@@ -133,79 +143,38 @@ class Reconciler:
         if not cur:
             return
         try:
-            engine, m = self.load_installed(cur["name"], cur["version"])
+            engine, m = self.installs.load(cur["name"], cur["version"])
             self.runtime.swap(engine, m)
             log.info("restored %s from disk", m.ref)
-        except (OSError, ArtifactInvalid, ModelLoadError, TypeError, ValueError) as e:
-            log.error("installed model %s@%s is damaged (%s); it will be fetched again", cur["name"],
-                      cur["version"], e)
-            self.state.record("event", "restore_failed", model=f"{cur['name']}@{cur['version']}",
-                              outcome="error", detail=str(e))
-            self.forget_install(cur["name"], cur["version"])
+        except Exception as e:   # noqa: BLE001 - whatever is wrong with it, it is fetched again
+            log.error("installed model %s@%s is damaged (%s: %s); it will be fetched again", cur.get("name"),
+                      cur.get("version"), type(e).__name__, e)
+            self.state.record("event", "restore_failed", model=f"{cur.get('name')}@{cur.get('version')}",
+                              outcome="error", detail=f"{type(e).__name__}: {e}")
+            self.installs.forget(str(cur.get("name")), str(cur.get("version")))
             self.state.put("current", None)
 
-    def load_installed(self, name: str, version: str):
-        path = self.models_dir / name / version
-        m = self.installed_manifest(path, check_trust=True)
-        for f in m.files:
-            check_file(f, sha256_file(path / f.path), (path / f.path).stat().st_size)
-        return self.engine_factory(path, m), m
-
-    def installed_manifest(self, path: pathlib.Path, check_trust: bool = False) -> Manifest:
-        """The manifest of an install folder; an adapter-only version is combined with base.json, its base's
-        signed manifest. With check_trust, both must be what the last trusted targets metadata named."""
-        raw = (path / "manifest.json").read_bytes()
-        m = Manifest.from_json(raw)
-        if check_trust:
-            trust.installed_is_trusted(self.trusted(), m.name, m.version, raw)
-        if not m.base:
-            return m
-        base_raw = (path / "base.json").read_bytes()
-        if check_trust:
-            trust.installed_is_trusted(self.trusted(), m.base["name"], m.base["version"], base_raw)
-        return combine(Manifest.from_json(base_raw), m)
-
-    def forget_install(self, name: str, version: str) -> None:
-        path = self.models_dir / name / version
-        try:
-            m = self.installed_manifest(path)
-            for f in m.files:  # installed files are hard links to blobs: a corrupt one is corrupt in both
-                self.blobs.path(f.sha256).unlink(missing_ok=True)
-        except (OSError, ArtifactInvalid):
-            pass
-        shutil.rmtree(path, ignore_errors=True)
-
     def load_identity(self) -> bool:
-        ident = self.state.get("identity")
-        if ident:
-            self.device_id, self.client.token = ident["device_id"], ident["token"]
-        return bool(ident)
+        self.device_id = enrollment.load_identity(self.state, self.client)
+        return bool(self.device_id)
 
     def enroll(self) -> None:
-        if self.load_identity():
-            return
-        if not self.cfg.enroll_token:
-            raise Refused(__import__("grpc").StatusCode.UNAUTHENTICATED,
-                          "this agent is not enrolled yet: pass --enroll-token")
-        backoff = Backoff(self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
-        name = self.cfg.device_name or platform.node()
-        while not self.stop.is_set():
-            try:
-                resp = self.client.enroll(self.cfg.enroll_token, name, hardware_facts(self.cfg.data_dir),
-                                          AGENT_VERSION)
-                break
-            except TransportError as e:
-                delay = backoff.next()
-                log.warning("control plane %s not reachable (%s); retrying enrollment in %.1f s",
-                            self.cfg.control_plane, e, delay)
-                self.stop.wait(delay)
-        else:
-            return
-        if self.state.get("trust") is None:
-            self.save_trusted(trust.Trusted(root=resp.trusted_root))
-        self.state.put("identity", {"device_id": resp.device_id, "token": resp.device_token, "name": name})
-        self.device_id, self.client.token = resp.device_id, resp.device_token
-        log.info("enrolled as %s", resp.device_id)
+        self.device_id = enrollment.enroll(self.cfg, self.state, self.client, self.stop, self.save_trusted)
+
+    # ---- supervision ------------------------------------------------------------------------------
+    def guarded(self, what: str, fn, *args) -> bool:
+        """Runs one step of a loop; anything it raises is logged in one line and recorded as an event, never
+        the end of the thread. True when it ran through."""
+        try:
+            fn(*args)
+            return True
+        except (TransportError, Refused):
+            raise
+        except Exception as e:   # noqa: BLE001 - the supervisor: an error here must not end the agent's loop
+            log.error("%s failed: %s: %s", what, type(e).__name__, e)
+            log.debug("%s failed", what, exc_info=True)
+            self.state.record("event", "agent_error", outcome="error", detail=f"{what}: {type(e).__name__}: {e}")
+            return False
 
     # ---- threads ----------------------------------------------------------------------------------
     def watch(self) -> None:
@@ -229,19 +198,24 @@ class Reconciler:
                     self.work.put(("desired", desired.model.name, desired.model.version, desired.revision))
                     if self.stop.is_set():
                         return
-            except (TransportError, Refused) as e:
+            except Exception as e:   # noqa: BLE001 - transport or anything else: reconnect after a pause
                 if self.stop.is_set():
                     return
                 delay = backoff.next()
-                log.warning("control plane %s: %s; reconnecting in %.1f s", self.cfg.control_plane, e, delay)
+                level = logging.WARNING if isinstance(e, (TransportError, Refused)) else logging.ERROR
+                log.log(level, "control plane %s: %s: %s; reconnecting in %.1f s", self.cfg.control_plane,
+                        type(e).__name__, e, delay)
                 self.stop.wait(delay)
 
     def run(self) -> None:
-        self.restore()
-        self.load_identity()   # before the watch thread starts: a resumed update needs the device token
+        self.guarded("restoring the installed model", self.restore)
+        self.guarded("loading the device identity", self.load_identity)  # a resumed update needs the token
         threading.Thread(target=self.watch, name="watch", daemon=True).start()
+        saved = self.state.get("desired")
+        if isinstance(saved, list) and len(saved) == 3:
+            self.desired = tuple(saved)
         try:
-            self.resume_saved()
+            self.guarded("resuming the saved update", self.resume_saved)
         except (TransportError, Refused) as e:   # the desired state from the watch stream restarts it
             log.warning("could not resume the interrupted update yet (%s); it restarts when the control plane "
                         "answers", e)
@@ -255,16 +229,23 @@ class Reconciler:
                 continue
             try:
                 if item[0] == "desired":
-                    self.desired = item[1:]
-                    self.apply(*item[1:])
-                elif item[0] == "sideload":
-                    self.apply_sideload(item[1])
-                backoff.reset()
+                    if self.desired != tuple(item[1:]):
+                        self.desired = tuple(item[1:])
+                        self.guarded("saving the desired state", self.state.put, "desired", list(self.desired))
+                    ok = self.guarded(f"applying {item[1]}@{item[2]}", self.apply, *item[1:])
+                else:
+                    ok = self.guarded(f"sideloading {getattr(item[1], 'name', item[1])}", self.apply_sideload,
+                                      item[1])
+                if ok:
+                    backoff.reset()
+                else:
+                    self.stop.wait(backoff.next())
             except (TransportError, Refused) as e:
                 delay = backoff.next()
                 log.warning("update paused (%s); retrying in %.1f s", e, delay)
                 self.stop.wait(delay)
 
+    # ---- reporting --------------------------------------------------------------------------------
     def _serving_ref(self) -> tuple[str, str]:
         slot = self.runtime.slot
         return (slot.manifest.name, slot.manifest.version) if slot else ("", "")
@@ -274,9 +255,9 @@ class Reconciler:
         if not self.device_id:
             return
         try:
-            self.client.report(self.device_id, *self._serving_ref(), state, message)
-        except (TransportError, Refused) as e:
-            log.info("status report skipped (%s)", e)
+            self.client.report(self.device_id, *self._serving_ref(), state, message[:2000])
+        except Exception as e:   # noqa: BLE001 - a report is never worth an update
+            log.info("status report skipped (%s: %s)", type(e).__name__, e)
 
     def event(self, name: str, u: Update, outcome: str = "ok", detail: str = "", latency_ms: float = 0.0,
               values: dict | None = None):
@@ -286,39 +267,52 @@ class Reconciler:
     # ---- deciding ---------------------------------------------------------------------------------
     def resume_saved(self) -> None:
         saved = self.state.get("update")
-        if not saved or saved["state"] in update_fsm.TERMINAL:
+        if not saved:
             return
-        u = Update(**saved)
+        u = Update.from_saved(saved)
+        if u is None:
+            log.error("the saved update record is not readable (%.200s); it is dropped", saved)
+            self.state.record("event", "agent_error", outcome="error", detail="unreadable saved update dropped")
+            self.state.put("update", None)
+            return
         point = update_fsm.resume_point(u.state)
+        if point is None:
+            return
         if u.state == "switching":
             cur = self.state.get("current") or {}
             point = "probation" if (cur.get("name"), cur.get("version")) == (u.name, u.version) else "loading"
+        u.resumes += 1
+        if update_fsm.resumed_too_often(u.resumes):
+            why = f"the agent stopped {u.resumes} times during this update (last in {u.state})"
+            bad = self.state.get("bad", {})
+            bad[u.ref] = why
+            self.state.put("bad", bad)
+            log.error("update %s given up: %s", u.ref, why)
+            self.event("update_abandoned", u, outcome="error", detail=why)
+            u.error, u.state = why, "failed"
+            self.save(u)
+            self.report("error", f"{u.ref} given up: {why}; it will not be retried automatically")
+            return
         log.info("resuming update %s from %s (was in %s when the agent stopped)", u.ref, point, u.state)
         self.event("update_resumed", u, detail=f"saved in {u.state}, resuming at {point}")
         u.state = point
         self.drive(u)
 
     def apply(self, name: str, version: str, revision: int) -> None:
-        if not name:
-            self.report("idle" if self.runtime.slot is None else "serving")
-            return
-        if self._serving_ref() == (name, version):
-            saved = self.state.get("update")
-            if not saved or saved["state"] in update_fsm.TERMINAL:
-                self.report("serving")
-                return
-        ref = f"{name}@{version}"
-        bad = self.state.get("bad", {})
-        if ref in bad:
-            self.report("error", f"{ref} is marked bad ({bad[ref]}); assign another version")
-            return
-        failed = self.state.get("failed", {}).get(ref)
-        if failed and failed["revision"] == revision and time.time() - failed["at"] < self.cfg.failed_retry_s:
-            return  # refused recently for this very assignment; wait for a new one or the cool-down
         saved = self.state.get("update")
-        if saved and saved["state"] not in update_fsm.TERMINAL and (saved["name"], saved["version"]) == (name, version):
-            u = Update(**saved)   # continue where it stopped
-        else:
+        action, why = decisions.desired_action(name, version, revision, self._serving_ref(),
+                                               saved if isinstance(saved, dict) else None, self.state.get("bad", {}),
+                                               self.state.get("failed", {}), time.time(), self.cfg.failed_retry_s)
+        if action == "report":
+            self.report(why)
+            return
+        if action == "refuse":
+            self.report("error", why)
+            return
+        if action == "wait":
+            return   # refused recently for this very assignment; wait for a new one or the cool-down
+        u = Update.from_saved(saved) if action == "continue" else None
+        if u is None:
             u = Update(name, version, revision)
             u.state = update_fsm.next_state("idle", "start")
         self.drive(u)
@@ -333,14 +327,27 @@ class Reconciler:
                     "verifying": self.s_verify, "installing": self.s_install, "loading": self.s_load,
                     "smoke_test": self.s_smoke, "switching": self.s_switch, "probation": self.s_probation,
                     "rolling_back": self.s_roll_back}
+        steps = 0
         while u.state not in update_fsm.TERMINAL:
+            steps += 1
+            if steps > update_fsm.MAX_STEPS:   # a loop cap: only a broken table gets here
+                u.error, u.state = f"more than {update_fsm.MAX_STEPS} steps", "failed"
+                self.event("internal_error", u, outcome="error", detail=u.error)
+                break
             self.save(u)                      # saved before acting: a kill here resumes from this state
             faults.maybe_pause(u.state, u.version)
             try:
                 handlers[u.state](u)
                 event = "ok"
-            except (ArtifactInvalid, ModelLoadError, DiskFull, ProbationFailed) as e:
-                event = "fail"
+                u.retries = 0
+            except Exception as e:   # noqa: BLE001 - every error of a state is an edge of the table
+                if isinstance(e, OSError):
+                    e = LocalIOError(f"{type(e).__name__}: {e}")
+                event = update_fsm.event_for(u.state, isinstance(e, (TransportError, Refused)), u.retries)
+                if event == "retry":
+                    u.retries += 1
+                    self.save(u)
+                    raise   # the run loop backs off; the next desired state continues from this saved state
                 u.error = f"{u.state}: {e}"
                 self.on_failure(u, e)
             u.state = update_fsm.next_state(u.state, event)
@@ -351,27 +358,36 @@ class Reconciler:
             self.report("serving")
 
     def on_failure(self, u: Update, e: Exception) -> None:
-        kind = next(k for cls, k in FAILURE_KINDS if isinstance(e, cls))
-        log.error("update %s failed in %s: %s", u.ref, u.state, e)
-        self.event(kind, u, outcome="error", detail=str(e))
+        kind = decisions.failure_kind(e)
+        if u.state == "rolling_back":
+            kind = "rollback_failed"
+        if kind == "internal_error":
+            log.error("update %s failed in %s: %s: %s", u.ref, u.state, type(e).__name__, e)
+            log.debug("update %s failed", u.ref, exc_info=True)
+        else:
+            log.error("update %s failed in %s: %s", u.ref, u.state, e)
+        detail = str(e) if kind != "internal_error" else f"{type(e).__name__}: {e}"
+        self.event(kind, u, outcome="error", detail=detail)
         if self._engine is not None and u.state in ("loading", "smoke_test"):
             close = getattr(self._engine, "close", None)
-            if close:
-                close()
             self._engine = None
+            if close:
+                self.guarded("closing the refused model", close)
         if self.runtime.slot is None and u.state in ("loading", "smoke_test"):
             self.reload_previous(u)   # drain-then-load had unloaded the old model: bring it back
+        self.runtime.resume()
         failed = self.state.get("failed", {})
-        failed[u.ref] = {"revision": u.revision, "at": time.time(), "why": str(e)}
+        failed[u.ref] = {"revision": u.revision, "at": time.time(), "why": str(e)[:500]}
         self.state.put("failed", failed)
         if kind != "probation_failed":
-            self.report("error", f"{kind} for {u.ref}: {e}")
+            self.report("error", f"{kind} for {u.ref}: {detail}")
 
     # ---- states -----------------------------------------------------------------------------------
     def s_fetch_metadata(self, u: Update) -> None:
         self.report("fetching", u.ref)
         if u.source:
             m, raw = self.verified_manifest_from_bundle(pathlib.Path(u.source), u.name, u.version)
+            self.check_sideload(m)
         else:
             m, raw = self.verified_manifest(u.name, u.version)
         u.manifest_sha256, u.manifest_size = trust.sha256_bytes(raw), len(raw)
@@ -381,12 +397,21 @@ class Reconciler:
             u.base_manifest_sha256, u.base_manifest_size = trust.sha256_bytes(base_raw), len(base_raw)
             m = combine(base, m)
         self._manifest, self._manifest_bytes, self._base_bytes = m, raw, base_raw
-        todo = [f.size for f in m.files if not self.blobs.has_verified(f)]
-        missing = sum(todo) + max(todo, default=0)   # the largest file's chunks sit beside it while it assembles
-        free = shutil.disk_usage(self.cfg.data_dir).free
-        if free - missing < self.cfg.min_free_disk_bytes:
-            raise DiskFull(f"{u.ref} needs {missing / 1e6:.1f} MB; {free / 1e6:.1f} MB free and "
-                           f"{self.cfg.min_free_disk_bytes / 1e6:.1f} MB must stay free")
+        needed = decisions.disk_needed([f.size for f in m.files if not self.blobs.has_verified(f)])
+        why = decisions.disk_verdict(u.ref, needed, shutil.disk_usage(self.cfg.data_dir).free,
+                                     self.cfg.min_free_disk_bytes)
+        if why:
+            raise DiskFull(why)
+
+    def check_sideload(self, m: Manifest) -> None:
+        """The sideload rule (decisions.sideload_verdict) on the verified manifest of a bundle."""
+        slot = self.runtime.slot
+        serving = (slot.manifest.name, slot.manifest.version, int(slot.manifest.created_unix_ms)) if slot else None
+        desired = (self.desired[0], self.desired[1]) if self.desired and self.desired[0] else None
+        why = decisions.sideload_verdict(m.name, m.version, int(m.created_unix_ms), desired, serving,
+                                         self.state.get("bad", {}))
+        if why:
+            raise SideloadRefused(f"sideload refused: {why}")
 
     def base_manifest(self, m: Manifest, u: Update) -> tuple[Manifest, bytes]:
         """The signed manifest of the base an adapter-only bundle names: from its install when the device has
@@ -426,21 +451,11 @@ class Reconciler:
         t0 = time.monotonic()
         fetch = self.bundle_range(pathlib.Path(u.source)) if u.source else self.client.download
         stats = self.blobs.fetch_all(m.files, fetch, self.cfg.min_download_rate_bps,
-                                     local=self.blobs.local_index(self.installed_manifests()))
+                                     local=self.blobs.local_index(self.installs.manifests()))
         log.info("fetched %s: %s", u.ref, stats.describe())
         self.event("download", u, latency_ms=(time.monotonic() - t0) * 1000,
                    detail=f"{m.total_bytes} bytes: {stats.describe()}",
                    values={k: float(v) for k, v in vars(stats).items()})
-
-    def installed_manifests(self) -> list[Manifest]:
-        """Manifests of the versions installed on disk (their files are the local source of shared chunks)."""
-        out = []
-        for p in self.models_dir.glob("*/*/manifest.json"):
-            try:
-                out.append(self.installed_manifest(p.parent))
-            except (OSError, ArtifactInvalid):
-                pass
-        return out
 
     def s_verify(self, u: Update) -> None:
         for f in self.manifest_of(u).files:
@@ -468,7 +483,7 @@ class Reconciler:
         m = self.manifest_of(u)
         need = int(m.total_bytes * self.cfg.load_memory_factor)
         avail = psutil.virtual_memory().available - self.cfg.min_free_memory_bytes
-        if self.runtime.slot is not None and need > avail:
+        if decisions.drain_first(self.runtime.slot is not None, need, avail):
             log.warning("%s needs ~%.0f MB, %.0f MB available: pausing requests to swap in place", u.ref,
                         need / 1e6, avail / 1e6)
             t0 = time.monotonic()
@@ -507,22 +522,18 @@ class Reconciler:
         while time.monotonic() < deadline and not self.stop.is_set():
             slot = self.runtime.slot
             if slot is not None and slot.manifest.ref == u.ref:
-                if slot.requests >= self.cfg.probation_min_requests and \
-                        slot.error_ratio() > self.cfg.probation_max_error_ratio:
-                    raise ProbationFailed(f"{slot.errors} of {slot.requests} requests failed "
-                                          f"(limit {self.cfg.probation_max_error_ratio:.0%})")
-                lat = sorted(slot.latencies_ms)
-                if self.cfg.probation_max_p95_ms and len(lat) >= self.cfg.probation_min_requests:
-                    p95 = lat[max(0, int(len(lat) * 0.95) - 1)]
-                    if p95 > self.cfg.probation_max_p95_ms:
-                        raise ProbationFailed(f"p95 latency {p95:.0f} ms over {self.cfg.probation_max_p95_ms} ms")
+                why = decisions.probation_verdict(slot.requests, slot.errors, list(slot.latencies_ms),
+                                                  self.cfg.probation_min_requests,
+                                                  self.cfg.probation_max_error_ratio, self.cfg.probation_max_p95_ms)
+                if why:
+                    raise ProbationFailed(why)
             time.sleep(0.2)
 
     def s_roll_back(self, u: Update) -> None:
         prev = u.previous
         if not prev:
             raise ProbationFailed("no previous version on disk to roll back to")  # stays on the new one
-        engine, m = self.load_installed(prev["name"], prev["version"])
+        engine, m = self.installs.load(prev["name"], prev["version"])
         self.runtime.swap(engine, m)
         self.state.put("current", prev)
         self.event("rollback", u, outcome="error", detail=f"back to {m.ref}: {u.error}")
@@ -533,11 +544,11 @@ class Reconciler:
         cur = self.state.get("current")
         if cur:
             try:
-                engine, m = self.load_installed(cur["name"], cur["version"])
+                engine, m = self.installs.load(cur["name"], cur["version"])
                 self.runtime.swap(engine, m)
-            except (OSError, ArtifactInvalid, ModelLoadError) as e:
-                log.error("could not reload %s@%s after a failed in-place swap: %s", cur["name"],
-                          cur["version"], e)
+            except Exception as e:   # noqa: BLE001 - reported; the agent keeps running without a model
+                log.error("could not reload %s@%s after a failed in-place swap: %s: %s", cur.get("name"),
+                          cur.get("version"), type(e).__name__, e)
         self.runtime.resume()
 
     # ---- verification sources ---------------------------------------------------------------------
@@ -583,31 +594,20 @@ class Reconciler:
             log.error("sideloaded %s refused: %s", tar_path.name, e)
             self.state.record("event", "verify_failed", outcome="error", detail=f"sideload {tar_path.name}: {e}")
             return
-        u = Update(name, version, revision=-1, source=str(folder))
-        u.state = update_fsm.next_state("idle", "start")
-        log.info("sideloading %s from %s", u.ref, tar_path.name)
-        self.drive(u)
-        self.event("sideload", u, outcome="ok" if u.state == "committed" else "error", detail=tar_path.name)
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            u = Update(name, version, revision=-1, source=str(folder))
+            u.state = update_fsm.next_state("idle", "start")
+            log.info("sideloading %s from %s", u.ref, tar_path.name)
+            self.drive(u)
+            self.event("sideload", u, outcome="ok" if u.state == "committed" else "error",
+                       detail=f"{tar_path.name}: {u.state}" + (f": {u.error}" if u.error else ""))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # ---- disk -------------------------------------------------------------------------------------
+    def installed_manifests(self) -> list[Manifest]:
+        return self.installs.manifests()
+
     def collect_garbage(self) -> None:
         """Keep the current and previous versions (and their blobs); remove every other install and blob."""
-        keep = [v for v in (self.state.get("current"), self.state.get("previous")) if v]
-        keep_dirs = {self.models_dir / k["name"] / k["version"] for k in keep}
-        keep_blobs = set()
-        for d in keep_dirs:
-            try:
-                m = self.installed_manifest(d)
-                keep_blobs |= {f.sha256 for f in m.files}
-                keep_blobs |= {trust.sha256_bytes((d / n).read_bytes()) for n in ("manifest.json", "base.json")
-                               if (d / n).exists()}
-            except (OSError, ArtifactInvalid):
-                pass
-        for d in self.models_dir.glob("*/*"):
-            if d.is_dir() and d not in keep_dirs and not d.name.startswith(".staging"):
-                shutil.rmtree(d, ignore_errors=True)
-        for b in self.blobs.root.iterdir():
-            if b.is_file() and b.suffix != ".part" and b.name not in keep_blobs:
-                b.unlink(missing_ok=True)
-        self.blobs.clear_chunks()   # chunks left by an update that did not finish
+        self.installs.collect_garbage([v for v in (self.state.get("current"), self.state.get("previous")) if v])

@@ -4,14 +4,22 @@ RESUME to find a safe point. Pure: no I/O here.
 
     idle -> fetching_metadata -> fetching_chunks -> verifying -> installing -> loading -> smoke_test
          -> switching -> probation -> committed
-    any state before switching --fail--> failed        (the serving model was never touched)
-    probation --fail--> rolling_back -> rolled_back    (the previous version serves again)
+    any state before probation --fail--> failed         (the serving model was never touched)
+    fetching_* --retry--> the same state                 (control plane away; capped by MAX_RETRIES)
+    probation --fail--> rolling_back -> rolled_back      (the previous version serves again)
+    rolling_back --fail--> rollback_failed               (the previous version could not be loaded: the new
+                                                          one keeps serving, reported)
+
+Events: "ok", "fail", "retry". The table is closed: every non-terminal state has an edge for "ok" and "fail",
+so whatever a state raises ends in a state of this table (tests/test_update_fsm.py walks it).
 """
 from __future__ import annotations
 
 STATES = ("idle", "fetching_metadata", "fetching_chunks", "verifying", "installing", "loading", "smoke_test",
-          "switching", "probation", "committed", "failed", "rolling_back", "rolled_back")
-TERMINAL = ("idle", "committed", "failed", "rolled_back")
+          "switching", "probation", "committed", "failed", "rolling_back", "rolled_back", "rollback_failed")
+TERMINAL = ("idle", "committed", "failed", "rolled_back", "rollback_failed")
+EVENTS = ("ok", "fail", "retry")
+RETRYABLE = ("fetching_metadata", "fetching_chunks")   # the states that talk to the control plane
 
 TRANSITIONS: dict[tuple[str, str], str] = {
     ("idle", "start"): "fetching_metadata",
@@ -25,8 +33,10 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     ("probation", "ok"): "committed",
     ("probation", "fail"): "rolling_back",
     ("rolling_back", "ok"): "rolled_back",
+    ("rolling_back", "fail"): "rollback_failed",
     **{(s, "fail"): "failed" for s in ("fetching_metadata", "fetching_chunks", "verifying", "installing",
                                         "loading", "smoke_test", "switching")},
+    **{(s, "retry"): s for s in RETRYABLE},
 }
 
 # Where to continue after a restart found the update saved in this state.
@@ -43,6 +53,9 @@ RESUME: dict[str, str] = {
 }
 
 MAX_LOAD_ATTEMPTS = 2   # loads that ended in a crash before a version is marked bad for good
+MAX_RESUMES = 3         # restarts of one update (the agent died in it each time) before it is given up
+MAX_RETRIES = 8         # transport failures of one update in a row before it fails (and cools down)
+MAX_STEPS = 4 * len(STATES)   # transitions in one drive: a loop cap, should a table edit ever make a cycle
 
 
 def next_state(state: str, event: str) -> str:
@@ -52,10 +65,22 @@ def next_state(state: str, event: str) -> str:
         raise ValueError(f"no transition from {state!r} on {event!r}") from None
 
 
+def event_for(state: str, retryable_error: bool, retries: int) -> str:
+    """The event a state's exception becomes: "retry" for a transport failure in a state that may retry,
+    until MAX_RETRIES; else "fail"."""
+    if retryable_error and state in RETRYABLE and retries < MAX_RETRIES:
+        return "retry"
+    return "fail"
+
+
 def resume_point(saved_state: str) -> str | None:
-    """None when the saved state needs no work (terminal)."""
+    """None when the saved state needs no work (terminal) or is unknown (a newer or damaged record)."""
     return RESUME.get(saved_state)
 
 
 def crash_looping(load_attempts: int) -> bool:
     return load_attempts >= MAX_LOAD_ATTEMPTS
+
+
+def resumed_too_often(resumes: int) -> bool:
+    return resumes > MAX_RESUMES
