@@ -1,4 +1,9 @@
-"""Typed agent configuration, validated at construction. Environment variables are read only here."""
+"""Typed agent configuration, validated at construction. Environment variables are read only here:
+
+    SLMOPS_API_KEYS        comma-separated API keys the local HTTP/gRPC APIs require (needed beyond loopback)
+    SLMOPS_ENROLL_TOKEN    the enrollment token, when neither enroll_token nor enroll_token_file is given
+                           (keeps it out of `ps`; so does enroll_token_file)
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -34,7 +39,8 @@ class AgentConfig:
     data_dir: pathlib.Path
     http: str = "127.0.0.1:8080"
     grpc: str = ""                       # HOST:PORT of the gRPC inference API; "" = off
-    enroll_token: str = ""
+    enroll_token: str = ""               # visible in `ps` when passed as a flag: prefer the file or the env var
+    enroll_token_file: pathlib.Path | None = None  # a file holding the enrollment token (read when enrolling)
     device_name: str = ""
     api_keys: tuple[str, ...] = ()       # SLMOPS_API_KEYS (comma separated); required beyond loopback
     max_concurrent: int = 2              # generations running at once
@@ -68,9 +74,15 @@ class AgentConfig:
     capture_rate: float = 0.0            # share of requests captured (prompt + answer, redacted); 0 = off
     capture_redactor: str = ""           # "module:function" str -> str; "" = edge_agent.capture.redact_default
     execution_providers: tuple[str, ...] = ("cpu",)  # preference order; the first that loads the model serves
+    http_max_connections: int = 256      # open HTTP connections; more are closed at once (below the fd limit)
+    http_header_timeout_s: float = 10.0  # a connection without a whole request head by then is closed
 
     def __post_init__(self) -> None:
         _host_port(self.control_plane, "--control-plane")
+        if self.enroll_token and self.enroll_token_file:
+            raise ConfigError("give the enrollment token once: enroll_token or enroll_token_file, not both")
+        if self.enroll_token_file is not None and not pathlib.Path(self.enroll_token_file).is_file():
+            raise ConfigError(f"enroll_token_file {self.enroll_token_file} is not a file")
         host, _ = _host_port(self.http, "--http")
         if self.grpc and not is_loopback(_host_port(self.grpc, "--grpc")[0]) and not self.api_keys:
             raise ConfigError(f"--grpc {self.grpc} binds beyond loopback: set SLMOPS_API_KEYS so apps must "
@@ -78,7 +90,10 @@ class AgentConfig:
         if not is_loopback(host) and not self.api_keys:
             raise ConfigError(f"--http {self.http} binds beyond loopback: set SLMOPS_API_KEYS so apps must "
                               "present a key")
-        for name in ("max_concurrent", "max_queue", "max_prompt_tokens", "max_new_tokens", "telemetry_batch"):
+        if self.http_header_timeout_s <= 0:
+            raise ConfigError("http_header_timeout_s must be > 0")
+        for name in ("max_concurrent", "max_queue", "max_prompt_tokens", "max_new_tokens", "telemetry_batch",
+                     "http_max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.sample_interval_s < 0 or self.golden_interval_s < 0:
@@ -109,6 +124,16 @@ class AgentConfig:
         if self.ca_cert is not None and not pathlib.Path(self.ca_cert).is_file():
             raise ConfigError(f"--ca-cert {self.ca_cert} is not a file")
 
+    def enrollment_token(self) -> str:
+        """The enrollment token: given directly, or the first line of enroll_token_file ("" when neither)."""
+        if self.enroll_token_file is None:
+            return self.enroll_token
+        try:
+            lines = pathlib.Path(self.enroll_token_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"enroll_token_file {self.enroll_token_file} cannot be read: {e}") from e
+        return lines[0].strip() if lines else ""
+
     @property
     def pinned_ca(self) -> pathlib.Path:
         return pathlib.Path(self.data_dir) / "identity" / "ca.pem"
@@ -125,4 +150,6 @@ class AgentConfig:
     @classmethod
     def from_env(cls, **kwargs) -> "AgentConfig":
         keys = tuple(k for k in os.environ.get("SLMOPS_API_KEYS", "").split(",") if k.strip())
+        if not kwargs.get("enroll_token") and not kwargs.get("enroll_token_file"):
+            kwargs["enroll_token"] = os.environ.get("SLMOPS_ENROLL_TOKEN", "").strip()
         return cls(api_keys=keys, **kwargs)

@@ -1,6 +1,7 @@
 """The device's identity on the wire: an Ed25519 key pair made on the device at first start
 (DATA_DIR/identity/device-key.pem, owner-only), whose public half is sent at enrollment; every later call
-carries a signature over a timestamp and the device token (checked by control_plane/auth.py). The channel
+carries a signature bound to that call: the method, the sha256 of the request body, a timestamp, a fresh nonce
+and the device token (checked by control_plane/auth.py, which refuses a nonce it has seen). The channel
 is TLS pinned to the control plane's CA (copied to DATA_DIR/identity/ca.pem at first start and never
 silently replaced); plaintext only for --insecure-loopback-dev.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
+import secrets
 import pathlib
 import time
 from collections.abc import Callable
@@ -19,18 +21,33 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from slmops.errors import ConfigError
 
-SIG_HEADER, TS_HEADER = "x-slmops-device-sig", "x-slmops-device-ts"
+SIG_HEADER, TS_HEADER, NONCE_HEADER = "x-slmops-device-sig", "x-slmops-device-ts", "x-slmops-device-nonce"
+SIG_VERSION = "slmops-device-v2"
 
 
-def signed_payload(ts_ms: int, token: str) -> bytes:
+def body_sha256(request) -> str:
+    """Must match control_plane/auth.py body_sha256."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
+def signed_payload(method: str, ts_ms: int, nonce: str, token: str, body_sha: str) -> bytes:
     """Must match control_plane/auth.py signed_payload."""
-    return f"slmops-device-v1\n{ts_ms}\n{hashlib.sha256(token.encode()).hexdigest()}".encode()
+    return "\n".join((SIG_VERSION, method, str(ts_ms), nonce, hashlib.sha256(token.encode()).hexdigest(),
+                      body_sha)).encode()
+
+
+def sign_call(key: Ed25519PrivateKey, token: str, method: str, request) -> list[tuple[str, str]]:
+    """The metadata that proves this call comes from the device's key: one nonce per call."""
+    ts, nonce = int(time.time() * 1000), secrets.token_hex(16)
+    sig = key.sign(signed_payload(method, ts, nonce, token, body_sha256(request)))
+    return [(TS_HEADER, str(ts)), (NONCE_HEADER, nonce), (SIG_HEADER, sig.hex())]
 
 
 def _write_private(path: pathlib.Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)   # a leftover .tmp keeps its old mode through O_CREAT
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
@@ -76,31 +93,27 @@ class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadat
     pass
 
 
-class DeviceSigner(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                   grpc.StreamUnaryClientInterceptor):
-    """Adds the device signature to every call once the device has a token."""
+class DeviceSigner(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Signs every call (method + request body + timestamp + nonce) once the device has a token. Every device
+    RPC takes a single request message, so there is always a body to bind."""
 
     def __init__(self, key: Ed25519PrivateKey, token: Callable[[], str]):
         self.key, self.token = key, token
 
-    def _sign(self, d):
+    def _sign(self, d, request):
         token = self.token()
         if not token:
             return d
-        ts = int(time.time() * 1000)
-        md = list(d.metadata or ()) + [(TS_HEADER, str(ts)),
-                                       (SIG_HEADER, self.key.sign(signed_payload(ts, token)).hex())]
+        method = d.method.decode() if isinstance(d.method, bytes) else d.method
+        md = list(d.metadata or ()) + sign_call(self.key, token, method, request)
         return _Details(d.method, d.timeout, md, d.credentials, getattr(d, "wait_for_ready", None),
                         getattr(d, "compression", None))
 
     def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._sign(details), request)
+        return continuation(self._sign(details, request), request)
 
     def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._sign(details), request)
-
-    def intercept_stream_unary(self, continuation, details, request_iterator):
-        return continuation(self._sign(details), request_iterator)
+        return continuation(self._sign(details, request), request)
 
 
 def open_channel(address: str, ca_pem: bytes | None, signer: DeviceSigner, options=()) -> grpc.Channel:

@@ -4,6 +4,7 @@ the telemetry outbox. One writer lock; WAL so the HTTP threads and the uploader 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import threading
 import time
@@ -11,6 +12,15 @@ import time
 import sqlite_utils
 
 from slmops.sqlite_conn import ThreadLocalDB
+
+
+def private_file(path: pathlib.Path) -> None:
+    """Creates `path` owner-only (0600) if missing, and makes an existing one owner-only."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 class AgentState:
@@ -21,7 +31,11 @@ class AgentState:
     def __init__(self, path: pathlib.Path, max_outbox_rows: int = 100_000):
         path = pathlib.Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)   # the device token and trusted metadata live here: owner-only, before SQLite opens it
         self._dbs = ThreadLocalDB(path)
+        for sidecar in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if sidecar.exists():   # SQLite copies the database's mode; older installs were 0644
+                os.chmod(sidecar, 0o600)
         self.lock = threading.RLock()
         self.max_outbox_rows = max_outbox_rows
         self.observers: list = []   # called with each recorded event dict (edge_agent/metrics.py counts them)
