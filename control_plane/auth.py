@@ -4,13 +4,18 @@ Admins: bearer API tokens with a role (viewer < operator < admin); METHOD_ROLES 
 Admin RPC needs (an RPC not listed needs admin). AuditInterceptor checks it before any Admin handler runs
 and writes one audit row per Admin call (who, what, when, result), refusals included.
 
-Devices: a bearer device token, plus (for devices that enrolled with a key pair made on the device) an
-Ed25519 signature over a timestamp and the token, checked against the public key recorded at enrollment.
-A device may act only as itself. Refused device calls and every enrollment are audited too.
+Devices: a bearer device token plus an Ed25519 signature, made with the key pair the device made and sent at
+enrollment, over the request itself: the method, the sha256 of the request body, a timestamp and a nonce
+(`signed_payload`). The interceptor checks it before the handler runs (DeviceAuth); a nonce seen before within
+the timestamp window is a replay (ReplayCache). Devices that enrolled without a key are refused unless the
+control plane was started with key-less enrollment allowed. A device may act only as itself. Refused device
+calls and every enrollment are audited too.
 """
 from __future__ import annotations
 
 import hashlib
+import heapq
+import threading
 import time
 
 import grpc
@@ -33,8 +38,12 @@ METHOD_ROLES = {**{m: "viewer" for m in VIEWER_RPCS}, **{m: "operator" for m in 
 ADMIN_SERVICE = "/slmops.v1.Admin/"
 DEVICE_SERVICES = ("/slmops.v1.Fleet/", "/slmops.v1.Artifacts/", "/slmops.v1.Telemetry/")
 REFUSALS = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
-SIG_HEADER, TS_HEADER = "x-slmops-device-sig", "x-slmops-device-ts"
+SIG_HEADER, TS_HEADER, NONCE_HEADER = "x-slmops-device-sig", "x-slmops-device-ts", "x-slmops-device-nonce"
+SIG_VERSION = "slmops-device-v2"
 MAX_SIG_SKEW_MS = 5 * 60 * 1000
+NONCE_HEX = 32                       # 16 random bytes
+MAX_NONCES_PER_DEVICE = 50_000       # signed calls one device may make within one window (5 min)
+ENROLL = "/slmops.v1.Fleet/Enroll"
 
 
 def role_at_least(role: str, needed: str) -> bool:
@@ -56,36 +65,108 @@ def _header(context, name: str) -> str:
     return next((v for k, v in context.invocation_metadata() if k == name), "")
 
 
-# ---- device proof of possession (the agent's side is edge_agent/control_client.py DeviceSigner) ----------
-def signed_payload(ts_ms: int, token: str) -> bytes:
-    return f"slmops-device-v1\n{ts_ms}\n{hashlib.sha256(token.encode()).hexdigest()}".encode()
+# ---- device proof of possession (the agent's side is edge_agent/device_identity.py DeviceSigner) ---------
+def body_sha256(request) -> str:
+    """The hash a device signs for a request message: its deterministic serialization."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
 
 
-def check_device_signature(public_key_hex: str, token: str, ts: str, sig_hex: str, now_ms: int) -> str | None:
-    """None when the signature is good; otherwise what was wrong (pure)."""
-    if not ts or not sig_hex:
-        return f"this device signs its calls: {SIG_HEADER} and {TS_HEADER} are required"
+def signed_payload(method: str, ts_ms: int, nonce: str, token: str, body_sha: str) -> bytes:
+    """What a device signs for one call (must match edge_agent/device_identity.py signed_payload)."""
+    return "\n".join((SIG_VERSION, method, str(ts_ms), nonce, hashlib.sha256(token.encode()).hexdigest(),
+                      body_sha)).encode()
+
+
+def check_device_signature(public_key_hex: str, token: str, method: str, body_sha: str, ts: str, nonce: str,
+                           sig_hex: str, now_ms: int) -> str | None:
+    """None when the signature binds this call; otherwise what was wrong (pure)."""
+    if not ts or not sig_hex or not nonce:
+        return f"this device signs its calls: {SIG_HEADER}, {TS_HEADER} and {NONCE_HEADER} are required"
     if not ts.isdigit() or abs(now_ms - int(ts)) > MAX_SIG_SKEW_MS:
-        return f"device signature timestamp {ts!r} is not within {MAX_SIG_SKEW_MS // 1000} s of the server clock"
+        return f"device signature timestamp {ts[:20]!r} is not within {MAX_SIG_SKEW_MS // 1000} s of the server clock"
+    if len(nonce) != NONCE_HEX or any(c not in "0123456789abcdef" for c in nonce):
+        return f"device signature nonce must be {NONCE_HEX} lowercase hex characters"
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(
-            bytes.fromhex(sig_hex), signed_payload(int(ts), token))
+            bytes.fromhex(sig_hex), signed_payload(method, int(ts), nonce, token, body_sha))
     except (InvalidSignature, ValueError):
-        return "device signature does not verify with the key this device enrolled with"
+        return ("device signature does not verify with the key this device enrolled with (it covers the method, "
+                "the request body, the timestamp and the nonce)")
     return None
 
 
-def require_device(store: Store, context, device_id: str | None = None) -> dict:
-    """The calling device, or abort UNAUTHENTICATED/PERMISSION_DENIED. A device may only act as itself."""
-    token = bearer(context)
-    dev = store.device_for_token(token) if token else None
-    if dev is None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown device token")
-    if dev.get("public_key"):
-        why = check_device_signature(dev["public_key"], token, _header(context, TS_HEADER),
-                                     _header(context, SIG_HEADER), int(time.time() * 1000))
+class ReplayCache:
+    """Nonces of accepted device signatures, kept until their timestamp leaves the window (after that the
+    timestamp check refuses them anyway). A nonce seen twice is a replay. Bounded per device."""
+
+    def __init__(self, window_ms: int = MAX_SIG_SKEW_MS, per_device: int = MAX_NONCES_PER_DEVICE):
+        self.window_ms, self.per_device = window_ms, per_device
+        self._lock = threading.Lock()
+        self._seen: dict[str, dict[str, int]] = {}        # device -> nonce -> expiry
+        self._expiry: dict[str, list[tuple[int, str]]] = {}
+
+    def admit(self, device_id: str, nonce: str, ts_ms: int, now_ms: int) -> tuple[grpc.StatusCode, str] | None:
+        """None (and the nonce remembered) for a fresh nonce; otherwise the refusal."""
+        with self._lock:
+            seen, heap = self._seen.setdefault(device_id, {}), self._expiry.setdefault(device_id, [])
+            while heap and heap[0][0] < now_ms:
+                seen.pop(heapq.heappop(heap)[1], None)
+            if nonce in seen:
+                return grpc.StatusCode.UNAUTHENTICATED, "replayed device signature: this nonce was already used"
+            if len(seen) >= self.per_device:
+                return grpc.StatusCode.RESOURCE_EXHAUSTED, (f"more than {self.per_device} signed calls from this "
+                                                            f"device within {self.window_ms // 1000} s; slow down")
+            seen[nonce] = ts_ms + self.window_ms
+            heapq.heappush(heap, (ts_ms + self.window_ms, nonce))
+            return None
+
+    def forget(self, device_id: str) -> None:
+        with self._lock:
+            self._seen.pop(device_id, None)
+            self._expiry.pop(device_id, None)
+
+
+class DeviceAuth:
+    """Authenticates one device call from its metadata and request; used by the interceptor."""
+
+    def __init__(self, store: Store, allow_keyless: bool = False, replay: ReplayCache | None = None,
+                 clock=time.time):
+        self.store, self.allow_keyless, self.clock = store, allow_keyless, clock
+        self.replay = replay or ReplayCache()
+
+    def authenticate(self, method: str, request, metadata) -> tuple[dict | None, grpc.StatusCode | None, str]:
+        """(device row, None, "") or (None, refusal code, why)."""
+        md = {k: v for k, v in metadata or () if isinstance(v, str)}
+        token = _bearer(metadata)
+        dev = self.store.device_for_token(token) if token else None
+        if dev is None:
+            return None, grpc.StatusCode.UNAUTHENTICATED, "missing or unknown device token"
+        if not dev.get("public_key"):
+            if self.allow_keyless:
+                return dev, None, ""
+            return None, grpc.StatusCode.UNAUTHENTICATED, (
+                "this device enrolled without a key and key-less devices are refused (the control plane "
+                "allows them only with allow_keyless_enrollment); enroll it again")
+        if request is None:
+            return None, grpc.StatusCode.UNIMPLEMENTED, "device calls with a request stream are not signed"
+        now = int(self.clock() * 1000)
+        ts, nonce = md.get(TS_HEADER, ""), md.get(NONCE_HEADER, "")
+        why = check_device_signature(dev["public_key"], token, method, body_sha256(request), ts, nonce,
+                                     md.get(SIG_HEADER, ""), now)
         if why:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+            return None, grpc.StatusCode.UNAUTHENTICATED, why
+        refused = self.replay.admit(dev["device_id"], nonce, int(ts), now)
+        if refused:
+            return None, *refused
+        return dev, None, ""
+
+
+def require_device(store: Store, context, device_id: str | None = None) -> dict:
+    """The calling device (authenticated by the interceptor's DeviceAuth), or abort. A device may only act
+    as itself."""
+    dev = getattr(context, "slmops_device", None)
+    if dev is None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "device call not authenticated")
     if device_id and device_id != dev["device_id"]:
         context.abort(grpc.StatusCode.PERMISSION_DENIED,
                       f"device {dev['device_id']} may not act for device {device_id}")
@@ -119,8 +200,9 @@ def describe(request) -> str:
 
 
 class AuditInterceptor(grpc.ServerInterceptor):
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, devices: DeviceAuth | None = None):
         self.store = store
+        self.devices = devices or DeviceAuth(store)
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
@@ -146,8 +228,14 @@ class AuditInterceptor(grpc.ServerInterceptor):
                 cache.update(self._who(metadata, admin))
             return cache
 
-        def check(context):
+        def check(request, context):
             if not admin:
+                if method != ENROLL:
+                    dev, code, why = self.devices.authenticate(method, request, context.invocation_metadata())
+                    if dev is None:
+                        self.store.audit(caller()["name"], "device", action, describe(request), code.name, why)
+                        context.abort(code, why)
+                    context.slmops_device = dev
                 return
             who = caller()
             if who["role"] == "":
@@ -171,13 +259,13 @@ class AuditInterceptor(grpc.ServerInterceptor):
             who = caller()
             name = who["name"]
             if action == "Enroll" and request is not None:
-                name = f"device-name:{request.device_name}"
+                name = f"device-name:{request.device_name[:100]}"
             self.store.audit(name, who["role"], action, describe(request), code.name,
                              detail if isinstance(detail, str) else detail.decode(errors="replace"))
 
         if kind in ("unary_unary", "stream_unary"):
             def wrapped(request, context):
-                check(context)
+                check(request if kind == "unary_unary" else None, context)
                 err = None
                 try:
                     resp = behavior(request, context)
@@ -189,7 +277,7 @@ class AuditInterceptor(grpc.ServerInterceptor):
                     record(request if kind == "unary_unary" else None, context, err)
         else:
             def wrapped(request, context):
-                check(context)
+                check(request if kind == "unary_stream" else None, context)
                 err = None
                 try:
                     yield from behavior(request, context)

@@ -11,7 +11,7 @@ import time
 
 import grpc
 
-from control_plane import auth, rollout_driver
+from control_plane import auth, device_input, rollout_driver
 from control_plane import rollouts as ro
 from control_plane.store import LastAdminToken, Store, api_token_id, token_hash
 from slmops.v1 import admin_pb2, common_pb2
@@ -26,19 +26,35 @@ def _ref(r: ro.Ref | None) -> common_pb2.ModelRef:
     return common_pb2.ModelRef(name=r.name, version=r.version) if r else common_pb2.ModelRef()
 
 
+def _hardware_pb(hw: dict) -> common_pb2.Hardware | None:
+    """Stored hardware facts as a message; facts out of bounds (stored before the limits) are left out."""
+    try:
+        return common_pb2.Hardware(**device_input.bounded_hardware(hw)) if hw else None
+    except device_input.DeviceInputInvalid:
+        return None
+
+
 def device_pb(d: dict) -> admin_pb2.Device:
-    hw = json.loads(d.get("hardware") or "{}")
+    """A device row as a message; never fails for one device's odd data (every text is clamped)."""
+    d = device_input.clamp_row(d)
+    labels = {str(k)[:63]: str(v)[:63] for k, v in list(device_input.json_object(d.get("labels")).items())[:64]}
     return admin_pb2.Device(
         device_id=d["device_id"], name=d["name"], state=d["state"], message=d["message"],
         current=common_pb2.ModelRef(name=d["current_name"], version=d["current_version"]),
         desired=common_pb2.ModelRef(name=d["desired_name"], version=d["desired_version"]),
-        last_seen_unix_ms=d["last_seen_ms"], agent_version=d["agent_version"],
-        hardware=common_pb2.Hardware(**hw) if hw else None, labels=json.loads(d.get("labels") or "{}"),
-        pinned=common_pb2.ModelRef(name=d.get("pin_name") or "", version=d.get("pin_version") or ""))
+        last_seen_unix_ms=d["last_seen_ms"] or 0, agent_version=d["agent_version"],
+        hardware=_hardware_pb(device_input.json_object(d.get("hardware"))), labels=labels,
+        pinned=common_pb2.ModelRef(name=(d.get("pin_name") or "")[:128], version=(d.get("pin_version") or "")[:128]))
+
+
+MAX_LABELS = 64
 
 
 def bad_labels(labels) -> str:
-    """'' when every label key is 1-63 characters and every value at most 63; otherwise what is wrong."""
+    """'' when there are at most 64 labels, every key 1-63 characters and every value at most 63; otherwise
+    what is wrong."""
+    if len(labels) > MAX_LABELS:
+        return f"{len(labels)} labels; at most {MAX_LABELS}"
     bad = [k for k in labels if not k or len(k) > 63 or len(labels[k]) > 63]
     return f"label keys must be 1-63 characters and values at most 63: {bad[:3]}" if bad else ""
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from control_plane.blobs import BlobStore
 from control_plane import tls
-from control_plane.auth import AuditInterceptor
+from control_plane.auth import AuditInterceptor, DeviceAuth
+from control_plane.blobs import BlobStore
+from control_plane.limits import StreamGate, StreamLimitInterceptor, StreamLimits
 from control_plane.registry import Registry
 from control_plane.rollout_driver import RolloutDriver
 from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServicer, TelemetryServicer
@@ -44,6 +45,14 @@ class ControlPlaneConfig:
     # SLMOPS_DEBUG_DOWNLOAD_DELAY_S: seconds slept per 64 KiB chunk served (tests of slow retrieval only)
     download_delay_s: float = float(os.environ.get("SLMOPS_DEBUG_DOWNLOAD_DELAY_S", "0") or 0)
     pipeline_jobs: int = 1         # pipelines run at once, each stage in a worker process (control_plane/pipelines)
+    # Devices that enroll without a key pair are refused unless this is on; it lets their bearer token alone
+    # authenticate them (no request signatures), so keep it for development only.
+    allow_keyless_enrollment: bool = False
+    stream_limits: StreamLimits | None = None   # None: StreamLimits.for_pool(max_workers)
+    keepalive_s: float = 60.0      # the server pings each connection this often; no answer in keepalive_timeout_s
+    keepalive_timeout_s: float = 20.0   # closes it (and ends its streams: half-open agents free their threads)
+    idle_connection_s: float = 300.0    # a connection with no call open for this long is closed
+    max_streams_per_connection: int = 64
 
     def __post_init__(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -51,6 +60,14 @@ class ControlPlaneConfig:
             raise ConfigError(f"--listen {self.listen!r} must be HOST:PORT")
         if self.max_workers < 4:
             raise ConfigError("max_workers must be at least 4")
+        if min(self.keepalive_s, self.keepalive_timeout_s, self.idle_connection_s) <= 0 or \
+                self.max_streams_per_connection < 1:
+            raise ConfigError("keepalive_s, keepalive_timeout_s, idle_connection_s and max_streams_per_connection "
+                              "must be positive")
+        limits = self.stream_limits or StreamLimits.for_pool(self.max_workers)
+        if limits.total_streams >= self.max_workers:
+            raise ConfigError(f"stream_limits.total_streams ({limits.total_streams}) must leave threads of the "
+                              f"pool ({self.max_workers}) to unary calls")
         if self.insecure_loopback_dev and host.strip("[]") not in ("127.0.0.1", "::1", "localhost"):
             raise ConfigError(f"--insecure-loopback-dev needs a loopback --listen, not {self.listen!r}: "
                               "beyond loopback the control plane serves TLS only")
@@ -89,11 +106,21 @@ class ControlPlane:
                                          ManagerConfig(data, max_jobs=cfg.pipeline_jobs))
 
     def start(self) -> int:
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.cfg.max_workers),
-                             options=[("grpc.max_receive_message_length", 8 << 20)],
-                             interceptors=[AuditInterceptor(self.store)])
-        fleet_pb2_grpc.add_FleetServicer_to_server(FleetServicer(self.store, self.registry, self.cfg.watch_tick_s),
-                                                   server)
+        cfg = self.cfg
+        self.stream_gate = StreamGate(cfg.stream_limits or StreamLimits.for_pool(cfg.max_workers))
+        options = [("grpc.max_receive_message_length", 8 << 20),
+                   ("grpc.keepalive_time_ms", int(cfg.keepalive_s * 1000)),
+                   ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+                   ("grpc.keepalive_permit_without_calls", 1),
+                   ("grpc.max_connection_idle_ms", int(cfg.idle_connection_s * 1000)),
+                   ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+                   ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), options=options,
+                             interceptors=[AuditInterceptor(self.store, DeviceAuth(self.store,
+                                                                                   cfg.allow_keyless_enrollment)),
+                                           StreamLimitInterceptor(self.stream_gate)])
+        fleet_pb2_grpc.add_FleetServicer_to_server(
+            FleetServicer(self.store, self.registry, cfg.watch_tick_s, cfg.allow_keyless_enrollment), server)
         artifacts_pb2_grpc.add_ArtifactsServicer_to_server(
             ArtifactsServicer(self.store, self.blobs, self.repo, self.cfg.download_delay_s), server)
         telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(self.store, self.views, self.metrics),

@@ -7,7 +7,7 @@ import time
 
 import grpc
 
-from control_plane import auth, ingest, rollups
+from control_plane import auth, device_input, ingest, rollups
 from control_plane.blobs import BlobStore
 from control_plane.fleet_admin import FleetAdmin, bad_labels, device_pb
 from control_plane.pipelines.servicer import PipelineAdmin
@@ -30,27 +30,22 @@ from slmops.v1 import (
 MAX_EVENTS_PER_BATCH = ingest.MAX_EVENTS_PER_BATCH
 
 
-def _hardware(msg: common_pb2.Hardware) -> dict:
-    return {"hardware_class": msg.hardware_class, "execution_providers": list(msg.execution_providers),
-            "ram_bytes": msg.ram_bytes, "disk_free_bytes": msg.disk_free_bytes, "arch": msg.arch}
-
-
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
-    def __init__(self, store: Store, registry: Registry, watch_tick_s: float = 1.0):
+    def __init__(self, store: Store, registry: Registry, watch_tick_s: float = 1.0, allow_keyless: bool = False):
         self.store = store
         self.registry = registry
         self.tick = watch_tick_s
+        self.allow_keyless = allow_keyless
 
     def Enroll(self, request, context):
+        try:  # the whole request is checked before a use of the token is spent
+            facts = device_input.enrollment(request, self.allow_keyless)
+        except device_input.DeviceInputInvalid as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         refused = self.store.consume_enroll_token(request.enroll_token)
         if refused:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
-        if not request.device_name:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_name is required")
-        if request.device_public_key and len(request.device_public_key) != 32:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_public_key must be a raw 32-byte Ed25519 key")
-        device_id, token = self.store.add_device(request.device_name, _hardware(request.hardware),
-                                                 request.agent_version)
+        device_id, token = self.store.add_device(facts["name"], facts["hardware"], facts["agent_version"])
         self.store.finish_enrollment(device_id, request.enroll_token, request.device_public_key.hex())
         root_version = self.registry.repo.state.root_version
         return fleet_pb2.EnrollResponse(device_id=device_id, device_token=token,
@@ -74,10 +69,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
 
     def ReportStatus(self, request, context):
         dev = auth.require_device(self.store, context, request.device_id)
-        fields = {"current_name": request.current.name, "current_version": request.current.version,
-                  "state": request.state, "message": request.message[:2000]}
-        if request.HasField("hardware"):
-            fields["hardware"] = json.dumps(_hardware(request.hardware))
+        try:
+            fields = device_input.status(request, device_input.json_object(dev.get("hardware")))
+        except device_input.DeviceInputInvalid as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if "hardware" in fields:
+            fields["hardware"] = json.dumps(fields["hardware"])
         self.store.touch(dev["device_id"], **fields)
         return common_pb2.Empty()
 
@@ -99,10 +96,7 @@ class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
 
     def Download(self, request, context):
         dev = auth.require_device(self.store, context)
-        allowed = any(self.store.blob_in_model(request.sha256, n, v)
-                      for n, v in ((dev["desired_name"], dev["desired_version"]),
-                                   (dev["current_name"], dev["current_version"])) if n)
-        if not allowed:
+        if not any(self.store.blob_in_model(request.sha256, n, v) for n, v in self.store.downloadable(dev)):
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"blob {request.sha256[:12]}… is not part of a model assigned to this device")
         try:

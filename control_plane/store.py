@@ -221,6 +221,7 @@ class Store:
             if row is None:
                 return None
             self.db.execute("delete from devices where device_id = ?", [device_id])
+            self.db.execute("delete from device_assigned where device_id = ?", [device_id])
             for ev in self._wakers.get(device_id, ()):
                 ev.set()
         return row
@@ -246,6 +247,7 @@ class Store:
             try:                      # of devices holds the lock for milliseconds, not seconds
                 for i in range(0, len(device_ids), 500):
                     chunk = device_ids[i:i + 500]
+                    self._remember_assigned(chunk, name, version)
                     n += self.db.execute(
                         "update devices set desired_name = ?, desired_version = ?, desired_rev = desired_rev + 1 "
                         f"where device_id in ({','.join('?' * len(chunk))})", [name, version, *chunk]).rowcount
@@ -258,6 +260,29 @@ class Store:
                 for ev in self._wakers.get(did, ()):
                     ev.set()
             return n
+
+    def _remember_assigned(self, device_ids: list[str], name: str, version: str) -> None:
+        """Records what these devices were assigned before and what they are assigned now: the versions a
+        device may download are the ones the control plane gave it, never ones it claims to run."""
+        marks, now = ",".join("?" * len(device_ids)), now_ms()
+        self.db.execute("insert or ignore into device_assigned (device_id, name, version, first_ms) "
+                        f"select device_id, desired_name, desired_version, ? from devices where device_id in ({marks})"
+                        " and desired_name != ''", [now, *device_ids])
+        self.db.execute("insert or ignore into device_assigned (device_id, name, version, first_ms) "
+                        f"select device_id, ?, ?, ? from devices where device_id in ({marks})",
+                        [name, version, now, *device_ids])
+
+    def downloadable(self, dev: dict) -> list[tuple[str, str]]:
+        """The model versions whose blobs this device may download: what it is assigned now, and the version it
+        reports running only when the control plane assigned that version to it at some point (the current
+        model as last verified). An adapter-only version's blobs include its base's (registry._with_base)."""
+        refs = [(dev["desired_name"], dev["desired_version"])] if dev.get("desired_name") else []
+        cur = (dev.get("current_name") or "", dev.get("current_version") or "")
+        if cur[0] and cur not in refs and list(self.db.query(
+                "select 1 from device_assigned where device_id = ? and name = ? and version = ?",
+                [dev["device_id"], *cur])):
+            refs.append(cur)
+        return refs
 
     def desired(self, device_id: str) -> DesiredState | None:
         d = self.device(device_id)
@@ -363,6 +388,10 @@ class Store:
             for col, typ in cols.items():  # databases created before these columns existed
                 if col not in db[table].columns_dict:
                     db[table].add_column(col, typ)
+        db["device_assigned"].create({"device_id": str, "name": str, "version": str, "first_ms": int},
+                                     pk=("device_id", "name", "version"), if_not_exists=True)
+        db.execute("insert or ignore into device_assigned (device_id, name, version, first_ms) select device_id, "
+                   "desired_name, desired_version, ? from devices where desired_name != ''", [now_ms()])
         db["rollouts"].create({"rollout_id": str, "status": str, "state": str, "created_by": str,
                                "created_ms": int, "updated_ms": int}, pk="rollout_id", if_not_exists=True)
         db["rollouts"].create_index(["status"], if_not_exists=True)

@@ -12,17 +12,21 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from control_plane import auth
 from control_plane.admin_client import AdminClient, AdminError
 from control_plane.server import ControlPlane, ControlPlaneConfig
+from edge_agent import device_identity
 from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 
 
 class SimDevice:
-    """A device that enrolls with a key pair made here, signs every call and reports what it is told."""
+    """A device that enrolls with a key pair made here, signs every call with the agent's own signer
+    (edge_agent/device_identity.py) and reports what it is told. `raw` is the same link without the signer."""
 
     def __init__(self, address: str, enroll_token: str, name: str, hw: str = "cpu", fail_versions=(),
                  ca_pem: bytes | None = None):
-        self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca_pem))
-        self.fleet = fleet_pb2_grpc.FleetStub(self.channel)
+        self.raw = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca_pem))
         self.key = Ed25519PrivateKey.generate()
+        self.token = ""
+        self.channel = grpc.intercept_channel(self.raw, device_identity.DeviceSigner(self.key, lambda: self.token))
+        self.fleet = fleet_pb2_grpc.FleetStub(self.channel)
         pub = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         r = self.fleet.Enroll(fleet_pb2.EnrollRequest(enroll_token=enroll_token, device_name=name,
                                                       hardware=common_pb2.Hardware(hardware_class=hw),
@@ -31,13 +35,8 @@ class SimDevice:
         self.fail_versions = set(fail_versions)
         self.current = common_pb2.ModelRef()
 
-    def md(self, sign: bool = True):
-        ts = int(time.time() * 1000)
-        md = [("authorization", f"Bearer {self.token}")]
-        if sign:
-            md += [(auth.TS_HEADER, str(ts)), (auth.SIG_HEADER,
-                                               self.key.sign(auth.signed_payload(ts, self.token)).hex())]
-        return md
+    def md(self):
+        return [("authorization", f"Bearer {self.token}")]
 
     def report(self, state: str, message: str = "", device_id: str | None = None):
         self.fleet.ReportStatus(fleet_pb2.StatusReport(device_id=device_id or self.device_id, current=self.current,
@@ -216,12 +215,15 @@ def test_enrollment_and_device_refusals_are_audited(cp):
         a.report("serving", device_id=b.device_id)          # acting as another device
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert f"device {a.device_id} may not act for device {b.device_id}" in e.value.details()
+    unsigned = fleet_pb2_grpc.FleetStub(a.raw)
+    report = fleet_pb2.StatusReport(device_id=a.device_id, state="x")
     with pytest.raises(grpc.RpcError) as e:
-        a.fleet.ReportStatus(fleet_pb2.StatusReport(device_id=a.device_id, state="x"), metadata=a.md(sign=False))
+        unsigned.ReportStatus(report, metadata=a.md())
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "signs its calls" in e.value.details()
-    forged = [(k, v if k != auth.SIG_HEADER else "00" * 64) for k, v in a.md()]
+    signed = device_identity.sign_call(a.key, a.token, "/slmops.v1.Fleet/ReportStatus", report)
+    forged = a.md() + [(k, v if k != auth.SIG_HEADER else "00" * 64) for k, v in signed]
     with pytest.raises(grpc.RpcError) as e:
-        a.fleet.ReportStatus(fleet_pb2.StatusReport(device_id=a.device_id, state="x"), metadata=forged)
+        unsigned.ReportStatus(report, metadata=forged)
     assert "does not verify" in e.value.details()
     log = [(x.who, x.action, x.result, x.detail) for x in cp.admin.audit(limit=50)]
     assert sum(1 for w, act, res, _ in log if act == "Enroll" and res == "PERMISSION_DENIED") == 3
