@@ -1,7 +1,7 @@
 """Accuracy per stage of the main job, as JSON for bench/make_plots.py, from the files `slmops demo --workdir DIR`
 leaves in DIR (the demo itself prints its results and writes no result file):
 
-    .venv/bin/python -m slmops.cli demo --workdir /tmp/demo-real      # the main job (see docs/BENCHMARKS.md)
+    .venv/bin/python -m cli demo --workdir /tmp/demo-real      # the main job (see docs/BENCHMARKS.md)
     .venv/bin/python bench/collect_demo.py /tmp/demo-real             # -> bench/results/demo.json
 
 Read: lora/eval_report.json and distill/eval_report.json (held-out task accuracy of base, tuned and student in

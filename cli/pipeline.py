@@ -1,11 +1,10 @@
 """`slmops pipeline submit|list|status|logs|cancel`: pipelines run by the control plane, over the Admin API.
-Wired into slmops/cli.py as the `pipeline` group; imports only typer/rich until a command runs."""
+Imports only typer/rich until a command runs."""
 from __future__ import annotations
 
 import json
 import os
 import pathlib
-import sys
 import time
 from typing import List, Optional
 
@@ -13,28 +12,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+from cli.common import (CP_DATA_OPT, CP_OPT, JSON_OPT, TOKEN_OPT, admin, call, console, emit, fail, labels, wave,
+                        when)
+
 pipeline_app = typer.Typer(no_args_is_help=True,
                            help="Pipelines: a recipe trained, evaluated, exported, gated, published and rolled "
                                 "out by the control plane.")
-CP_OPT = typer.Option(os.environ.get("SLMOPS_CONTROL_PLANE", "127.0.0.1:50051"), "--control-plane",
-                      help="control plane address [env SLMOPS_CONTROL_PLANE]")
-TOKEN_OPT = typer.Option(None, "--admin-token", help="admin token [env SLMOPS_ADMIN_TOKEN]")
-CP_DATA_OPT = typer.Option(None, "--cp-data-dir", help="read the admin token from this control plane data dir")
 STATUS_STYLE = {"done": "green", "skipped": "cyan", "running": "yellow", "failed": "red", "cancelled": "magenta",
                 "succeeded": "bold green", "queued": "dim", "pending": "dim", "cancelling": "magenta"}
-
-
-def _client(control_plane, admin_token, cp_data_dir):
-    from slmops import cli as core
-
-    return core._admin(control_plane, admin_token, cp_data_dir)
-
-
-def _call(fn):
-    from slmops import cli as core
-
-    return core._admin_call(fn)
 
 
 def _styled(status: str) -> str:
@@ -43,9 +28,7 @@ def _styled(status: str) -> str:
 
 def with_rollout(recipe: dict, strategy: str, labels: dict, all_devices: bool, canary: str, waves: str,
                  soak: float) -> dict:
-    """The recipe with its rollout stage replaced by the one given on the command line (pure)."""
-    def wave(text: str) -> dict:
-        return {"percent": float(text[:-1])} if text.endswith("%") else {"devices": int(text)}
+    """The recipe with its rollout stage replaced by the one given on the command line."""
     stage: dict = {"strategy": strategy, "selector": {"labels": labels, "all_devices": all_devices}}
     if canary:
         stage["canary"] = wave(canary)
@@ -71,22 +54,20 @@ def submit(recipe: pathlib.Path,
     """Send a pipeline recipe to the control plane (checked in full first; every error is listed)."""
     import yaml
 
-    from slmops import cli as core
-
     if not recipe.is_file():
-        core.fail(f"no recipe at {recipe}")
+        fail(f"no recipe at {recipe}")
     text = recipe.read_text()
     if rollout:
         try:
             d = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            core.fail(f"{recipe} is not valid YAML: {e}")
+            fail(f"{recipe} is not valid YAML: {e}")
         if not isinstance(d, dict):
-            core.fail(f"{recipe} must be a mapping with name and stages")
+            fail(f"{recipe} must be a mapping with name and stages")
         text = f"# {recipe} with --rollout {rollout}\n" + yaml.safe_dump(
-            with_rollout(d, rollout, core._labels(selector), all_devices, canary, waves, soak), sort_keys=False)
-    c = _client(control_plane, admin_token, cp_data_dir)
-    p = _call(lambda: c.submit_pipeline(text, os.getcwd()))
+            with_rollout(d, rollout, labels(selector, "--selector"), all_devices, canary, waves, soak), sort_keys=False)
+    c = admin(control_plane, admin_token, cp_data_dir)
+    p = call(lambda: c.submit_pipeline(text, os.getcwd()))
     console.print(f"queued pipeline [bold]{p.job_id}[/] ({p.name}): {' -> '.join(s.kind for s in p.stages)}")
     print(p.job_id)
     if follow:
@@ -120,11 +101,11 @@ def watch(c, job_id: str, interval: float = 1.0):
     """Live stage table until the job finishes; returns the final Pipeline."""
     from rich.live import Live
 
-    p = _call(lambda: c.pipeline(job_id))
+    p = call(lambda: c.pipeline(job_id))
     with Live(stage_table(p), console=console, refresh_per_second=2) as live:
         while p.status not in ("succeeded", "failed", "cancelled"):
             time.sleep(interval)
-            p = _call(lambda: c.pipeline(job_id))
+            p = call(lambda: c.pipeline(job_id))
             live.update(stage_table(p))
     if p.status == "failed":
         console.print(f"[red]{p.reason}[/]")
@@ -133,17 +114,15 @@ def watch(c, job_id: str, interval: float = 1.0):
 
 @pipeline_app.command("list")
 def list_(status: str = typer.Option("", help="only this status"), limit: int = typer.Option(50),
-          control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+          as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
           cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """Pipelines, newest first."""
-    c = _client(control_plane, admin_token, cp_data_dir)
-    t = Table("job", "name", "status", "stages", "published", "rollout", "submitted", "by", "reason")
-    for p in _call(lambda: c.pipelines(status, limit)):
-        done = sum(s.status in ("done", "skipped") for s in p.stages)
-        t.add_row(p.job_id, p.name, _styled(p.status), f"{done}/{len(p.stages)}", p.published, p.rollout_id,
-                  time.strftime("%m-%d %H:%M:%S", time.localtime(p.created_unix_ms / 1000)), p.submitted_by,
-                  (p.reason.splitlines() or [""])[0][:50])
-    Console().print(t)
+    """Pipelines, newest first (`pipeline status JOB` has every stage and the reason)."""
+    c = admin(control_plane, admin_token, cp_data_dir)
+    emit(call(lambda: c.pipelines(status, limit)),
+         [("job", lambda p: p.job_id), ("name", lambda p: p.name[:16]), ("status", lambda p: _styled(p.status)),
+          ("stages", lambda p: f"{sum(s.status in ('done', 'skipped') for s in p.stages)}/{len(p.stages)}"),
+          ("published", lambda p: p.published[:20] or "-"),
+          ("submitted", lambda p: when(p.created_unix_ms, "%m-%d %H:%M"))], as_json)
 
 
 @pipeline_app.command("status")
@@ -151,8 +130,8 @@ def status(job_id: str, watch_: bool = typer.Option(False, "--watch", "-w", help
            control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
            cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
     """One pipeline, stage by stage (status, time, metrics, why it failed)."""
-    c = _client(control_plane, admin_token, cp_data_dir)
-    p = watch(c, job_id) if watch_ else _call(lambda: c.pipeline(job_id))
+    c = admin(control_plane, admin_token, cp_data_dir)
+    p = watch(c, job_id) if watch_ else call(lambda: c.pipeline(job_id))
     Console().print(stage_table(p))
     if p.reason:
         Console().print(p.reason)
@@ -163,8 +142,8 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help=
          control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
          cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
     """The job's log: every stage's worker output and what the runner did."""
-    c = _client(control_plane, admin_token, cp_data_dir)
-    for line in _call(lambda: list(c.pipeline_logs(job_id, follow=False))) if not follow else \
+    c = admin(control_plane, admin_token, cp_data_dir)
+    for line in call(lambda: list(c.pipeline_logs(job_id, follow=False))) if not follow else \
             c.pipeline_logs(job_id, follow=True):
         stamp = time.strftime("%H:%M:%S", time.localtime(line.ts_unix_ms / 1000))
         print(f"{stamp} [{'job' if line.stage < 0 else line.stage}] {line.line}", flush=True)
@@ -174,6 +153,6 @@ def logs(job_id: str, follow: bool = typer.Option(False, "--follow", "-f", help=
 def cancel(job_id: str, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
            cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
     """Stop a pipeline: its worker is stopped and nothing it had half-made is published."""
-    c = _client(control_plane, admin_token, cp_data_dir)
-    p = _call(lambda: c.cancel_pipeline(job_id))
+    c = admin(control_plane, admin_token, cp_data_dir)
+    p = call(lambda: c.cancel_pipeline(job_id))
     console.print(f"{p.job_id}: {p.status}")

@@ -24,7 +24,6 @@ from rich.table import Table
 
 from control_plane.admin_client import AdminClient, AdminError, wait_healthy
 from control_plane.procs import free_port, http_json, start_agent, start_control_plane, wait_serving
-from slmops.manifest import manifest_for_dir
 
 QUESTIONS = ["What does error E17 mean on the Kestrel K2?", "How do I factory reset the Kestrel K2?"]
 RECIPES = pathlib.Path(__file__).resolve().parent.parent / "training" / "recipes"
@@ -266,12 +265,12 @@ class Fleet:
                 "load_ok": load.ok, "load_failed": load.failed, "telemetry": rows, "dashboard": dashboard}
 
     def publish(self, name: str, version: str, bundle: dict) -> str:
-        from training.quality_gate import check_publishable
+        from training.publish import publishable_manifest
 
-        check_publishable(bundle["dir"])  # a variant that failed the gate is never published
-        m = manifest_for_dir(bundle["dir"], name, version, bundle["gate"]["chosen"],
-                             golden_prompts=({"messages": [{"role": "user", "content": QUESTIONS[0]}],
-                                              "max_tokens": 8},))
+        # a variant that failed the gate is never published
+        m = publishable_manifest(bundle["dir"], name, version,
+                                 golden_prompts=({"messages": [{"role": "user", "content": QUESTIONS[0]}],
+                                                  "max_tokens": 8},))
         self.admin.publish(bundle["dir"], m)
         self.step(f"published and signed {m.ref} ({m.total_bytes / 1e6:.1f} MB, {m.precision})")
         return m.ref

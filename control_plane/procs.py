@@ -26,7 +26,7 @@ class Proc:
         self.name, self.log_path = name, pathlib.Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
-        self.popen = subprocess.Popen([sys.executable, "-m", "slmops.cli", *args], stdout=self._log,
+        self.popen = subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=self._log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 

@@ -3,6 +3,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p test-artifacts
+# Lint first (pycodestyle errors + pyflakes: undefined names, unused imports/variables, redefinitions).
+.venv/bin/ruff check . || { echo "ruff check failed" >&2; exit 1; }
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 if [ "$rc" -eq 5 ]; then

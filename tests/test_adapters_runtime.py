@@ -325,7 +325,7 @@ def test_adapter_only_version_reaches_agents_and_reuses_every_base_chunk(cluster
 
     from typer.testing import CliRunner
 
-    from slmops.cli import app
+    from cli.main import app
 
     r = CliRunner().invoke(app, ["models", "publish-adapter", str(lora["peft"]["a"]), "--base", "tiny@v1",
                                  "--base-dir", str(lora["base"]), "--adapter", "a", "--name", "tiny-a",

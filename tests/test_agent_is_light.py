@@ -6,7 +6,7 @@ CODE = """
 import sys, pkgutil, importlib, edge_agent
 for m in pkgutil.iter_modules(edge_agent.__path__):
     importlib.import_module('edge_agent.' + m.name)
-import slmops.cli
+import cli.main
 heavy = sorted(n for n in ('torch', 'transformers', 'peft') if n in sys.modules)
 print(','.join(heavy))
 """

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_demo_tiny_runs_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "slmops.cli", "demo", "--tiny", "--workdir", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "cli", "demo", "--tiny", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -27,10 +27,10 @@ def test_demo_tiny_runs_end_to_end(tmp_path):
 
 
 def test_cli_errors_are_clear_and_non_zero(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "slmops.cli", "agent", "run", "--control-plane", "nohost",
+    r = subprocess.run([sys.executable, "-m", "cli", "agent", "run", "--control-plane", "nohost",
                         "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "HOST:PORT" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "slmops.cli", "agent", "run", "--control-plane", "127.0.0.1:1",
+    r = subprocess.run([sys.executable, "-m", "cli", "agent", "run", "--control-plane", "127.0.0.1:1",
                         "--data-dir", str(tmp_path), "--http", "0.0.0.0:8099"],
                        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert r.returncode != 0 and "SLMOPS_API_KEYS" in r.stderr

@@ -21,7 +21,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import Runtime
 from edge_agent.serving import Serving
 from edge_agent.state import AgentState
-from slmops.cli import app
+from cli.main import app
 from slmops.errors import ConfigError, ModelLoadError
 from slmops.manifest import manifest_for_dir
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from slmops.cli import app
+from cli.main import app
 from training.quality_gate import GateError, check_publishable
 
 runner = CliRunner()

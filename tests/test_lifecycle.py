@@ -157,7 +157,7 @@ def test_sideload_bundle_installs_without_control_plane(cluster, tiny_int4, tmp_
     m1 = setup_v1(cluster, tiny_int4)
     m2 = cluster.publish(variant(tiny_int4, tmp_path / "v2", 5), "tiny", "v2")
     out = tmp_path / "tiny-v2.slmops.tar"
-    r = subprocess.run([sys.executable, "-m", "slmops.cli", "models", "bundle", "tiny", "v2", "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "cli", "models", "bundle", "tiny", "v2", "--out", str(out),
                         "--cp-data-dir", str(cluster.cp_dir)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cluster.cp.stop()  # air-gapped from here on

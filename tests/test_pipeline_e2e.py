@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
-import time
 
 import pytest
 import yaml

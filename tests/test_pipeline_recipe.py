@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from control_plane.pipelines import plan
-from control_plane.pipelines.cli import with_rollout
+from cli.pipeline import with_rollout
 from control_plane.pipelines.recipe import PipelineInvalid, loads, parse
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

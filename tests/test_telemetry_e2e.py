@@ -111,7 +111,7 @@ def test_events_survive_a_control_plane_outage_exactly_once(cluster, tiny_int4):
     assert cp_metrics["slmops_cp_devices"][0][1] >= 1
 
     def cli(*args):
-        r = subprocess.run([sys.executable, "-m", "slmops.cli", *args, "--control-plane", cluster.address,
+        r = subprocess.run([sys.executable, "-m", "cli", *args, "--control-plane", cluster.address,
                             "--cp-data-dir", str(cluster.cp_dir)], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "COLUMNS": "200",
                                 **({} if cluster.tls else {"SLMOPS_INSECURE_LOOPBACK_DEV": "1"})})

@@ -92,7 +92,7 @@ def test_model_source_errors(tmp_path):
 
 
 def run_cli(*args):
-    from slmops.cli import app
+    from cli.main import app
 
     r = CliRunner().invoke(app, ["train", *args])
     return r

@@ -1,4 +1,4 @@
-"""`slmops train ...`: run a recipe, or build the tiny test model. Wired into slmops/cli.py as the `train` group.
+"""`slmops train ...`: run a recipe, or build the tiny test model. Wired into cli/main.py as the `train` group.
 
 `slmops train RECIPE` runs a recipe file (the first word is taken as a recipe path unless it names a command),
 and the same line runs under `torchrun --nproc-per-node N -m training.cli RECIPE` for DDP.

@@ -24,7 +24,8 @@ class DeliveryFailed(Exception):
 
 def rollout_spec(cfg: dict, name: str, version: str) -> ro.RolloutSpec:
     """Raises rollouts.RolloutInvalid naming the bad setting."""
-    wave = (lambda w: ro.Wave(int(w.get("devices", 0)), float(w.get("percent", 0.0))))
+    def wave(w: dict) -> ro.Wave:
+        return ro.Wave(int(w.get("devices", 0)), float(w.get("percent", 0.0)))
     sel = cfg["selector"]
     return ro.RolloutSpec.strategy(
         cfg["strategy"], name, version,
@@ -37,17 +38,14 @@ def rollout_spec(cfg: dict, name: str, version: str) -> ro.RolloutSpec:
 
 def publish(registry: Registry, blobs: BlobStore, store: Store, bundle_dir: str, name: str, version: str) -> dict:
     from slmops.errors import ArtifactInvalid
-    from slmops.manifest import manifest_for_dir
-    from training.quality_gate import GateError, check_publishable
+    from training.publish import publishable_manifest
+    from training.quality_gate import GateError
 
     bundle = pathlib.Path(bundle_dir)
     try:
-        verdict = check_publishable(bundle)
-    except GateError as e:
+        m = publishable_manifest(bundle, name, version)
+    except (GateError, ArtifactInvalid) as e:
         raise DeliveryFailed(str(e)) from e
-    info = json.loads((bundle / "export_info.json").read_text())
-    m = manifest_for_dir(bundle, name, version, info["precision"], execution_provider=info["execution_provider"],
-                         metrics={"quality_gate": verdict["metrics"], "reference": verdict["reference"]})
     existing = store.model(name, version)
     if existing is not None:
         files = {f.path: f.sha256 for f in m.files}

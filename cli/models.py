@@ -1,0 +1,141 @@
+"""`slmops models publish|publish-adapter|bundle|list|show`."""
+from __future__ import annotations
+
+import pathlib
+from typing import Optional
+
+import typer
+
+from cli.common import CP_DATA_OPT, CP_OPT, JSON_OPT, TOKEN_OPT, admin, call, console, emit, fail, when
+
+models_app = typer.Typer(no_args_is_help=True, help="Publish and list model versions.")
+
+
+@models_app.command("publish")
+def publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), version: str = typer.Option(...),
+            control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+            cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT,
+            chunk_mb: float = typer.Option(4.0, help="files are cut into content-addressed chunks of this "
+                                                     "size; chunks the control plane holds are not sent")):
+    """Upload an exported ONNX folder and register it as NAME@VERSION (the control plane signs it)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from slmops.errors import ArtifactInvalid
+    from training.publish import publishable_manifest
+    from training.quality_gate import GateError
+
+    if chunk_mb <= 0:
+        fail("--chunk-mb must be more than 0")
+    try:
+        m = publishable_manifest(bundle_dir, name, version, chunk_bytes=int(chunk_mb * (1 << 20)))
+    except (ArtifactInvalid, GateError) as e:
+        fail(str(e))
+    c = admin(control_plane, admin_token, cp_data_dir)
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=console, transient=True) as prog:
+        task = prog.add_task(f"upload {m.ref}", total=m.total_bytes)
+        r = call(lambda: c.publish(bundle_dir, m, lambda n: prog.advance(task, n)))
+    up = c.last_upload
+    console.print(f"published {r.model.name}@{r.model.version}: {len(m.files)} files, "
+                  f"{m.total_bytes / 1e6:.2f} MB, precision {m.precision}; uploaded {up['chunks']} chunks "
+                  f"({up['bytes'] / 1e6:.2f} MB), {up['reused_chunks']} chunks ({up['reused_bytes'] / 1e6:.2f} MB) "
+                  f"were already on the control plane")
+
+
+@models_app.command("publish-adapter")
+def publish_adapter(peft_dir: pathlib.Path,
+                    base: str = typer.Option(..., help="NAME@VERSION of the published base it runs on"),
+                    base_dir: pathlib.Path = typer.Option(..., help="that base's export folder (exported with "
+                                                                    "--adapter, so it has LoRA slots)"),
+                    adapter: str = typer.Option(..., help="adapter name: requests use MODEL:ADAPTER"),
+                    name: str = typer.Option(...), version: str = typer.Option(...),
+                    adapter_version: str = typer.Option("1"),
+                    control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+                    cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Publish a new LoRA adapter as an adapter-only version: a few KB-MB that names its base. Agents that hold
+    the base fetch only the adapter; the control plane refuses it if the base is not published or does not fit."""
+    import json
+    import tempfile
+
+    from cli.common import model_ref
+    from slmops.errors import ArtifactInvalid
+    from slmops.manifest import manifest_for_dir
+    from training.adapters import AdapterError, convert_adapter
+
+    base_name, base_version = model_ref(base, "--base")
+    info = base_dir / "export_info.json"
+    if not info.exists():
+        fail(f"{base_dir} has no export_info.json; pass the base's export folder")
+    exp = json.loads(info.read_text())
+    with tempfile.TemporaryDirectory(prefix="adapter-bundle-") as tmp:
+        bundle = pathlib.Path(tmp)
+        try:
+            convert_adapter(peft_dir, base_dir, bundle / f"{adapter}.onnx_adapter")
+            m = manifest_for_dir(bundle, name, version, exp["precision"],
+                                 execution_provider=exp["execution_provider"],
+                                 base={"name": base_name, "version": base_version},
+                                 adapters=({"name": adapter, "path": f"{adapter}.onnx_adapter",
+                                            "version": adapter_version},))
+        except (AdapterError, ArtifactInvalid) as e:
+            fail(str(e))
+        c = admin(control_plane, admin_token, cp_data_dir)
+        r = call(lambda: c.publish(bundle, m))
+    console.print(f"published {r.model.name}@{r.model.version}: adapter {adapter} on {base}, "
+                  f"{m.total_bytes / 1e3:.1f} KB uploaded {c.last_upload['bytes'] / 1e3:.1f} KB; "
+                  f"serve it as {name}:{adapter}")
+
+
+@models_app.command("bundle")
+def bundle(name: str, version: str, out: pathlib.Path = typer.Option(..., help="FILE.slmops.tar"),
+           cp_data_dir: pathlib.Path = typer.Option(..., help="the control plane's data folder")):
+    """Write an offline bundle for air-gapped devices: drop it into an agent's sideload folder."""
+    from control_plane.bundle_export import export_bundle
+    from slmops.errors import ArtifactInvalid
+
+    if not out.name.endswith(".slmops.tar"):
+        fail("the bundle file name must end in .slmops.tar (agents watch for that suffix)")
+    try:
+        export_bundle(cp_data_dir, name, version, out)
+    except ArtifactInvalid as e:
+        fail(str(e))
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@models_app.command("list")
+def list_(as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+          cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """Every published version, oldest first."""
+    c = admin(control_plane, admin_token, cp_data_dir)
+    emit(call(c.models), [("name", lambda v: v.model.name), ("version", lambda v: v.model.version),
+                          ("precision", lambda v: v.precision), ("MB", lambda v: f"{v.total_bytes / 1e6:.1f}"),
+                          ("published", lambda v: when(v.created_unix_ms, "%m-%d %H:%M"))], as_json)
+
+
+@models_app.command("show")
+def show(name: str, version: str = typer.Argument("", help="one version (default: all of NAME)"),
+         as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
+         cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
+    """A model's versions and how many devices run, want, or are pinned to each."""
+    c = admin(control_plane, admin_token, cp_data_dir)
+    if "@" in name and not version:
+        name, _, version = name.partition("@")
+    versions = [v for v in call(c.models) if v.model.name == name and version in ("", v.model.version)]
+    if not versions:
+        fail(f"no published model {name}{'@' + version if version else ''}")
+    devices = call(c.devices)
+
+    def count(v, field: str) -> int:
+        return sum(1 for d in devices if (getattr(d, field).name, getattr(d, field).version)
+                   == (v.model.name, v.model.version))
+    if as_json:
+        import json
+
+        from cli.common import to_dict
+        print(json.dumps([{**to_dict(v), "serving_on": count(v, "current"), "desired_on": count(v, "desired"),
+                           "pinned_on": count(v, "pinned")} for v in versions], indent=1))
+        return
+    emit(versions, [("version", lambda v: v.model.version), ("precision", lambda v: v.precision),
+                    ("MB", lambda v: f"{v.total_bytes / 1e6:.1f}"),
+                    ("published", lambda v: when(v.created_unix_ms, "%m-%d %H:%M")),
+                    ("serving", lambda v: count(v, "current")), ("desired", lambda v: count(v, "desired")),
+                    ("pinned", lambda v: count(v, "pinned"))], False, title=f"model {name}")

@@ -1,0 +1,77 @@
+"""`slmops control-plane serve` and `slmops keys init|rotate`."""
+from __future__ import annotations
+
+import pathlib
+from typing import List, Optional
+
+import typer
+
+from cli.common import console, fail, setup_logging
+
+cp_app = typer.Typer(no_args_is_help=True, help="Run the control plane.")
+keys_app = typer.Typer(no_args_is_help=True, help="Signing keys and root metadata (TUF-style roles).")
+
+
+@cp_app.command("serve")
+def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the database, blobs and keys"),
+          listen: str = typer.Option("127.0.0.1:50051", help="HOST:PORT for gRPC"),
+          insecure_loopback_dev: bool = typer.Option(False, "--insecure-loopback-dev",
+                                                     help="plaintext gRPC (loopback development only)"),
+          max_workers: int = typer.Option(2048, help="gRPC threads; each connected agent's watch holds one"),
+          http: str = typer.Option("", help="dashboard + /metrics on PORT (loopback) or HOST:PORT; off if empty"),
+          timestamp_expiry: float = typer.Option(86400, help="seconds a signed timestamp stays valid"),
+          resign_interval: float = typer.Option(
+              -1, help="seconds between checks that re-sign expiring metadata and pick up new roots "
+                       "(default: min(5, expiry/4); 0 disables, e.g. to test freeze defences)"),
+          pipeline_jobs: int = typer.Option(1, help="pipelines run at once (each stage in a worker process)")):
+    """Serve the fleet, artifact, telemetry and admin APIs over gRPC (and the dashboard with --http)."""
+    import datetime as dt
+
+    from control_plane.server import ControlPlaneConfig, serve_forever
+    from control_plane.trust_repo import Expiry
+    from slmops.errors import ConfigError
+
+    setup_logging()
+    try:
+        expiry = Expiry(timestamp=dt.timedelta(seconds=timestamp_expiry))
+        serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen, http=http, expiry=expiry,
+                                         insecure_loopback_dev=insecure_loopback_dev, max_workers=max_workers,
+                                         pipeline_jobs=pipeline_jobs,
+                                         refresh_s=resign_interval if resign_interval >= 0
+                                         else min(5.0, max(0.2, timestamp_expiry / 4))))
+    except ConfigError as e:
+        fail(str(e))
+
+
+@keys_app.command("init")
+def keys_init(trust_dir: pathlib.Path = typer.Option(..., help="the control plane's DATA_DIR/trust"),
+              root_key_dir: Optional[pathlib.Path] = typer.Option(
+                  None, help="write the root key here (keep it offline) instead of next to the online keys")):
+    """Create one Ed25519 key per role (root, targets, snapshot, timestamp) and root v1."""
+    from control_plane.trust_repo import init_trust
+    from slmops.errors import ConfigError
+
+    try:
+        md = init_trust(trust_dir, root_key_dir)
+    except ConfigError as e:
+        fail(str(e))
+    console.print(f"root v{md.signed.version} written to {trust_dir}/roots/1.root.json; "
+                  f"root key in {root_key_dir or trust_dir / 'keys'}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(role: str, trust_dir: pathlib.Path = typer.Option(..., help="the control plane's DATA_DIR/trust"),
+                root_key: List[pathlib.Path] = typer.Option(..., help="current root key file(s), to sign"),
+                threshold: int = typer.Option(1, help="signatures the role needs from now on"),
+                extra_keys: int = typer.Option(0, help="additional keys for the role (for threshold > 1)")):
+    """Replace (revoke) every key of ROLE; writes root vN+1 signed by the current root keys. A running control
+    plane picks the new root up within seconds and re-signs its metadata; agents follow the root chain."""
+    from control_plane.trust_repo import rotate_key
+    from slmops.errors import ConfigError
+
+    try:
+        md = rotate_key(trust_dir, role, list(root_key), threshold=threshold, extra_keys=extra_keys)
+    except ConfigError as e:
+        fail(str(e))
+    console.print(f"root v{md.signed.version}: {role} now has {len(md.signed.roles[role].keyids)} key(s), "
+                  f"threshold {md.signed.roles[role].threshold}")
