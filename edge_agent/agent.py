@@ -5,7 +5,6 @@ import functools
 import logging
 import threading
 
-import uvicorn
 from prometheus_client.core import GaugeMetricFamily
 
 from edge_agent import device_identity
@@ -15,6 +14,7 @@ from edge_agent.capture import CapturingServing, load_redactor
 from edge_agent.engine import OgaEngine
 from edge_agent.golden import GoldenChecker
 from edge_agent.http_api import build_app
+from edge_agent.http_server import HttpLimits, make_server
 from edge_agent.metrics import AgentMetrics
 from edge_agent.reconciler import Reconciler
 from edge_agent.runtime import Runtime
@@ -92,8 +92,9 @@ class Agent:
             from edge_agent.grpc_inference import start_server
             grpc_server = start_server(self.serving, self.cfg.grpc, self.cfg.api_keys)
         host, port = self.cfg.http_host_port
-        server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port, log_level="warning",
-                                               access_log=False, timeout_graceful_shutdown=5))
+        server = make_server(self.app, host, port, HttpLimits(header_timeout_s=self.cfg.http_header_timeout_s,
+                                                              max_connections=self.cfg.http_max_connections),
+                             timeout_graceful_shutdown=5)
         log.info("agent HTTP API on http://%s:%d (control plane %s)", host, port, self.cfg.control_plane)
         try:
             server.run()  # handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish

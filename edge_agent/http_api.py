@@ -18,12 +18,39 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
-from edge_agent.openai_schema import BadRequest, GenRequest, parse_chat, parse_completion
+from edge_agent.openai_schema import BadRequest, GenRequest, parse_chat, parse_completion, parse_json_body
 from edge_agent.runtime import NotReady, QueueFull
 from edge_agent.serving import Outcome, Serving
 
 MAX_BODY_BYTES = 1 << 20
+BODY_TIMEOUT_S = 30.0
 log = logging.getLogger("slmops.agent.http")
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, read piece by piece and cut off at `limit` bytes (413) or after `timeout_s` (408): a
+    larger body is never held in memory, a declared Content-Length over the limit is refused before reading."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest(f"Content-Length {declared[:40]!r} is not a number")
+        if int(declared) > limit:
+            raise BadRequest(f"request body of {declared} bytes exceeds {limit}", status=413)
+    pieces, size = [], 0
+
+    async def read() -> None:
+        nonlocal size
+        async for piece in request.stream():
+            size += len(piece)
+            if size > limit:
+                raise BadRequest(f"request body exceeds {limit} bytes", status=413)
+            pieces.append(piece)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise BadRequest(f"request body not received within {timeout_s:g} s", status=408) from None
+    return b"".join(pieces)
 
 
 def error(status: int, message: str, type_: str = "invalid_request_error", param=None, code=None,
@@ -41,15 +68,7 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
         return any(secrets.compare_digest(token, k) for k in api_keys)
 
     async def read_json(request: Request):
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            raise BadRequest(f"request body of {len(raw)} bytes exceeds {MAX_BODY_BYTES}", status=413)
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise BadRequest(f"request body is not valid UTF-8: {e}") from e
-        except ValueError as e:
-            raise BadRequest(f"request body is not valid JSON: {e}") from e
+        return parse_json_body(await read_body(request, MAX_BODY_BYTES, BODY_TIMEOUT_S))
 
     def handler(parse, kind: str):
         async def endpoint(request: Request):
@@ -62,7 +81,9 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
                     return await stream(req, kind)
                 return await complete(req, kind)
             except BadRequest as e:
-                return error(e.status, str(e), param=e.param, code=e.code)
+                # a body refused before it was read whole leaves bytes on the connection: close it after answering
+                close = {"Connection": "close"} if e.status in (408, 413) else None
+                return error(e.status, str(e), param=e.param, code=e.code, headers=close)
             except ClientDisconnect:   # hung up before the whole body arrived: nobody to answer, nothing failed
                 log.info("client disconnected before sending the whole request body")
                 return error(400, "the client disconnected before sending the whole request body")

@@ -4,6 +4,7 @@ HTTP status is carried on the error so handlers stay thin: 400 malformed, 404 un
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from slmops.errors import RequestInvalid
@@ -18,6 +19,31 @@ class BadRequest(RequestInvalid):
                  code: str = "invalid_request_error"):
         super().__init__(message)
         self.param, self.status, self.code = param, status, code
+
+
+MAX_JSON_DEPTH = 32   # an OpenAI request nests 4 deep (body > messages > [i] > content parts)
+
+
+def parse_json_body(raw: bytes, max_depth: int = MAX_JSON_DEPTH):
+    """Request bytes -> JSON value, or a BadRequest naming what is wrong (never a RecursionError)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"request body is not valid UTF-8: {e}") from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise BadRequest(f"request body is nested more deeply than {max_depth} levels", code="json_too_deep") from None
+    except ValueError as e:
+        raise BadRequest(f"request body is not valid JSON: {e}") from None
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > max_depth:
+                raise BadRequest(f"request body is nested more deeply than {max_depth} levels", code="json_too_deep")
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return value
 
 
 @dataclass(frozen=True)
