@@ -7,9 +7,10 @@ and writes one audit row per Admin call (who, what, when, result), refusals incl
 Devices: a bearer device token plus an Ed25519 signature, made with the key pair the device made and sent at
 enrollment, over the request itself: the method, the sha256 of the request body, a timestamp and a nonce
 (`signed_payload`). The interceptor checks it before the handler runs (DeviceAuth); a nonce seen before within
-the timestamp window is a replay (ReplayCache). Devices that enrolled without a key are refused unless the
-control plane was started with key-less enrollment allowed. A device may act only as itself. Refused device
-calls and every enrollment are audited too.
+the timestamp window is a replay (ReplayCache). Enrollment without a key is refused unless the control plane
+allows it (allow_keyless_enrollment); a device row without a key (only such an enrollment, or the store itself,
+makes one) is authenticated by its bearer token alone. A device may act only as itself. Refused device calls
+and every enrollment are audited too.
 """
 from __future__ import annotations
 
@@ -129,9 +130,8 @@ class ReplayCache:
 class DeviceAuth:
     """Authenticates one device call from its metadata and request; used by the interceptor."""
 
-    def __init__(self, store: Store, allow_keyless: bool = False, replay: ReplayCache | None = None,
-                 clock=time.time):
-        self.store, self.allow_keyless, self.clock = store, allow_keyless, clock
+    def __init__(self, store: Store, replay: ReplayCache | None = None, clock=time.time):
+        self.store, self.clock = store, clock
         self.replay = replay or ReplayCache()
 
     def authenticate(self, method: str, request, metadata) -> tuple[dict | None, grpc.StatusCode | None, str]:
@@ -142,11 +142,7 @@ class DeviceAuth:
         if dev is None:
             return None, grpc.StatusCode.UNAUTHENTICATED, "missing or unknown device token"
         if not dev.get("public_key"):
-            if self.allow_keyless:
-                return dev, None, ""
-            return None, grpc.StatusCode.UNAUTHENTICATED, (
-                "this device enrolled without a key and key-less devices are refused (the control plane "
-                "allows them only with allow_keyless_enrollment); enroll it again")
+            return dev, None, ""      # enrolled key-less (an explicit opt-in): its bearer token is all it has
         if request is None:
             return None, grpc.StatusCode.UNIMPLEMENTED, "device calls with a request stream are not signed"
         now = int(self.clock() * 1000)

@@ -16,6 +16,7 @@ MAX_TEXT = 200                                 # kind/name/model/outcome/adapter
 MAX_DETAIL = 2000
 MAX_CAPTURE_DETAIL = 16000                     # a captured prompt/response pair (opt-in)
 MAX_VALUES = 32
+MAX_VALUE_KEY = 64                             # a sample value's name (cpu_percent, rss_bytes, ...)
 
 
 class BatchRefused(Exception):
@@ -61,6 +62,8 @@ def check_event(e, now_ms: int, oldest_ms: int = 0) -> tuple[dict | None, bool, 
     values = dict(e.values)
     if len(values) > MAX_VALUES:
         return None, False, f"{len(values)} sample values exceed {MAX_VALUES}"
+    if any(not k or len(k) > MAX_VALUE_KEY for k in values):
+        return None, False, f"sample value names must be 1-{MAX_VALUE_KEY} characters"
     if any(math.isnan(v) or math.isinf(v) for v in values.values()):
         return None, False, "sample values must be finite"
     ts, clamped = e.ts_unix_ms, False

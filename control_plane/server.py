@@ -116,8 +116,7 @@ class ControlPlane:
                    ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
                    ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), options=options,
-                             interceptors=[AuditInterceptor(self.store, DeviceAuth(self.store,
-                                                                                   cfg.allow_keyless_enrollment)),
+                             interceptors=[AuditInterceptor(self.store, DeviceAuth(self.store)),
                                            StreamLimitInterceptor(self.stream_gate)])
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(self.store, self.registry, cfg.watch_tick_s, cfg.allow_keyless_enrollment), server)

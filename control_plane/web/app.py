@@ -1,9 +1,12 @@
-"""The dashboard's HTTP routes (Starlette). Every page and JSON route needs the admin token: as
-`Authorization: Bearer TOKEN`, or the HttpOnly cookie that `/login?token=TOKEN` sets (then redirects, so the
-token leaves the address bar). `/metrics` (Prometheus) is open, like the agent's; bind to loopback.
+"""The dashboard's HTTP routes (Starlette). Every page and JSON route needs an API token (as
+`Authorization: Bearer TOKEN`, or the HttpOnly cookie that `/login?token=TOKEN` sets, then redirects so the token
+leaves the address bar) whose role is at least the one ROUTE_ROLES names for the route, like the Admin RPCs
+(control_plane/auth.py): captured prompts need admin, the rest viewer. `/metrics` (Prometheus) is open, like the
+agent's; bind to loopback.
 """
 from __future__ import annotations
 
+import html
 import json
 import time
 
@@ -12,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from control_plane import rollups
+from control_plane import auth, rollups
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryViews
 from control_plane.web import pages, pipeline_pages
@@ -20,6 +23,12 @@ from control_plane.web import pages, pipeline_pages
 COOKIE = "slmops_admin"
 WINDOW_MIN = 60           # device charts
 RECENT_MIN = 15           # fleet overview figures
+# The least role of each route (by path pattern). Captured prompts and answers are users' data: admin only,
+# as no viewer or operator RPC exposes them. Every route but /login and /metrics must be listed here.
+ROUTE_ROLES = {"/": "viewer", "/devices/{device_id}": "viewer", "/api/fleet": "viewer",
+               "/api/devices/{device_id}/minutes": "viewer", "/api/devices/{device_id}/events": "viewer",
+               "/api/captures.jsonl": "admin", "/pipelines": "viewer", "/pipelines/{job_id}": "viewer",
+               "/api/pipelines": "viewer", "/api/pipelines/{job_id}": "viewer"}
 
 
 def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starlette:
@@ -27,15 +36,26 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
         got = request.headers.get("authorization", "")
         return got[7:] if got.startswith("Bearer ") else request.cookies.get(COOKIE, "")
 
-    def admin(request: Request) -> bool:
-        t = token_of(request)
-        return bool(t) and store.admin_role(t) is not None
+    def guarded(path: str, page):
+        """`page` behind the role ROUTE_ROLES names for `path`: 401 without a live token, 403 below the role."""
+        need = ROUTE_ROLES[path]
 
-    def denied(request: Request) -> Response:
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": "missing or unknown admin token (Authorization: Bearer TOKEN)"},
-                                status_code=401)
-        return HTMLResponse(pages.login_page(), status_code=401)
+        def route(request: Request):
+            t = token_of(request)
+            who = store.admin_principal(t) if t else None
+            if who is None:
+                if request.url.path.startswith("/api/"):
+                    return JSONResponse({"error": "missing or unknown admin token (Authorization: Bearer TOKEN)"},
+                                        status_code=401)
+                return HTMLResponse(pages.login_page(), status_code=401)
+            if not auth.role_at_least(who["role"], need):
+                why = f"{path} needs role {need}; {who['name']} has role {who['role']}"
+                if request.url.path.startswith("/api/"):
+                    return JSONResponse({"error": why}, status_code=403)
+                return HTMLResponse(pages.layout("forbidden", f"<section>{html.escape(why)}</section>", 0),
+                                    status_code=403)
+            return page(request)
+        return route
 
     def with_health(d: dict, now: int, recent: dict) -> dict:
         return {**d, "health": rollups.device_health(d["state"], d["last_seen_ms"], now, recent.get(d["device_id"]))}
@@ -63,8 +83,6 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
         return r
 
     def fleet(request: Request):
-        if not admin(request):
-            return denied(request)
         now = _now_ms()
         devices, recent = fleet_data(now)
         return HTMLResponse(pages.fleet_page(devices, store.models(), recent, views.events(None, 0, 25), now,
@@ -77,8 +95,6 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
         return [from_json(r["state"]) for r in rows]
 
     def device(request: Request):
-        if not admin(request):
-            return denied(request)
         d = store.device(request.path_params["device_id"])
         if d is None:
             return HTMLResponse(pages.layout("not found", "<section>no such device</section>", 0), status_code=404)
@@ -92,8 +108,6 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
                                               summary, now, window))
 
     def api_fleet(request: Request):
-        if not admin(request):
-            return denied(request)
         devices, recent = fleet_data(_now_ms())
         keep = ("device_id", "name", "state", "message", "health", "current_name", "current_version",
                 "desired_name", "desired_version", "last_seen_ms", "agent_version")
@@ -101,22 +115,16 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
                                          for d in devices], "models": store.models()})
 
     def api_minutes(request: Request):
-        if not admin(request):
-            return denied(request)
         now = _now_ms()
         window = _int_param(request, "minutes", WINDOW_MIN, 1, 60 * 24 * 90)
         return JSONResponse({"minutes": views.minutes(request.path_params["device_id"], now - window * 60_000, now)})
 
     def api_events(request: Request):
-        if not admin(request):
-            return denied(request)
         limit = _int_param(request, "limit", 100, 1, 1000)
         rows = views.events(request.path_params["device_id"], 0, limit)
         return JSONResponse({"events": [{k: v for k, v in r.items() if k != "vals"} for r in rows]})
 
     def api_captures(request: Request):
-        if not admin(request):
-            return denied(request)
         lines = (json.dumps(row, ensure_ascii=False) + "\n" for row in views.captures())
         return Response("".join(lines), media_type="application/x-ndjson",
                         headers={"Content-Disposition": 'attachment; filename="captures.jsonl"'})
@@ -154,27 +162,19 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
                                      pipeline_rollout(job))
 
     def pipelines(request: Request):
-        if not admin(request):
-            return denied(request)
         rows, status = pipeline_rows(request)
         return HTMLResponse(pipeline_pages.list_page(rows, status))
 
     def pipeline(request: Request):
-        if not admin(request):
-            return denied(request)
         d = pipeline_detail(request)
         if d is None:
             return HTMLResponse(pages.layout("not found", "<section>no such pipeline</section>", 0), status_code=404)
         return HTMLResponse(pipeline_pages.detail_page(d))
 
     def api_pipelines(request: Request):
-        if not admin(request):
-            return denied(request)
         return JSONResponse({"pipelines": pipeline_rows(request)[0]})
 
     def api_pipeline(request: Request):
-        if not admin(request):
-            return denied(request)
         d = pipeline_detail(request)
         if d is None:
             return JSONResponse({"error": f"no pipeline {request.path_params['job_id']!r}"}, status_code=404)
@@ -183,13 +183,14 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
     def metrics(request: Request):
         return PlainTextResponse(metrics_render() if metrics_render else "", media_type="text/plain; version=0.0.4")
 
-    return Starlette(routes=[
-        Route("/", fleet), Route("/login", login), Route("/devices/{device_id}", device),
-        Route("/api/fleet", api_fleet), Route("/api/devices/{device_id}/minutes", api_minutes),
-        Route("/api/devices/{device_id}/events", api_events), Route("/api/captures.jsonl", api_captures),
-        Route("/pipelines", pipelines), Route("/pipelines/{job_id}", pipeline),
-        Route("/api/pipelines", api_pipelines), Route("/api/pipelines/{job_id}", api_pipeline),
-        Route("/metrics", metrics)])
+    pages_by_path = {"/": fleet, "/devices/{device_id}": device, "/api/fleet": api_fleet,
+                     "/api/devices/{device_id}/minutes": api_minutes, "/api/devices/{device_id}/events": api_events,
+                     "/api/captures.jsonl": api_captures, "/pipelines": pipelines, "/pipelines/{job_id}": pipeline,
+                     "/api/pipelines": api_pipelines, "/api/pipelines/{job_id}": api_pipeline}
+    if set(pages_by_path) != set(ROUTE_ROLES):
+        raise RuntimeError("every dashboard route needs its role in ROUTE_ROLES")
+    return Starlette(routes=[Route("/login", login), Route("/metrics", metrics),
+                             *(Route(path, guarded(path, page)) for path, page in pages_by_path.items())])
 
 
 def _now_ms() -> int:

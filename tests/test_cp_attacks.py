@@ -1,0 +1,290 @@
+"""Attacks on the control plane from a device's credentials or from the network (issue 18, control-plane half),
+each sent through the real interface (gRPC over loopback TLS, the dashboard over HTTP) to a real in-process
+control plane. Each asserts the refusal and that legitimate calls still work. The simulated devices sign with
+the agent's own signer (edge_agent/device_identity.py)."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from control_plane import auth
+from control_plane.admin_client import AdminClient
+from control_plane.limits import StreamLimits
+from control_plane.procs import free_port
+from control_plane.server import ControlPlane, ControlPlaneConfig
+from edge_agent import device_identity
+from slmops.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2, fleet_pb2, fleet_pb2_grpc, telemetry_pb2
+from slmops.v1 import telemetry_pb2_grpc
+from tests.test_fleet_admin import SimDevice
+
+
+def start(tmp_path, **cfg) -> ControlPlane:
+    c = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", **cfg))
+    port = c.start()
+    c.ca_pem = (tmp_path / "cp" / "keys" / "ca.pem").read_bytes()
+    c.address = f"127.0.0.1:{port}"
+    c.admin = AdminClient(c.address, c.admin_token_path.read_text().strip(), c.ca_pem)
+    return c
+
+
+@pytest.fixture
+def cp(tmp_path):
+    c = start(tmp_path)
+    yield c
+    c.admin.close()
+    c.stop(0)
+
+
+def model_with_blob(cp, name: str, version: str, data: bytes) -> str:
+    """A published version whose one file is `data` (stored in the blob store); returns the file's sha256."""
+    sha, size = cp.blobs.put_stream([data])
+    cp.store.add_model(name, version, b"{}", "00" * 32, "int4", [{"path": "model.onnx", "sha256": sha, "size": size}])
+    return sha
+
+
+def download(dev: SimDevice, sha: str) -> bytes:
+    stream = artifacts_pb2_grpc.ArtifactsStub(dev.channel).Download(artifacts_pb2.DownloadRequest(sha256=sha),
+                                                                     metadata=dev.md(), timeout=10)
+    return b"".join(c.data for c in stream)
+
+
+def enroll(cp, token: str, name: str = "d", key: bytes | None = b"k" * 32, agent_version: str = "sim",
+           **kw) -> fleet_pb2.EnrollResponse:
+    with grpc.secure_channel(cp.address, grpc.ssl_channel_credentials(cp.ca_pem)) as ch:
+        return fleet_pb2_grpc.FleetStub(ch).Enroll(fleet_pb2.EnrollRequest(
+            enroll_token=token, device_name=name, device_public_key=key or b"", agent_version=agent_version, **kw),
+            timeout=10)
+
+
+def uses_left(cp, token_id: str) -> int:
+    return next(t.uses_left for t in cp.admin.enroll_tokens() if t.token_id == token_id)
+
+
+# ---- item 1: downloads follow what the control plane assigned, not what a device claims -------------
+def test_a_device_claiming_a_model_it_was_never_assigned_cannot_download_it(cp):
+    v1 = model_with_blob(cp, "m", "v1", b"weights of v1")
+    v2 = model_with_blob(cp, "m", "v2", b"weights of v2")
+    secret = model_with_blob(cp, "secret", "v1", b"someone else's model")
+    dev = SimDevice(cp.address, cp.admin.enroll_token().token, "d", ca_pem=cp.ca_pem)
+    cp.admin.set_desired("m", "v1", [dev.device_id])
+    assert download(dev, v1) == b"weights of v1"
+    dev.current = common_pb2.ModelRef(name="secret", version="v1")     # the lie
+    dev.report("serving")
+    with pytest.raises(grpc.RpcError) as e:
+        download(dev, secret)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "not part of a model assigned" in e.value.details()
+    # the version it was assigned before stays downloadable while it moves on (a file re-fetched at start-up)
+    dev.current = common_pb2.ModelRef(name="m", version="v1")
+    dev.report("serving")
+    cp.admin.set_desired("m", "v2", [dev.device_id])
+    assert download(dev, v1) == b"weights of v1" and download(dev, v2) == b"weights of v2"
+
+
+def test_a_device_cannot_change_its_hardware_class_to_match_another_selector(cp):
+    dev = SimDevice(cp.address, cp.admin.enroll_token().token, "d", hw="cpu", ca_pem=cp.ca_pem)
+    dev.fleet.ReportStatus(fleet_pb2.StatusReport(device_id=dev.device_id, state="serving",
+                                                  hardware=common_pb2.Hardware(hardware_class="gpu", ram_bytes=7)),
+                           metadata=dev.md(), timeout=10)
+    got = cp.admin.device(dev.device_id)
+    assert got.hardware.hardware_class == "cpu" and got.hardware.ram_bytes == 7    # other facts do update
+    assert len(cp.admin.select_devices(hardware_classes=["gpu"])) == 0
+    assert [d.device_id for d in cp.admin.select_devices(hardware_classes=["cpu"])] == [dev.device_id]
+
+
+# ---- item 6: every device-supplied field bounded; one device can never break ListDevices --------------
+def test_oversized_device_fields_are_refused_and_list_devices_still_answers(cp):
+    t = cp.admin.enroll_token(uses=2)
+    with pytest.raises(grpc.RpcError) as e:
+        enroll(cp, t.token, name="n" * (4 << 20))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "device_name is" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        enroll(cp, t.token, hardware=common_pb2.Hardware(execution_providers=["x" * 100]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "execution_providers" in e.value.details()
+    assert uses_left(cp, t.token_id) == 2                                    # refusals spent no use
+    dev = SimDevice(cp.address, t.token, "d", ca_pem=cp.ca_pem)
+    with pytest.raises(grpc.RpcError) as e:
+        dev.report("s" * (5 << 20))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "state is 5242880 characters" in e.value.details()
+    dev.report("error", "m" * 100_000)                                       # free text is clamped, not refused
+    assert len(cp.admin.device(dev.device_id).message) == 2000
+    # a row stored before these limits existed (written through the store, as an older control plane did)
+    cp.store.touch(dev.device_id, state="x" * (5 << 20), hardware=json.dumps({"arch": "a" * (1 << 20)}))
+    listed = cp.admin.devices()
+    assert [len(d.state) for d in listed] == [64] and not listed[0].HasField("hardware")
+    ack = telemetry_pb2_grpc.TelemetryStub(dev.channel).Upload(telemetry_pb2.TelemetryBatch(
+        device_id=dev.device_id, events=[telemetry_pb2.TelemetryEvent(
+            seq=s, ts_unix_ms=int(time.time() * 1000), kind="sample", name="resources", values=v)
+            for s, v in ((1, {"k" * (6 << 20): 1.0}), (2, {"cpu_percent": 3.0}))]), metadata=dev.md(), timeout=10)
+    assert (ack.accepted, ack.rejected) == (1, 1) and "sample value names must be 1-64 characters" in ack.detail
+
+
+# ---- item 7: signatures bound to the request; no key-less enrollment unless asked for -----------------
+def test_a_captured_device_signature_does_not_replay(cp):
+    dev = SimDevice(cp.address, cp.admin.enroll_token().token, "d", ca_pem=cp.ca_pem)
+    stub = fleet_pb2_grpc.FleetStub(dev.raw)                                # no signer: the attacker's link
+    report = fleet_pb2.StatusReport(device_id=dev.device_id, state="serving")
+    captured = dev.md() + device_identity.sign_call(dev.key, dev.token, "/slmops.v1.Fleet/ReportStatus", report)
+    stub.ReportStatus(report, metadata=captured, timeout=10)               # the original call
+    cases = [(lambda: stub.ReportStatus(report, metadata=captured, timeout=10), "replayed device signature"),
+             (lambda: stub.ReportStatus(fleet_pb2.StatusReport(device_id=dev.device_id, state="error"),
+                                        metadata=captured, timeout=10), "does not verify"),
+             (lambda: next(stub.WatchDesiredState(fleet_pb2.WatchRequest(device_id=dev.device_id),
+                                                  metadata=captured, timeout=10)), "does not verify")]
+    for call, why in cases:
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and why in e.value.details()
+    stale = dev.md() + [(k, v) for k, v in device_identity.sign_call(dev.key, dev.token,
+                                                                     "/slmops.v1.Fleet/ReportStatus", report)]
+    stale = [(k, str(int(v) - auth.MAX_SIG_SKEW_MS - 1000) if k == auth.TS_HEADER else v) for k, v in stale]
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ReportStatus(report, metadata=stale, timeout=10)
+    assert "is not within 300 s" in e.value.details()
+    dev.report("serving")                                                   # the device itself carries on
+    assert dev.desired().revision >= 1
+    log = [(a.action, a.result, a.detail) for a in cp.admin.audit(limit=20)]
+    assert ("ReportStatus", "UNAUTHENTICATED", "replayed device signature: this nonce was already used") in log
+
+
+def test_keyless_enrollment_is_refused_unless_the_control_plane_allows_it(cp, tmp_path):
+    t = cp.admin.enroll_token(uses=1)
+    with pytest.raises(grpc.RpcError) as e:
+        enroll(cp, t.token, key=None)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "key-less enrollment" in e.value.details()
+    assert uses_left(cp, t.token_id) == 1
+    assert enroll(cp, t.token).device_id                                    # with a key: enrolled
+    dev_cp = start(tmp_path / "dev", allow_keyless_enrollment=True)         # the explicit opt-in
+    try:
+        assert enroll(dev_cp, dev_cp.admin.enroll_token().token, key=None).device_id
+    finally:
+        dev_cp.admin.close()
+        dev_cp.stop(0)
+
+
+# ---- item 10: a malformed enroll request spends no use of the token -----------------------------------
+def test_a_malformed_enroll_request_does_not_use_up_the_token(cp):
+    t = cp.admin.enroll_token(uses=1)
+    for kw, why in (({"name": ""}, "device_name is required"),
+                    ({"key": b"short"}, "raw 32-byte Ed25519 key"),
+                    ({"hardware": common_pb2.Hardware(ram_bytes=-1)}, "must be non-negative"),
+                    ({"agent_version": "v" * 65}, "agent_version is 65 characters")):
+        with pytest.raises(grpc.RpcError) as e:
+            enroll(cp, t.token, **kw)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in e.value.details()
+    assert uses_left(cp, t.token_id) == 1
+    SimDevice(cp.address, t.token, "good", ca_pem=cp.ca_pem)
+    assert uses_left(cp, t.token_id) == 0 and [d.name for d in cp.admin.devices()] == ["good"]
+
+
+# ---- item 3: one token or one address cannot hold the thread pool -------------------------------------
+def watch(dev: SimDevice, stub=None):
+    s = (stub or dev.fleet).WatchDesiredState(fleet_pb2.WatchRequest(device_id=dev.device_id), metadata=dev.md(),
+                                              timeout=30)
+    next(s)                                  # the stream is open and has answered
+    return s
+
+
+def test_one_device_token_cannot_starve_the_pool_with_watch_streams(tmp_path):
+    cp = start(tmp_path, max_workers=48)                               # 32 stream threads, 16 kept for calls
+    try:
+        thief = SimDevice(cp.address, cp.admin.enroll_token().token, "thief", ca_pem=cp.ca_pem)
+        streams = [watch(thief) for _ in range(40)]                    # more than the pool could hold
+        assert cp.stream_gate.count("watch") == 2                      # a newer stream replaced the oldest
+        with pytest.raises(grpc.RpcError) as e:
+            next(streams[0])
+        assert e.value.code() == grpc.StatusCode.CANCELLED
+        other = SimDevice(cp.address, cp.admin.enroll_token().token, "other", ca_pem=cp.ca_pem)
+        mine = watch(other)                                            # another device still gets through
+        assert len(cp.admin.devices()) == 2                            # and Admin calls are answered
+        with grpc.secure_channel(cp.address, grpc.ssl_channel_credentials(cp.ca_pem)) as ch:
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
+        for s in [*streams, mine]:
+            s.cancel()
+    finally:
+        cp.admin.close()
+        cp.stop(0)
+
+
+def settle(cp, count: int) -> None:
+    """Waits until the server has released closed streams (each on its own thread), at most 10 s."""
+    deadline = time.monotonic() + 10
+    while cp.stream_gate.count() > count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_one_address_cannot_hold_every_stream_and_health_watches_are_capped(tmp_path):
+    cp = start(tmp_path, stream_limits=StreamLimits(total_streams=64, streams_per_peer=3, health_watch_per_peer=2))
+    try:
+        with grpc.secure_channel(cp.address, grpc.ssl_channel_credentials(cp.ca_pem)) as ch:
+            health = health_pb2_grpc.HealthStub(ch)                    # no token needed: unauthenticated
+            watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(2)]
+            for w in watches:
+                assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as e:
+                next(health.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "at most 2 health watch streams per address" in e.value.details()
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            for w in watches:
+                w.cancel()
+        settle(cp, 0)
+        token = cp.admin.enroll_token(uses=4).token
+        devs = [SimDevice(cp.address, token, f"d{i}", ca_pem=cp.ca_pem) for i in range(4)]
+        open_ = [watch(d) for d in devs[:3]]
+        with pytest.raises(grpc.RpcError) as e:
+            watch(devs[3])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 3 open streams per address" in e.value.details()
+        assert len(cp.admin.devices()) == 4                            # unary calls are still answered
+        open_[0].cancel()
+        settle(cp, 2)
+        fourth = watch(devs[3])                                        # a closed stream frees its slot
+        for s in [*open_[1:], fourth]:
+            s.cancel()
+    finally:
+        cp.admin.close()
+        cp.stop(0)
+
+
+# ---- item 8: captured prompts need the admin role on the dashboard ------------------------------------
+def test_a_viewer_token_cannot_download_captured_prompts(tmp_path):
+    cp = start(tmp_path, http=str(free_port()))
+    try:
+        dev = SimDevice(cp.address, cp.admin.enroll_token().token, "d", ca_pem=cp.ca_pem)
+        pair = '{"messages": [{"role": "user", "content": "my password is hunter2"}], "response": "ok"}'
+        telemetry_pb2_grpc.TelemetryStub(dev.channel).Upload(telemetry_pb2.TelemetryBatch(
+            device_id=dev.device_id, events=[telemetry_pb2.TelemetryEvent(
+                seq=1, ts_unix_ms=int(time.time() * 1000), kind="capture", name="chat", detail=pair)]),
+            metadata=dev.md(), timeout=10)
+        base = f"http://127.0.0.1:{cp.http.port}"
+
+        def get(path: str, token: str) -> tuple[int, bytes]:
+            req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+
+        viewer, operator = (cp.admin.api_token(r, n).token for r, n in (("viewer", "vera"), ("operator", "otto")))
+        for token, name in ((viewer, "vera"), (operator, "otto")):
+            status, body = get("/api/captures.jsonl", token)
+            assert status == 403 and b"hunter2" not in body
+            assert f"/api/captures.jsonl needs role admin; {name} has role".encode() in body
+        assert get("/api/fleet", viewer)[0] == 200 and get("/", viewer)[0] == 200      # viewers keep their pages
+        status, body = get("/api/captures.jsonl", cp.admin_token_path.read_text().strip())
+        assert status == 200 and b"hunter2" in body
+        vera_id = next(t.token_id for t in cp.admin.api_tokens() if t.name == "vera")
+        cp.admin.revoke_api_token(vera_id)
+        assert get("/api/fleet", viewer)[0] == 401                                    # revoked: refused at once
+    finally:
+        cp.admin.close()
+        cp.stop(0)
