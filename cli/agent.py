@@ -16,9 +16,8 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
               data_dir: pathlib.Path = typer.Option(..., help="the agent's state, blobs and models"),
               http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the local OpenAI-compatible API"),
               grpc_listen: str = typer.Option("", "--grpc", help="HOST:PORT of the gRPC inference API (off if empty)"),
-              enroll_token: str = typer.Option("", envvar="SLMOPS_ENROLL_TOKEN", show_envvar=False,
-                                               help="needed once, for the first start [env SLMOPS_ENROLL_TOKEN; "
-                                                    "on the command line it is visible in ps]"),
+              enroll_token: str = typer.Option("", help="needed once, for the first start [env "
+                                                        "SLMOPS_ENROLL_TOKEN; on the command line ps shows it]"),
               enroll_token_file: Optional[pathlib.Path] = typer.Option(
                   None, help="read the enrollment token from this file (kept out of ps and shell history)"),
               device_name: str = typer.Option("", help="defaults to the host name"),
@@ -50,18 +49,10 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
     from slmops.errors import ConfigError
 
     setup_logging()
-    if enroll_token_file is not None:
-        if enroll_token:
-            fail("give --enroll-token or --enroll-token-file, not both")
-        try:
-            enroll_token = enroll_token_file.read_text().strip()
-        except OSError as e:
-            fail(f"--enroll-token-file {enroll_token_file}: {e.strerror or e}")
-        if not enroll_token:
-            fail(f"--enroll-token-file {enroll_token_file} is empty")
     try:
-        cfg = AgentConfig.from_env(control_plane=control_plane, data_dir=data_dir, http=http, grpc=grpc_listen,
-                                   enroll_token=enroll_token, device_name=device_name,
+        cfg = AgentConfig.from_env(control_plane=control_plane, data_dir=data_dir.resolve(), http=http, grpc=grpc_listen,
+                                   enroll_token=enroll_token, enroll_token_file=enroll_token_file,
+                                   device_name=device_name,
                                    max_concurrent=max_concurrent, max_queue=max_queue,
                                    telemetry_interval_s=telemetry_interval,
                                    ca_cert=ca_cert, insecure_loopback_dev=insecure_loopback_dev,
@@ -78,3 +69,32 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
     Agent(cfg).run()
 
 
+
+
+@agent_app.command("wait")
+def wait(http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the agent's local API"),
+         model: str = typer.Option("", help="wait until it serves this NAME@VERSION (default: any model)"),
+         timeout: float = typer.Option(120.0, help="seconds before giving up (exit 1)")):
+    """Wait until an agent is ready to answer (its /readyz names a model), e.g. after its first start."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    from cli.common import console
+
+    deadline, last = time.monotonic() + timeout, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{http}/readyz", timeout=2) as r:
+                body = json.loads(r.read() or b"{}")
+            if not model or body.get("model") == model:
+                console.print(f"agent at {http} serves {body.get('model')}")
+                return
+            last = f"serving {body.get('model')}"
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+        except (OSError, ValueError) as e:
+            last = str(e)
+        time.sleep(0.3)
+    fail(f"agent at {http} not ready{' with ' + model if model else ''} after {timeout:.0f} s (last: {last})")

@@ -24,8 +24,8 @@ def selector_text(r) -> str:
     return ", ".join(sel) or ("all devices" if r.selector.all_devices else "-")
 
 
-def print_rollout(r, devices: bool = False) -> None:
-    out = Console()
+def print_rollout(r, devices: bool = False, out: Console | None = None) -> None:
+    out = out or Console()
     waves = ", ".join(f"{w.devices}" if w.devices else f"{w.percent:g}%" for w in r.waves)
     out.print(f"[bold]{r.rollout_id}[/] {ref(r.model)}  [{COLOR.get(r.status, 'cyan')}]{r.status}[/]  wave "
               f"{r.wave + 1}/{len(r.waves)} ({waves})  selector {selector_text(r)}"
@@ -55,7 +55,8 @@ def create(model: str = typer.Argument(..., help="NAME@VERSION"),
            variant: List[str] = typer.Option([], "--variant", help="HWCLASS=VERSION (repeat)"),
            as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
            cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """Roll NAME@VERSION out to the selected devices: all at once, a canary, or health-gated waves."""
+    """Roll NAME@VERSION out to the selected devices: all at once, a canary, or health-gated waves. The rollout id
+    goes to stdout (for scripts), what it will do to stderr."""
     name, version = model_ref(model)
     if canary and waves:
         fail("give --canary or --waves, not both")
@@ -77,7 +78,8 @@ def create(model: str = typer.Argument(..., help="NAME@VERSION"),
         import json
         print(json.dumps(to_dict(r), indent=1))
     else:
-        print_rollout(r)
+        print_rollout(r, out=console)
+        print(r.rollout_id)
 
 
 def _rollouts_table(rows, as_json: bool) -> None:
@@ -97,6 +99,9 @@ def list_(as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token: Op
 
 @rollout_app.command("status")
 def status(rollout_id: str = typer.Argument("", help="one rollout, with its devices (default: all rollouts)"),
+           wait: bool = typer.Option(False, "--wait", help="wait until the rollout finishes; exit 1 unless it "
+                                                          "completed"),
+           timeout: float = typer.Option(3600, help="with --wait: seconds before giving up"),
            as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
            cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
     """Where rollouts stand: status, wave, counts, why they wait or halted."""
@@ -105,11 +110,28 @@ def status(rollout_id: str = typer.Argument("", help="one rollout, with its devi
         _rollouts_table(call(c.rollouts), as_json)
         return
     r = call(lambda: c.rollout(rollout_id))
+    if wait:
+        import time
+
+        from control_plane.rollouts import TERMINAL as FINISHED
+
+        deadline, last = time.monotonic() + timeout, None
+        while r.status not in FINISHED:
+            line = f"{r.rollout_id}: {r.status}, wave {r.wave + 1}/{len(r.waves)}, {r.succeeded} ok, {r.failed} failed"
+            if line != last:
+                console.print(line + (f" — {r.reason}" if r.reason else ""), soft_wrap=True)
+                last = line
+            if time.monotonic() > deadline:
+                fail(f"{r.rollout_id} still {r.status} after {timeout:.0f} s")
+            time.sleep(0.5)
+            r = call(lambda: c.rollout(rollout_id))
     if as_json:
         import json
         print(json.dumps(to_dict(r), indent=1))
     else:
         print_rollout(r, devices=True)
+    if wait and r.status != "completed":
+        fail(f"{r.rollout_id} {r.status}" + (f": {r.reason}" if r.reason else ""))
 
 
 def _action(action: str, doc: str):

@@ -34,7 +34,8 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
     setup_logging()
     try:
         expiry = Expiry(timestamp=dt.timedelta(seconds=timestamp_expiry))
-        serve_forever(ControlPlaneConfig(data_dir=data_dir, listen=listen, http=http, expiry=expiry,
+        # absolute: pipeline workers run in other working folders and find their specs under it
+        serve_forever(ControlPlaneConfig(data_dir=data_dir.resolve(), listen=listen, http=http, expiry=expiry,
                                          insecure_loopback_dev=insecure_loopback_dev, max_workers=max_workers,
                                          pipeline_jobs=pipeline_jobs,
                                          refresh_s=resign_interval if resign_interval >= 0
@@ -75,3 +76,32 @@ def keys_rotate(role: str, trust_dir: pathlib.Path = typer.Option(..., help="the
         fail(str(e))
     console.print(f"root v{md.signed.version}: {role} now has {len(md.signed.roles[role].keyids)} key(s), "
                   f"threshold {md.signed.roles[role].threshold}")
+
+
+@cp_app.command("wait")
+def wait(control_plane: str = typer.Option("127.0.0.1:50051", help="control plane HOST:PORT"),
+         cp_data_dir: Optional[pathlib.Path] = typer.Option(
+             None, help="also wait for its admin-token and keys/ca.pem (written at first start)"),
+         timeout: float = typer.Option(60.0, help="seconds before giving up (exit 1)")):
+    """Wait until a control plane answers its health check (for scripts that just started one)."""
+    import os
+    import time
+
+    from cli.common import admin_ca
+    from control_plane.admin_client import wait_healthy
+
+    deadline = time.monotonic() + timeout
+    if cp_data_dir is not None:
+        need = [cp_data_dir / "admin-token"]
+        if os.environ.get("SLMOPS_INSECURE_LOOPBACK_DEV") != "1" and not os.environ.get("SLMOPS_CA_CERT"):
+            need.append(cp_data_dir / "keys" / "ca.pem")
+        while not all(p.exists() for p in need):
+            if time.monotonic() > deadline:
+                fail(f"no {' / '.join(str(p) for p in need if not p.exists())} after {timeout:.0f} s: is the "
+                     f"control plane running with --data-dir {cp_data_dir}?")
+            time.sleep(0.2)
+    try:
+        wait_healthy(control_plane, max(0.5, deadline - time.monotonic()), admin_ca(control_plane, cp_data_dir))
+    except TimeoutError as e:
+        fail(str(e))
+    console.print(f"control plane at {control_plane} is serving")

@@ -14,6 +14,15 @@ tokens_app = typer.Typer(no_args_is_help=True, help="Enrollment tokens and API t
 ROLES = ("viewer", "operator", "admin")
 
 
+def public_id(given: str, kind: str) -> str:
+    """A token's public id from its id or from the secret itself (hashed here; the secret is never sent)."""
+    from control_plane.store import api_token_id, enroll_token_id, token_hash
+
+    if given.startswith("slm_"):
+        return (enroll_token_id if kind == "enroll" else api_token_id)(token_hash(given.strip()))
+    return given.strip()
+
+
 def _state(t) -> str:
     import time
 
@@ -55,12 +64,13 @@ def list_(as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token: Op
 
 
 @tokens_app.command("revoke")
-def revoke(token_id: str = typer.Argument(..., help="the id from `tokens create` or `tokens list`"),
+def revoke(token_id: str = typer.Argument(..., help="its id (tok_…, from `tokens create` or `tokens list`) or the "
+                                                    "token itself"),
            control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
            cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
     """Revoke an enrollment token: no device can enroll with it from now on."""
     c = admin(control_plane, admin_token, cp_data_dir)
-    t = call(lambda: c.revoke_enroll_token(token_id))
+    t = call(lambda: c.revoke_enroll_token(public_id(token_id, "enroll")))
     console.print(f"revoked enrollment token {t.token_id}")
 
 
@@ -92,10 +102,11 @@ def api_list(as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token:
 
 
 @tokens_app.command("api-revoke")
-def api_revoke(token_id: str = typer.Argument(..., help="the id from `tokens api` or `tokens api-list`"),
+def api_revoke(token_id: str = typer.Argument(..., help="its id (api_…, from `tokens api` or `tokens api-list`) "
+                                                        "or the token itself"),
                control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
                cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
     """Revoke an API token: refused from the next call on (the last admin token cannot be revoked)."""
     c = admin(control_plane, admin_token, cp_data_dir)
-    t = call(lambda: c.revoke_api_token(token_id))
+    t = call(lambda: c.revoke_api_token(public_id(token_id, "api")))
     console.print(f"revoked API token {t.token_id} ({t.role}, {t.name})")
