@@ -228,14 +228,7 @@ class Reconciler:
             if item is None:
                 continue
             try:
-                if item[0] == "desired":
-                    if self.desired != tuple(item[1:]):
-                        self.desired = tuple(item[1:])
-                        self.guarded("saving the desired state", self.state.put, "desired", list(self.desired))
-                    ok = self.guarded(f"applying {item[1]}@{item[2]}", self.apply, *item[1:])
-                else:
-                    ok = self.guarded(f"sideloading {getattr(item[1], 'name', item[1])}", self.apply_sideload,
-                                      item[1])
+                ok = self.guarded("handling queued work", self.handle, item)
                 if ok:
                     backoff.reset()
                 else:
@@ -244,6 +237,19 @@ class Reconciler:
                 delay = backoff.next()
                 log.warning("update paused (%s); retrying in %.1f s", e, delay)
                 self.stop.wait(delay)
+
+    def handle(self, item: tuple) -> None:
+        """One queued item: ("desired", name, version, revision) or ("sideload", path)."""
+        if item[0] == "desired":
+            name, version, revision = item[1:]
+            if self.desired != (name, version, revision):
+                self.desired = (name, version, revision)
+                self.state.put("desired", list(self.desired))
+            self.apply(name, version, revision)
+        elif item[0] == "sideload":
+            self.apply_sideload(pathlib.Path(item[1]))
+        else:
+            raise ValueError(f"unknown work item {item[0]!r}")
 
     # ---- reporting --------------------------------------------------------------------------------
     def _serving_ref(self) -> tuple[str, str]:

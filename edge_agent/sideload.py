@@ -36,13 +36,18 @@ class SideloadWatcher:
         self.folder = pathlib.Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.queue = work_queue
-        self.seen: set[pathlib.Path] = set()
+        self.seen: set[tuple] = set()   # (path, mtime, size): the same name dropped again with new bytes counts
         self.observer = Observer()
 
     def _put(self, path: pathlib.Path) -> None:
-        if path in self.seen or not path.exists():
+        try:
+            st = path.lstat()   # not followed: a symlink is handed on as one, and refused by bundle.unpack
+        except OSError:
             return
-        self.seen.add(path)
+        key = (path, st.st_mtime_ns, st.st_size, st.st_ino)
+        if key in self.seen:
+            return
+        self.seen.add(key)
         log.info("sideload bundle found: %s", path.name)
         self.queue.put(("sideload", path))
 
