@@ -85,6 +85,14 @@ class Attack:
         self.c.wait_for(lambda: self.events("verify_failed"), what="the verify_failed event at the control plane")
         return dev.message
 
+    def metadata_files(self, version: str):
+        """The files of a published version, from its manifest as the control plane stored it."""
+        from slmops.manifest import Manifest
+
+        with self.db() as db:
+            raw = db.execute("select manifest from models where name = 'tiny' and version = ?", [version]).fetchone()[0]
+        return Manifest.from_json(raw).files
+
     def events(self, name: str) -> list[str]:
         with self.db() as db:
             return [r[0] for r in db.execute("select detail from telemetry where kind='event' and name=?", [name])]
@@ -209,3 +217,60 @@ def test_trusted_versions_survive_restart(cluster, tiny_int4, tmp_path):
     cluster.wait_serving("a1", a.m1.ref)
     a.serve(**a.old)
     a.assign_and_expect_refusal("v0", "rollback")
+
+
+# ---- the control plane against a device's stolen credentials (issue 18, items 1 and 3) -----------------
+def stolen_credentials(cluster, name: str):
+    """What an attacker who copied the agent's data folder holds: its device token and its signing key."""
+    import json
+
+    from edge_agent import device_identity
+
+    with sqlite3.connect(cluster.root / name / "agent.db") as db:
+        ident = json.loads(db.execute("select value from kv where key = 'identity'").fetchone()[0])
+    key = device_identity.load_or_create_key(cluster.root / name / "identity" / "device-key.pem")
+    return ident["device_id"], ident["token"], key
+
+
+def test_stolen_device_credentials_cannot_starve_the_control_plane_or_fetch_unassigned_models(cluster, tiny_int4,
+                                                                                              tmp_path):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from edge_agent import device_identity
+    from slmops.v1 import artifacts_pb2, artifacts_pb2_grpc, common_pb2, fleet_pb2, fleet_pb2_grpc
+
+    a = Attack(cluster, tiny_int4, tmp_path)
+    device_id, token, key = stolen_credentials(cluster, "a1")
+    raw = grpc.insecure_channel(cluster.address)
+    thief = grpc.intercept_channel(raw, device_identity.DeviceSigner(key, lambda: token))
+    md = (("authorization", f"Bearer {token}"),)
+    fleet = fleet_pb2_grpc.FleetStub(thief)
+    # a lie about what it runs does not open v0's blobs (never assigned to this device)
+    v0_only = next(f.sha256 for f in a.metadata_files("v0") if f.path == "genai_config.json")
+    fleet.ReportStatus(fleet_pb2.StatusReport(device_id=device_id, state="serving",
+                                              current=common_pb2.ModelRef(name="tiny", version="v0")),
+                       metadata=md, timeout=10)
+    with pytest.raises(grpc.RpcError) as e:
+        list(artifacts_pb2_grpc.ArtifactsStub(thief).Download(artifacts_pb2.DownloadRequest(sha256=v0_only),
+                                                              metadata=md, timeout=10))
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # 40 watch streams on the device's token: only the newest two stay open, the pool is not taken
+    streams = []
+    for _ in range(40):
+        s = fleet.WatchDesiredState(fleet_pb2.WatchRequest(device_id=device_id), metadata=md, timeout=120)
+        next(s)
+        streams.append(s)
+    with pytest.raises(grpc.RpcError) as e:
+        next(streams[0])
+    assert e.value.code() == grpc.StatusCode.CANCELLED
+    assert health_pb2_grpc.HealthStub(raw).Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    # the real agent still gets its update through (its reconnect replaces a thief's stream) and serves it
+    cluster.admin.set_desired("tiny", "v2")
+    cluster.wait_serving("a1", a.m2.ref, timeout=90)
+    status, body = cluster.chat("a1")
+    assert status == 200 and body["model"] == a.m2.ref
+    for s in streams:
+        s.cancel()
+    raw.close()
