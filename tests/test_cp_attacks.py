@@ -288,3 +288,40 @@ def test_a_viewer_token_cannot_download_captured_prompts(tmp_path):
     finally:
         cp.admin.close()
         cp.stop(0)
+
+
+# ---- the pure parts, as tables ------------------------------------------------------------------------
+def test_stream_gate_decisions():
+    from control_plane.limits import DOWNLOAD, HEALTH, WATCH, StreamGate
+
+    gate = StreamGate(StreamLimits(total_streams=6, streams_per_peer=4, watch_per_device=2, downloads_per_device=2,
+                                   health_watch_per_peer=1, health_watch_total=2))
+    ended: list[str] = []
+    t1, _, _ = gate.admit(WATCH, "p1", "d1", lambda: ended.append("w1"))
+    t2, _, _ = gate.admit(WATCH, "p1", "d1", lambda: ended.append("w2"))
+    t3, why, evict = gate.admit(WATCH, "p1", "d1", lambda: ended.append("w3"))
+    for end in evict:
+        end()
+    assert t1 and t3 and not why and ended == ["w1"]                              # the oldest is replaced
+    assert gate.admit(DOWNLOAD, "p1", "d1", None)[0] and gate.admit(DOWNLOAD, "p1", "d1", None)[0]
+    assert gate.admit(DOWNLOAD, "p2", "d1", None)[1] == "at most 2 downloads at once per device"
+    assert gate.admit(DOWNLOAD, "p1", "d9", None)[1] == "at most 4 open streams per address"
+    assert gate.admit(HEALTH, "p2", "", None)[0]
+    assert gate.admit(HEALTH, "p2", "", None)[1] == "at most 1 health watch streams per address"
+    assert gate.admit(HEALTH, "p3", "", None)[0]
+    assert gate.admit(HEALTH, "p4", "", None)[1] == "too many health watch streams (2 open)"
+    assert gate.admit(WATCH, "p5", "d5", None)[1] == "the control plane holds its maximum of 6 open streams"
+    gate.release(t2)
+    assert gate.admit(WATCH, "p5", "d5", None)[0] and gate.count(WATCH) == 2
+    assert StreamLimits.for_pool(2048).total_streams == 1984 and StreamLimits.for_pool(48).total_streams == 32
+
+
+def test_replay_cache_decisions():
+    cache = auth.ReplayCache(window_ms=1000, per_device=2)
+    assert cache.admit("d1", "n1", ts_ms=10_000, now_ms=10_000) is None
+    assert cache.admit("d1", "n1", ts_ms=10_000, now_ms=10_500)[1].startswith("replayed device signature")
+    assert cache.admit("d2", "n1", ts_ms=10_000, now_ms=10_500) is None            # nonces are per device
+    assert cache.admit("d1", "n2", ts_ms=10_400, now_ms=10_500) is None
+    code, why = cache.admit("d1", "n3", ts_ms=10_500, now_ms=10_500)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "more than 2 signed calls" in why
+    assert cache.admit("d1", "n3", ts_ms=11_100, now_ms=11_100) is None            # n1 left the window
