@@ -105,6 +105,7 @@ class ReplayCache:
         self._lock = threading.Lock()
         self._seen: dict[str, dict[str, int]] = {}        # device -> nonce -> expiry
         self._expiry: dict[str, list[tuple[int, str]]] = {}
+        self._admitted = 0
 
     def admit(self, device_id: str, nonce: str, ts_ms: int, now_ms: int) -> tuple[grpc.StatusCode, str] | None:
         """None (and the nonce remembered) for a fresh nonce; otherwise the refusal."""
@@ -119,12 +120,22 @@ class ReplayCache:
                                                             f"device within {self.window_ms // 1000} s; slow down")
             seen[nonce] = ts_ms + self.window_ms
             heapq.heappush(heap, (ts_ms + self.window_ms, nonce))
+            self._admitted += 1
+            if self._admitted % 4096 == 0:   # devices that went quiet (or were deleted) do not keep their nonces
+                self._sweep(now_ms)
             return None
 
-    def forget(self, device_id: str) -> None:
+    def _sweep(self, now_ms: int) -> None:
+        for device_id in list(self._expiry):
+            heap, seen = self._expiry[device_id], self._seen[device_id]
+            while heap and heap[0][0] < now_ms:
+                seen.pop(heapq.heappop(heap)[1], None)
+            if not heap:
+                del self._expiry[device_id], self._seen[device_id]
+
+    def devices(self) -> int:
         with self._lock:
-            self._seen.pop(device_id, None)
-            self._expiry.pop(device_id, None)
+            return len(self._seen)
 
 
 class DeviceAuth:

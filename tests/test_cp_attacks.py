@@ -325,3 +325,9 @@ def test_replay_cache_decisions():
     code, why = cache.admit("d1", "n3", ts_ms=10_500, now_ms=10_500)
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "more than 2 signed calls" in why
     assert cache.admit("d1", "n3", ts_ms=11_100, now_ms=11_100) is None            # n1 left the window
+    quiet = auth.ReplayCache(window_ms=1000, per_device=5000)
+    for i in range(4095):
+        assert quiet.admit(f"gone{i % 3}", f"{i}", ts_ms=0, now_ms=0) is None
+    assert quiet.devices() == 3
+    assert quiet.admit("busy", "x", ts_ms=5000, now_ms=5000) is None            # the 4096th admit sweeps
+    assert quiet.devices() == 1                                                  # quiet devices are dropped
