@@ -46,13 +46,42 @@ def events(cluster, name="a1"):
     return up + local
 
 
+def broken_variant(src, dest):
+    """Loads and passes its short golden prompt, but fails every prompt beyond the positions it really has."""
+    bad = variant(src, dest, 5)
+    cfg = json.loads((bad / "genai_config.json").read_text())
+    cfg["model"]["context_length"] = cfg["search"]["max_length"] = 4096  # beyond the 512 positions it has
+    (bad / "genai_config.json").write_text(json.dumps(cfg))
+    return bad
+
+
+def fail_probation(cluster, until):
+    long_prompt = "Kestrel K2 " * 300   # ~600 tokens: fails on the broken model
+    for _ in range(40):
+        cluster.chat("a1", long_prompt, max_tokens=4)
+        cluster.chat("a1", max_tokens=4)
+        if until():
+            return
+    raise AssertionError("probation did not fail")
+
+
 @pytest.mark.parametrize("state", ["fetching_metadata", "fetching_chunks", "verifying", "installing", "loading",
-                                   "smoke_test", "switching", "probation"])
+                                   "smoke_test", "switching", "probation", "rolling_back"])
 def test_sigkill_in_every_state_comes_back_consistent(cluster, tiny_int4, tmp_path, state):
-    m1 = setup_v1(cluster, tiny_int4, env={"SLMOPS_TEST_PAUSE_IN_STATE": f"{state}@v2"})
-    m2 = cluster.publish(variant(tiny_int4, tmp_path / "v2", 5), "tiny", "v2")
-    cluster.admin.set_desired("tiny", "v2")
-    p, port = cluster.agents["a1"]
+    pause = {"SLMOPS_TEST_PAUSE_IN_STATE": f"{state}@v2"}
+    p = None
+    if state == "rolling_back":   # v2 must fail probation to get there
+        m1 = setup_v1(cluster, tiny_int4, agent_extra=["--probation", "30"], env=pause)
+        m2 = cluster.publish(broken_variant(tiny_int4, tmp_path / "v2"), "tiny", "v2")
+        cluster.admin.set_desired("tiny", "v2")
+        cluster.wait_serving("a1", m2.ref)
+        p, port = cluster.agents["a1"]
+        fail_probation(cluster, lambda: f"pausing in state {state}" in p.log_tail(40))
+    else:
+        m1 = setup_v1(cluster, tiny_int4, env=pause)
+        m2 = cluster.publish(variant(tiny_int4, tmp_path / "v2", 5), "tiny", "v2")
+        cluster.admin.set_desired("tiny", "v2")
+        p, port = cluster.agents["a1"]
     cluster.wait_for(lambda: f"pausing in state {state}" in p.log_tail(40), what=f"the agent to reach {state}")
     assert kv(cluster, "update")["state"] == state  # saved before acting
     p2, _ = cluster.restart_agent("a1", kill=True, extra=PROBATION)
@@ -65,10 +94,18 @@ def test_sigkill_in_every_state_comes_back_consistent(cluster, tiny_int4, tmp_pa
     status, body = cluster.chat("a1")
     assert status == 200 and body["model"] in (m1.ref, m2.ref)
     # ... and it finishes the update it was killed in
-    cluster.wait_serving("a1", m2.ref, timeout=60)
-    cluster.wait_for(lambda: kv(cluster, "update")["state"] == "committed", what="the update to commit")
-    assert kv(cluster, "current") == {"name": "tiny", "version": "v2"}
+    if state == "rolling_back":
+        cluster.wait_serving("a1", m1.ref, timeout=60)
+        cluster.wait_for(lambda: kv(cluster, "update")["state"] == "rolled_back", what="the rollback to finish")
+        assert kv(cluster, "current") == {"name": "tiny", "version": "v1"}
+        status, body = cluster.chat("a1")
+        assert status == 200 and body["model"] == m1.ref
+    else:
+        cluster.wait_serving("a1", m2.ref, timeout=60)
+        cluster.wait_for(lambda: kv(cluster, "update")["state"] == "committed", what="the update to commit")
+        assert kv(cluster, "current") == {"name": "tiny", "version": "v2"}
     assert not list((cluster.root / "a1" / "models" / "tiny").glob(".staging-*"))
+    assert "Traceback" not in p2.log_path.read_text(errors="replace")
 
 
 def _try(fn):
@@ -109,19 +146,10 @@ def test_hot_swap_under_load_drops_no_request(cluster, tiny_int4, tmp_path):
 
 def test_probation_rolls_back_a_bad_model(cluster, tiny_int4, tmp_path):
     m1 = setup_v1(cluster, tiny_int4, agent_extra=["--probation", "20"])
-    bad = variant(tiny_int4, tmp_path / "v2", 5)
-    cfg = json.loads((bad / "genai_config.json").read_text())
-    cfg["model"]["context_length"] = cfg["search"]["max_length"] = 4096  # beyond the 512 positions it has
-    (bad / "genai_config.json").write_text(json.dumps(cfg))
-    m2 = cluster.publish(bad, "tiny", "v2")
+    m2 = cluster.publish(broken_variant(tiny_int4, tmp_path / "v2"), "tiny", "v2")
     cluster.admin.set_desired("tiny", "v2")
     cluster.wait_serving("a1", m2.ref)  # loads and passes its (short) golden prompt
-    long_prompt = "Kestrel K2 " * 300   # ~600 tokens: fails on the broken model
-    for _ in range(12):
-        cluster.chat("a1", long_prompt, max_tokens=4)
-        cluster.chat("a1", max_tokens=4)
-        if kv(cluster, "current") == {"name": "tiny", "version": "v1"}:
-            break
+    fail_probation(cluster, lambda: kv(cluster, "current") == {"name": "tiny", "version": "v1"})
     cluster.wait_serving("a1", m1.ref, timeout=40)
     dev = cluster.wait_for(lambda: (d := cluster.device("a1")).message.startswith("rolled back") and d,
                            what="the rollback report")
