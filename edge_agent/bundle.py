@@ -32,6 +32,7 @@ SUFFIX = ".slmops.tar"
 MAX_MEMBERS = 100_000
 MAX_BUNDLE_JSON = 64 << 10
 MAX_METADATA_TOTAL = 64 << 20
+MIN_FREE_FOR_METADATA = 16 << 20
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _BLOB = re.compile(r"^blobs/([0-9a-f]{64})$")
@@ -119,9 +120,14 @@ def unpack(tar_path: pathlib.Path, work_dir: pathlib.Path) -> tuple[pathlib.Path
             meta = {n: s for n, s in members.items() if not n.startswith("blobs/")}
             if "bundle.json" not in meta:
                 raise ArtifactInvalid(f"{label} has no bundle.json")
-            if sum(s for _, s in meta.values()) > MAX_METADATA_TOTAL:
+            meta_bytes = sum(s for _, s in meta.values())
+            if meta_bytes > MAX_METADATA_TOTAL:
                 raise ArtifactInvalid(f"{label}: its metadata is larger than {MAX_METADATA_TOTAL} bytes")
             work_dir.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(work_dir).free
+            if free < meta_bytes + MIN_FREE_FOR_METADATA:
+                raise ArtifactInvalid(f"{label}: {free} bytes free, its metadata needs {meta_bytes} (and "
+                                      f"{MIN_FREE_FOR_METADATA} must stay free)")
             dest = pathlib.Path(tempfile.mkdtemp(prefix="bundle-", dir=work_dir))
             for name, (offset, length) in meta.items():
                 f.seek(offset)

@@ -59,7 +59,8 @@ def error(status: int, message: str, type_: str = "invalid_request_error", param
                         status_code=status, headers=headers)
 
 
-def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) -> Starlette:
+def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
+              body_timeout_s: float = BODY_TIMEOUT_S) -> Starlette:
     def authorized(request: Request) -> bool:
         if not api_keys:
             return True
@@ -68,7 +69,7 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None) ->
         return any(secrets.compare_digest(token, k) for k in api_keys)
 
     async def read_json(request: Request):
-        return parse_json_body(await read_body(request, MAX_BODY_BYTES, BODY_TIMEOUT_S))
+        return parse_json_body(await read_body(request, MAX_BODY_BYTES, body_timeout_s))
 
     def handler(parse, kind: str):
         async def endpoint(request: Request):

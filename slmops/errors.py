@@ -7,6 +7,9 @@
     ├── TransportError       the other side could not be reached or broke off -> retried with backoff
     ├── RequestInvalid       a client request is malformed (HTTP 4xx / gRPC INVALID_ARGUMENT)
     └── ModelLoadError       an installed model could not be loaded or failed its smoke test
+
+The agent's update states add their own (edge_agent/decisions.py): DiskFull, ProbationFailed, LocalIOError (an
+OSError inside a state) and SideloadRefused (an ArtifactInvalid); decisions.failure_kind names the event of each.
 """
 
 

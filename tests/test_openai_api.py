@@ -9,13 +9,13 @@ import time
 import httpx
 import openai
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from control_plane.procs import free_port
 from edge_agent.engine import OgaEngine
 from edge_agent.http_api import build_app
+from edge_agent.http_server import make_server
 from edge_agent.runtime import NotReady, QueueFull, Runtime
 from edge_agent.serving import Serving
 from edge_agent.state import AgentState
@@ -24,7 +24,7 @@ from slmops.manifest import manifest_for_dir
 
 class Server:
     def __init__(self, tmp, engine_dir=None, api_keys=(), max_concurrent=2, max_queue=4, max_prompt_tokens=256,
-                 precision="int4", adapters=()):
+                 precision="int4", adapters=(), body_timeout_s=30.0):
         self.state = AgentState(tmp / "agent.db")
         self.runtime = Runtime(max_concurrent, max_queue)
         if engine_dir is not None:
@@ -32,8 +32,8 @@ class Server:
             self.runtime.swap(OgaEngine(engine_dir, m), m)
         self.serving = Serving(self.runtime, self.state, max_prompt_tokens, 64, request_timeout_s=30)
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(build_app(self.serving, api_keys), host="127.0.0.1",
-                                                   port=self.port, log_level="warning"))
+        self.server = make_server(build_app(self.serving, api_keys, body_timeout_s=body_timeout_s), "127.0.0.1",
+                                  self.port)   # the agent's own server and limits (edge_agent/http_server.py)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
@@ -255,3 +255,32 @@ def test_a_client_hanging_up_mid_body_is_not_a_model_failure(server, caplog):
     r = server.client().chat.completions.create(model="tiny", max_tokens=4,
                                                  messages=[{"role": "user", "content": "hi"}])
     assert r.choices[0].message.content is not None
+
+
+def test_a_body_that_stops_arriving_is_408_and_the_server_goes_on(tmp_path, tiny_int4):
+    """Headers promise 1000 bytes, 10 arrive, the client waits: answered 408 (the connection closed), not held."""
+    import socket
+
+    s = Server(tmp_path, tiny_int4, body_timeout_s=0.5)
+    try:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"messages\"")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 408") and b"not received within" in reply
+        r = s.client().chat.completions.create(model="tiny", max_tokens=4, messages=ask("hi"))
+        assert r.choices[0].message.content is not None
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("raw,status,words", [
+    (b"[" * 5000 + b"]" * 5000, 400, "nested more deeply"),
+    (b'{"messages": [{"role": "user", "content": ' + b"[" * 40 + b"]" * 40 + b"}]}", 400, "nested more deeply"),
+])
+def test_deep_json_is_400_not_500(server, raw, status, words):
+    r = httpx.post(server.url + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status and words in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "json_too_deep"
