@@ -331,3 +331,24 @@ def test_replay_cache_decisions():
     assert quiet.devices() == 3
     assert quiet.admit("busy", "x", ts_ms=5000, now_ms=5000) is None            # the 4096th admit sweeps
     assert quiet.devices() == 1                                                  # quiet devices are dropped
+
+
+def test_an_idle_connection_is_closed_by_the_server(tmp_path):
+    cp = start(tmp_path, idle_connection_s=0.5)
+    try:
+        ch = grpc.secure_channel(cp.address, grpc.ssl_channel_credentials(cp.ca_pem))
+        health = health_pb2_grpc.HealthStub(ch)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        states: list = []
+        ch.subscribe(states.append, try_to_connect=False)
+        deadline = time.monotonic() + 20
+        while grpc.ChannelConnectivity.IDLE not in states[1:] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert grpc.ChannelConnectivity.IDLE in states[1:], states      # the server sent GOAWAY: not held open
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING                       # and a new call reconnects
+        ch.close()
+    finally:
+        cp.admin.close()
+        cp.stop(0)
