@@ -125,6 +125,10 @@ class Reconciler(UpdateStates):
             log.error("enrollment refused: %s", e)
             self.state.record("event", "enroll_refused", outcome="error", detail=str(e))
             return
+        except Exception as e:   # noqa: BLE001 - e.g. an unreadable token file: said once, clearly
+            log.error("enrollment failed: %s: %s", type(e).__name__, e)
+            self.state.record("event", "enroll_refused", outcome="error", detail=f"{type(e).__name__}: {e}")
+            return
         backoff = Backoff(self.cfg.backoff_initial_s, self.cfg.backoff_max_s)
         reported_hw = False
         while not self.stop.is_set():
@@ -227,7 +231,8 @@ class Reconciler(UpdateStates):
         if u.state == "switching":
             cur = self.state.get("current") or {}
             point = "probation" if (cur.get("name"), cur.get("version")) == (u.name, u.version) else "loading"
-        u.resumes += 1
+        if u.state not in update_fsm.RETRYABLE:   # a restart while downloading is the network's, not the artifact's
+            u.resumes += 1
         if update_fsm.resumed_too_often(u.resumes):
             why = f"the agent stopped {u.resumes} times during this update (last in {u.state})"
             bad = self.state.get("bad", {})

@@ -53,7 +53,7 @@ RESUME: dict[str, str] = {
 }
 
 MAX_LOAD_ATTEMPTS = 2   # loads that ended in a crash before a version is marked bad for good
-MAX_RESUMES = 3         # restarts of one update (the agent died in it each time) before it is given up
+MAX_RESUMES = 3         # restarts found one update past downloading (the agent died in it) before it is given up
 MAX_RETRIES = 8         # transport failures of one update in a row before it fails (and cools down)
 MAX_STEPS = 4 * len(STATES)   # transitions in one drive: a loop cap, should a table edit ever make a cycle
 
