@@ -7,13 +7,14 @@ fault into any call, with no network and no processes.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import pathlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
 
-from control_plane.trust_repo import Repository, target_path
+from control_plane.trust_repo import Repository, target_path, utcnow
 from slmops.errors import TransportError
 from slmops.manifest import Manifest, manifest_for_dir
 from slmops.v1 import artifacts_pb2, common_pb2, fleet_pb2, telemetry_pb2
@@ -33,8 +34,10 @@ class MemoryMeta:
 
 
 class FakeControlPlane:
-    def __init__(self, trust_dir: pathlib.Path):
-        self.repo = Repository(pathlib.Path(trust_dir), MemoryMeta())
+    def __init__(self, trust_dir: pathlib.Path, clock: Callable[[], dt.datetime] | None = None):
+        """`clock` (default: now) is the repository's signing time: set it back to sign expired metadata."""
+        self.now = clock or utcnow
+        self.repo = Repository(pathlib.Path(trust_dir), MemoryMeta(), clock=lambda: self.now())
         self.blobs: dict[str, bytes] = {}
         self.token = ""
         self.revision = 0

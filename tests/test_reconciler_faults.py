@@ -196,3 +196,24 @@ def test_the_run_loop_survives_bad_work_and_keeps_applying(device, tiny_int4, tm
         device.rec.stop.set()
         device.cp.close()
         t.join(30)
+
+
+def test_metadata_signed_by_another_repository_is_refused_in_process(device, tiny_int4, tmp_path):
+    attacker = FakeControlPlane(tmp_path / "attacker-trust")   # its own keys, not the ones the device pinned
+    attacker.publish(variant(tiny_int4, tmp_path / "v2", 5), "tiny", "v2")
+    device.rec.client = device.cp = attacker
+    assert device.apply_until_terminal("tiny", "v2", attacker.assign("tiny", "v2")) == "failed"
+    assert device.event("verify_failed")["detail"].startswith("untrusted signature")
+    assert device.answers() == "tiny@v1"
+
+
+def test_expired_metadata_is_refused_in_process(device, tiny_int4, tmp_path):
+    import datetime as dt
+
+    from control_plane.trust_repo import utcnow
+
+    device.cp.now = lambda: utcnow() - dt.timedelta(days=3)   # signs with expiry dates already past
+    device.cp.publish(variant(tiny_int4, tmp_path / "v2", 5), "tiny", "v2")
+    assert device.apply_until_terminal("tiny", "v2", device.cp.assign("tiny", "v2")) == "failed"
+    assert device.event("verify_failed")["detail"].startswith("freeze")
+    assert device.answers() == "tiny@v1"
