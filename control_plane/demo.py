@@ -58,17 +58,23 @@ def run_demo(tiny: bool, workdir: pathlib.Path | None, n_agents: int, console: C
              keep_running: bool = False) -> dict:
     import logging
 
+    from training.quiet import quiet_libraries
+
     for noisy in ("httpx", "httpx2", "openai"):  # one INFO line per load-generator request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries()  # the demo's own lines and one progress display per training run, no library chatter
     plan = Plan(tiny)
     t_start = time.monotonic()
 
     def step(msg: str):
-        console.print(f"[bold cyan][{time.monotonic() - t_start:6.1f}s][/] {msg}")
+        console.print(f"[bold cyan][{time.monotonic() - t_start:6.1f}s][/] {msg}", soft_wrap=True)  # greppable
 
     with contextlib.ExitStack() as stack:
-        if workdir is None:
+        temporary, kept = workdir is None, []
+        if temporary:
             workdir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="slmops-demo-")))
+            # runs after the processes stopped, before the folder goes: the logs and figures are kept
+            stack.callback(lambda: kept and _keep(pathlib.Path(workdir), kept[0]))
         work = pathlib.Path(workdir)
         work.mkdir(parents=True, exist_ok=True)
         models = build_models(plan, work, step, console)
@@ -82,14 +88,27 @@ def run_demo(tiny: bool, workdir: pathlib.Path | None, n_agents: int, console: C
         summary(plan, models, bundles, result, console)
         result["seconds"] = round(time.monotonic() - t_start, 1)
         write_result(work / "demo_result.json", plan, result)
-        step(f"demo finished in {result['seconds']:.1f} s; logs in {work / 'logs'}; "
-             f"figures in {work / 'demo_result.json'}")
+        home = work
+        if temporary:  # the models go with the temporary folder; the logs and figures are copied here
+            home = pathlib.Path(tempfile.mkdtemp(prefix="slmops-demo-logs-"))
+            kept.append(home)
+        step(f"demo finished in {result['seconds']:.1f} s; logs in {home / 'logs'}; figures in "
+             f"{home / 'demo_result.json'}" + (" (the models are not kept: --workdir DIR keeps them)"
+                                               if temporary else ""))
         if keep_running:
             console.print(f"dashboard: {result['dashboard']} — press Ctrl-C to stop everything")
             with contextlib.suppress(KeyboardInterrupt):
                 while True:
                     time.sleep(1)
         return result
+
+
+def _keep(work: pathlib.Path, dest: pathlib.Path) -> None:
+    """Copies the logs (after the processes stopped) and the figures out of a temporary work folder."""
+    import shutil
+
+    shutil.copytree(work / "logs", dest / "logs", dirs_exist_ok=True)
+    shutil.copy2(work / "demo_result.json", dest / "demo_result.json")
 
 
 def write_result(path: pathlib.Path, plan: Plan, result: dict) -> None:
@@ -118,14 +137,14 @@ def build_models(plan: Plan, work: pathlib.Path, step, console) -> dict:
         base_hf = materialise(lora.base, cache)
         if not (work / "lora" / "model" / "config.json").exists():
             step(f"LoRA fine-tune on the support dataset ({plan.lora.name}, {lora.train.max_steps} steps)")
-            run_recipe(lora, progress=console.is_terminal, log=quiet)
+            run_recipe(lora, progress=True, log=quiet)
         report = json.loads((work / "lora" / "eval_report.json").read_text())
         distill = load(plan.distill, plan.distill_sets + [f"base.path={work / 'lora' / 'model'}", "base.source=hf",
                                                           f"cache_dir={cache}"], str(work / "distill"))
         if not (work / "distill" / "model" / "config.json").exists():
             step(f"distilling a student with {distill.distill.keep_layers} layers from the tuned teacher "
                  f"({plan.distill.name})")
-            run_recipe(distill, progress=console.is_terminal, log=quiet)
+            run_recipe(distill, progress=True, log=quiet)
         dreport = json.loads((work / "distill" / "eval_report.json").read_text())
     except ConfigError as e:
         raise DemoFailed(f"training recipe refused: {e}") from e

@@ -122,7 +122,9 @@ def write_report(out_dir: pathlib.Path, results: list[EvalResult], pairs: list[t
     console.print(table(results))
     for c in report["comparisons"]:
         delta = "n/a" if c["accuracy_delta_points"] is None else f"{c['accuracy_delta_points']:+.1f} points"
-        console.print(f"{c['candidate']} vs {c['reference']}: accuracy {delta}, retained {c['accuracy_retained']}, "
+        kept = c["accuracy_retained"]
+        kept = f"keeps {kept:.0%} of its accuracy" if kept is not None else "reference accuracy 0: no share to keep"
+        console.print(f"{c['candidate']} vs {c['reference']}: accuracy {delta} ({kept}), "
                       f"params x{c['params_ratio']}, latency x{c['latency_ratio']}")
     (out_dir / "eval_report.txt").write_text(console.export_text())
     return report

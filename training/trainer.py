@@ -222,7 +222,7 @@ def train(model, train_rows: list, val_rows: list, s: TrainSettings, out_dir: pa
         log_path.write_text("".join(ln + "\n" for ln in kept))
     losses, tokens, stopped = [], 0, False
     t0 = time.perf_counter()
-    bar = _progress(progress and env.is_main, total, start)
+    bar = _progress(progress and env.is_main, total, start, log)
 
     def save(step: int) -> None:
         rngs = env.gather_rng(torch.get_rng_state())
@@ -266,7 +266,7 @@ def train(model, train_rows: list, val_rows: list, s: TrainSettings, out_dir: pa
             if env.is_main:
                 with log_path.open("a") as f:
                     f.write(json.dumps(entry) + "\n")
-                bar.advance(entry)
+                bar.advance(entry, tokens)
             if s.save_every and (stopped or (done % s.save_every == 0 and done < total)):
                 save(done)
             if on_step:
@@ -296,11 +296,16 @@ def train(model, train_rows: list, val_rows: list, s: TrainSettings, out_dir: pa
 
 
 class _progress:
-    """A rich progress bar (loss in the description), or nothing."""
+    """One progress display per training run: a rich bar (step, loss, tokens/s, elapsed, ETA) on a terminal,
+    else a log line every tenth of the run (same figures), or nothing when disabled."""
 
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.p = None
-        if enabled:
+    def __init__(self, enabled: bool, total: int, start: int, log: Callable = print):
+        import sys
+
+        self.p, self.log, self.total, self.start = None, log if enabled else None, total, start
+        self.every = max(1, (total - start) // 10)
+        self.t0 = time.perf_counter()
+        if enabled and sys.stderr.isatty():
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -314,10 +319,17 @@ class _progress:
             self.p.start()
             self.task = self.p.add_task("train", total=total, completed=start)
 
-    def advance(self, entry: dict) -> None:
+    def advance(self, entry: dict, tokens: int = 0) -> None:
+        elapsed = time.perf_counter() - self.t0
+        rate = f" {tokens / elapsed:,.0f} tok/s" if tokens and elapsed > 0 else ""
+        val = f" val {entry['val_loss']:.3f}" if "val_loss" in entry else ""
         if self.p:
-            val = f" val {entry['val_loss']:.3f}" if "val_loss" in entry else ""
-            self.p.update(self.task, advance=1, description=f"train loss {entry['loss']:.3f}{val}")
+            self.p.update(self.task, advance=1, description=f"train loss {entry['loss']:.3f}{val}{rate}")
+        elif self.log and ((entry["step"] - self.start) % self.every == 0 or entry["step"] == self.total):
+            done = entry["step"] - self.start
+            eta = elapsed / done * (self.total - entry["step"]) if done else 0.0
+            self.log(f"step {entry['step']}/{self.total} loss {entry['loss']:.3f}{val}{rate} "
+                     f"elapsed {elapsed:.0f} s ETA {eta:.0f} s")
 
     def close(self) -> None:
         if self.p:
