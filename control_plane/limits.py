@@ -4,9 +4,10 @@ streams until nothing is left for anyone else (Health/Check, Admin calls, other 
 
 StreamGate decides (pure bookkeeping under a lock, no I/O): per device, at most `watch_per_device` desired-state
 streams (a newer one replaces the oldest, so a reconnecting agent always gets through) and `downloads_per_device`
-downloads; per peer address, at most `streams_per_peer` streams and `health_watch_per_peer` health watches
-(unauthenticated); in all, at most `total_streams` and `health_watch_total`. A refusal is RESOURCE_EXHAUSTED with
-the limit named (the agent retries with backoff). StreamLimitInterceptor applies it to the streaming methods.
+downloads, and `unary_per_device` device calls in flight at once (those are short, but one token must not fill
+the pool with them either); per peer address, at most `streams_per_peer` streams and `health_watch_per_peer`
+health watches (unauthenticated); in all, at most `total_streams` and `health_watch_total`. A refusal is
+RESOURCE_EXHAUSTED with the limit named (the agent retries with backoff). StreamLimitInterceptor applies it.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import grpc
 
 from slmops.errors import ConfigError
 
-WATCH, DOWNLOAD, HEALTH, ADMIN = "watch", "download", "health", "admin"
+WATCH, DOWNLOAD, HEALTH, ADMIN, UNARY = "watch", "download", "health", "admin", "unary"
+DEVICE_SERVICES = ("/slmops.v1.Fleet/", "/slmops.v1.Artifacts/", "/slmops.v1.Telemetry/")
 STREAM_KINDS = {"/slmops.v1.Fleet/WatchDesiredState": WATCH, "/slmops.v1.Artifacts/Download": DOWNLOAD,
                 "/grpc.health.v1.Health/Watch": HEALTH, "/slmops.v1.Admin/PipelineLogs": ADMIN}
 
@@ -30,6 +32,7 @@ class StreamLimits:
     streams_per_peer: int = 1536       # one address (or NAT) may not hold the whole pool
     watch_per_device: int = 2          # a third desired-state stream from one device replaces its oldest
     downloads_per_device: int = 8      # the agent downloads 4 chunks at a time
+    unary_per_device: int = 16         # device calls in flight at once (report, upload, trust metadata)
     health_watch_per_peer: int = 4
     health_watch_total: int = 64
 
@@ -66,7 +69,14 @@ class StreamGate:
         """(ticket, "", streams to end) when the stream may start; (None, why, []) when it is refused."""
         lim = self.limits
         with self._lock:
-            streams = self._open.values()
+            if kind == UNARY:   # counted per device only: short calls, not part of the stream budget
+                if sum(1 for s in self._open.values() if s.kind == UNARY and s.device == device) >= \
+                        lim.unary_per_device:
+                    return None, f"at most {lim.unary_per_device} calls at once per device", []
+                ticket = next(self._ids)
+                self._open[ticket] = _Stream(kind, peer, device, cancel)
+                return ticket, "", []
+            streams = [s for s in self._open.values() if s.kind != UNARY]
             per_peer = Counter(s.peer for s in streams)
             evict: list[int] = []
             if kind == HEALTH:
@@ -84,7 +94,7 @@ class StreamGate:
             freed_peer = sum(1 for i in evict if self._open[i].peer == peer)
             if per_peer[peer] - freed_peer >= lim.streams_per_peer:
                 return None, f"at most {lim.streams_per_peer} open streams per address", []
-            if len(self._open) - len(evict) >= lim.total_streams:
+            if len(streams) - len(evict) >= lim.total_streams:
                 return None, f"the control plane holds its maximum of {lim.total_streams} open streams", []
             ticket = next(self._ids)
             ended = [self._open.pop(i).cancel for i in evict]
@@ -116,8 +126,14 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        if not handler.response_streaming:
+            if details.method.startswith(DEVICE_SERVICES) and not details.method.endswith("/Enroll"):
+                return handler._replace(unary_unary=self._unary(handler.unary_unary))
+            return handler
         kind = STREAM_KINDS.get(details.method)
-        if handler is None or kind is None or not handler.response_streaming or handler.request_streaming:
+        if kind is None:
             return handler
         behavior = handler.unary_stream
 
@@ -135,3 +151,17 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):
                 self.gate.release(ticket)
 
         return handler._replace(unary_stream=wrapped)
+
+    def _unary(self, behavior):
+        def wrapped(request, context):
+            dev = getattr(context, "slmops_device", None)
+            if dev is None:   # not authenticated: the auth interceptor has refused it already
+                return behavior(request, context)
+            ticket, why, _ = self.gate.admit(UNARY, peer_address(context.peer()), dev["device_id"], None)
+            if ticket is None:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+            try:
+                return behavior(request, context)
+            finally:
+                self.gate.release(ticket)
+        return wrapped

@@ -292,7 +292,7 @@ def test_a_viewer_token_cannot_download_captured_prompts(tmp_path):
 
 # ---- the pure parts, as tables ------------------------------------------------------------------------
 def test_stream_gate_decisions():
-    from control_plane.limits import DOWNLOAD, HEALTH, WATCH, StreamGate
+    from control_plane.limits import DOWNLOAD, HEALTH, UNARY, WATCH, StreamGate
 
     gate = StreamGate(StreamLimits(total_streams=6, streams_per_peer=4, watch_per_device=2, downloads_per_device=2,
                                    health_watch_per_peer=1, health_watch_total=2))
@@ -313,6 +313,11 @@ def test_stream_gate_decisions():
     assert gate.admit(WATCH, "p5", "d5", None)[1] == "the control plane holds its maximum of 6 open streams"
     gate.release(t2)
     assert gate.admit(WATCH, "p5", "d5", None)[0] and gate.count(WATCH) == 2
+    calls = [gate.admit(UNARY, "p1", "d1", None)[0] for _ in range(16)]       # short calls: per device only
+    assert all(calls) and gate.admit(UNARY, "p1", "d1", None)[1] == "at most 16 calls at once per device"
+    assert gate.admit(UNARY, "p1", "d2", None)[0]
+    gate.release(calls[0])
+    assert gate.admit(UNARY, "p1", "d1", None)[0]
     assert StreamLimits.for_pool(2048).total_streams == 1984 and StreamLimits.for_pool(48).total_streams == 32
 
 
