@@ -66,6 +66,22 @@ def apply_desired(store: Store, desired: dict[str, ro.Ref], devices: dict[str, r
     return sum(len(ids) for ids in by_ref.values())
 
 
+def assign_standing(store: Store, device_id: str) -> ro.Ref | None:
+    """Points a newly enrolled device at its standing assignment (rollouts.standing_target): the newest of the
+    fleet default and the completed rollouts whose selector matches it. Returns what it is told to run."""
+    row = store.device(device_id)
+    if row is None:
+        return None
+    view = device_view(row)
+    default = store.fleet_default()
+    default_at = (ro.Ref(*default), int(store.get_meta("fleet_default_ms") or 0)) if default else None
+    completed = [(ro.from_json(r["state"]).spec, r["updated_ms"] or 0) for r in store.rollout_rows((ro.COMPLETED,))]
+    target = ro.standing_target(view, default_at, completed)
+    if target is not None and target != view.desired:
+        store.set_desired(target.name, target.version, [device_id])
+    return target
+
+
 def step_all(store: Store, now_ms: int | None = None) -> list[str]:
     """One pass over every unfinished rollout; returns the engine's events."""
     out: list[str] = []

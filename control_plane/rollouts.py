@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import NamedTuple
 
@@ -226,6 +226,21 @@ def transition(status: str, event: str) -> str:
     if nxt is None:
         raise TransitionRefused(f"cannot {event} a rollout that is {status}")
     return nxt
+
+
+def standing_target(dev: DeviceView, fleet_default: tuple[Ref, int] | None,
+                    completed: Iterable[tuple[RolloutSpec, int]]) -> Ref | None:
+    """What a device outside any unfinished rollout should run (pure). Highest first: its pin; then the newest
+    standing assignment that covers it: the fleet default (`rollout set`, with the ms it was set) or a completed
+    rollout whose selector matches it (with the ms it completed), so a device that enrolls after a rollout
+    completed gets that rollout's version. None when nothing covers it."""
+    if dev.pinned is not None:
+        return dev.pinned
+    best = fleet_default
+    for spec, done_ms in completed:
+        if spec.selector.matches(dev) and (best is None or done_ms >= best[1]):
+            best = (spec.target_for(dev.hardware_class), done_ms)
+    return best[0] if best else None
 
 
 def operator_event(r: Rollout, event: str, who: str) -> Rollout:

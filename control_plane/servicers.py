@@ -7,7 +7,7 @@ import time
 
 import grpc
 
-from control_plane import auth, device_input, ingest, rollups
+from control_plane import auth, device_input, ingest, rollout_driver, rollups
 from control_plane.blobs import BlobStore
 from control_plane.fleet_admin import FleetAdmin, bad_labels, device_pb
 from control_plane.pipelines.servicer import PipelineAdmin
@@ -47,6 +47,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         device_id, token = self.store.add_device(facts["name"], facts["hardware"], facts["agent_version"])
         self.store.finish_enrollment(device_id, request.enroll_token, request.device_public_key.hex())
+        rollout_driver.assign_standing(self.store, device_id)  # labels are known now: completed rollouts count
         root_version = self.registry.repo.state.root_version
         return fleet_pb2.EnrollResponse(device_id=device_id, device_token=token,
                                         trusted_root=self.registry.repo.root_bytes(root_version))

@@ -241,6 +241,7 @@ class Store:
         with self._lock:
             if device_ids is None:  # the whole fleet, except devices pinned to a version
                 self.set_meta("fleet_default", f"{name}@{version}")
+                self.set_meta("fleet_default_ms", str(now_ms()))  # vs completed rollouts: the newer one stands
                 device_ids = [d["device_id"] for d in self.devices() if not d.get("pin_name")]
             n = 0
             self.db.execute("begin")  # one transaction and one statement per 500 devices: a rollout to thousands

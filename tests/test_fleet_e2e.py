@@ -106,3 +106,24 @@ def test_refusals_over_tls_have_the_right_status_and_are_audited(cluster, tiny_i
     assert any(w == "device-name:c1" and act == "Enroll" and res == "OK" for w, act, res in log)
     for c in (anon, viewer):
         c.close()
+
+
+def test_device_enrolling_after_a_completed_canary_rollout_gets_its_version(cluster, tiny_int4, tmp_path):
+    """A completed rollout is a standing assignment: a device that enrolls later and matches its selector is
+    told to run the rollout's version, not the older fleet default; one that does not match keeps the default."""
+    start_fleet(cluster, tiny_int4, ("c1", "c2"), labels={"site": "berlin"})
+    m2 = cluster.publish(variant(tiny_int4, tmp_path / "v2", 13), "tiny", "v2")
+    r = cluster.admin.create_rollout("tiny", "v2", {"labels": {"site": "berlin"}}, "canary", canary={"devices": 1},
+                                     gate={"min_soak_seconds": 0.5})
+    cluster.wait_for(lambda: cluster.admin.rollout(r.rollout_id).status == "completed", timeout=120,
+                     what="the canary -> 100% rollout completing")
+    late = cluster.admin.enroll_token(uses=1, labels={"site": "berlin"}).token
+    cluster.start_agent("c3", token=late)
+    cluster.wait_serving("c3", m2.ref, timeout=90)
+    other = cluster.admin.enroll_token(uses=1, labels={"site": "paris"}).token
+    cluster.start_agent("c4", token=other)
+    cluster.wait_serving("c4", "tiny@v1", timeout=90)  # the selector does not cover it: the fleet default
+    cluster.admin.set_desired("tiny", "v1")             # a newer `rollout set` stands over the completed rollout
+    third = cluster.admin.enroll_token(uses=1, labels={"site": "berlin"}).token
+    cluster.start_agent("c5", token=third)
+    cluster.wait_serving("c5", "tiny@v1", timeout=90)

@@ -369,3 +369,23 @@ def test_health_from_events_counts_server_errors_on_the_target_only():
             {"kind": "request", "model": "m@v1", "outcome": "error", "latency_ms": 1},
             {"kind": "event", "model": "m@v2", "outcome": "error", "latency_ms": 0}]
     assert ro.health_from_events(rows, NEW) == Health(requests=3, errors=1, p95_latency_ms=100)
+
+
+def test_standing_target_is_the_pin_else_the_newest_covering_assignment():
+    from control_plane.rollouts import DeviceView, Ref, RolloutSpec, Selector, standing_target
+
+    berlin = DeviceView("d", Ref("", ""), Ref("", ""), labels={"site": "berlin"}, hardware_class="cpu")
+    v1, v2, v3 = Ref("m", "v1"), Ref("m", "v2"), Ref("m", "v3")
+    to_berlin = RolloutSpec.strategy("all", "m", "v2", Selector({"site": "berlin"}))
+    to_gpus = RolloutSpec.strategy("all", "m", "v3", Selector(hardware_classes=("gpu",)))
+    cases = [  # (device, fleet default (ref, set ms), completed (spec, done ms), expected)
+        (berlin, None, [], None),
+        (berlin, (v1, 10), [], v1),
+        (berlin, (v1, 10), [(to_berlin, 20)], v2),            # completed after the default: it stands
+        (berlin, (v1, 30), [(to_berlin, 20)], v1),            # `rollout set` after it: the default stands
+        (berlin, (v1, 10), [(to_gpus, 20)], v1),              # not covered by that selector
+        (berlin, None, [(to_berlin, 5), (to_gpus, 9)], v2),
+        (DeviceView("d", Ref("", ""), Ref("", ""), pinned=v3), (v1, 10), [(to_berlin, 20)], v3),
+    ]
+    for dev, default, completed, want in cases:
+        assert standing_target(dev, default, completed) == want, (dev, default, completed)
