@@ -61,7 +61,7 @@ def guarded_protocol(limits: HttpLimits) -> type[H11Protocol]:
             self._refused(f"no complete request head within {limits.header_timeout_s:g} s")
 
         def _refused(self, why: str) -> None:
-            log.info("closing connection from %s: %s", self.client[0] if self.client else "?", why)
+            log.debug("closing connection from %s: %s", self.client[0] if self.client else "?", why)  # no flood
             self.transport.close()
 
     return GuardedH11
