@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import pathlib
 import sys
@@ -31,15 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 from control_plane.admin_client import AdminClient, wait_healthy
 from control_plane.procs import free_port, start_control_plane
+from edge_agent.device_identity import sign_call
 from slmops.manifest import manifest_for_dir
 from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 
 
-def signed_md(key: Ed25519PrivateKey, token: str):
-    ts = int(time.time() * 1000)
-    payload = f"slmops-device-v1\n{ts}\n{hashlib.sha256(token.encode()).hexdigest()}".encode()
-    return (("authorization", f"Bearer {token}"), ("x-slmops-device-ts", str(ts)),
-            ("x-slmops-device-sig", key.sign(payload).hex()))
+def signed_md(key: Ed25519PrivateKey, token: str, method: str, request):
+    """Bearer token + the request-bound device signature the control plane checks (edge_agent.device_identity)."""
+    return [("authorization", f"Bearer {token}"), *sign_call(key, token, f"/slmops.v1.Fleet/{method}", request)]
 
 
 class SimAgent:
@@ -62,15 +60,15 @@ class SimAgent:
         self.device_id, self.token = r.device_id, r.device_token
 
     async def report(self, state: str) -> None:
-        await self.stub.ReportStatus(fleet_pb2.StatusReport(
-            device_id=self.device_id, state=state,
-            current=common_pb2.ModelRef(name=self.current[0], version=self.current[1])),
-            metadata=signed_md(self.key, self.token), timeout=120)
+        req = fleet_pb2.StatusReport(device_id=self.device_id, state=state,
+                                     current=common_pb2.ModelRef(name=self.current[0], version=self.current[1]))
+        await self.stub.ReportStatus(req, metadata=signed_md(self.key, self.token, "ReportStatus", req), timeout=120)
 
     async def watch(self) -> None:
         try:
-            call = self.stub.WatchDesiredState(fleet_pb2.WatchRequest(device_id=self.device_id),
-                                               metadata=signed_md(self.key, self.token))
+            req = fleet_pb2.WatchRequest(device_id=self.device_id)
+            call = self.stub.WatchDesiredState(req, metadata=signed_md(self.key, self.token, "WatchDesiredState",
+                                                                       req))
             async for d in call:
                 self.streaming = True
                 ref = (d.model.name, d.model.version)

@@ -15,11 +15,14 @@ import threading
 import time
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from control_plane.admin_client import AdminClient, wait_healthy  # noqa: E402
 from control_plane.procs import free_port, start_control_plane  # noqa: E402
+from edge_agent.device_identity import sign_call  # noqa: E402
 from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc  # noqa: E402
 
 
@@ -53,17 +56,20 @@ def main() -> None:
             token = admin.enroll_token(uses=args.devices).token
             channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 8 << 20)])
             fleet, tel = fleet_pb2_grpc.FleetStub(channel), telemetry_pb2_grpc.TelemetryStub(channel)
-            devices = [fleet.Enroll(fleet_pb2.EnrollRequest(enroll_token=token, device_name=f"bench-{i}",
-                                                            hardware=common_pb2.Hardware(), agent_version="bench"),
-                                    timeout=30) for i in range(args.devices)]
+            keys = [Ed25519PrivateKey.generate() for _ in range(args.devices)]  # devices enroll with a key pair
+            devices = [fleet.Enroll(fleet_pb2.EnrollRequest(
+                enroll_token=token, device_name=f"bench-{i}", hardware=common_pb2.Hardware(), agent_version="bench",
+                device_public_key=k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)), timeout=30)
+                for i, k in enumerate(keys)]
             now = int(time.time() * 1000) - 3_600_000
             work = {d.device_id: batches(d.device_id, args.batches, args.batch_size, now) for d in devices}
             accepted, errors = [0] * len(devices), []
 
             def upload(i, d):
-                md = (("authorization", f"Bearer {d.device_token}"),)
                 try:
                     for b in work[d.device_id]:
+                        md = [("authorization", f"Bearer {d.device_token}"),
+                              *sign_call(keys[i], d.device_token, "/slmops.v1.Telemetry/Upload", b)]
                         accepted[i] += tel.Upload(b, metadata=md, timeout=60).accepted
                 except grpc.RpcError as e:
                     errors.append(e)

@@ -23,7 +23,11 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
           resign_interval: float = typer.Option(
               -1, help="seconds between checks that re-sign expiring metadata and pick up new roots "
                        "(default: min(5, expiry/4); 0 disables, e.g. to test freeze defences)"),
-          pipeline_jobs: int = typer.Option(1, help="pipelines run at once (each stage in a worker process)")):
+          pipeline_jobs: int = typer.Option(1, help="pipelines run at once (each stage in a worker process)"),
+          allow_keyless_enrollment: bool = typer.Option(
+              False, "--allow-keyless-enrollment",
+              help="let devices enroll without a key pair (their bearer token alone then authenticates them; "
+                   "development only)")):
     """Serve the fleet, artifact, telemetry and admin APIs over gRPC (and the dashboard with --http)."""
     import datetime as dt
 
@@ -37,7 +41,7 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
         # absolute: pipeline workers run in other working folders and find their specs under it
         serve_forever(ControlPlaneConfig(data_dir=data_dir.resolve(), listen=listen, http=http, expiry=expiry,
                                          insecure_loopback_dev=insecure_loopback_dev, max_workers=max_workers,
-                                         pipeline_jobs=pipeline_jobs,
+                                         pipeline_jobs=pipeline_jobs, allow_keyless_enrollment=allow_keyless_enrollment,
                                          refresh_s=resign_interval if resign_interval >= 0
                                          else min(5.0, max(0.2, timestamp_expiry / 4))))
     except ConfigError as e:
