@@ -217,3 +217,18 @@ def test_expired_metadata_is_refused_in_process(device, tiny_int4, tmp_path):
     assert device.apply_until_terminal("tiny", "v2", device.cp.assign("tiny", "v2")) == "failed"
     assert device.event("verify_failed")["detail"].startswith("freeze")
     assert device.answers() == "tiny@v1"
+
+
+def test_an_unreadable_enroll_token_file_is_one_clear_event_not_a_dead_thread(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    cfg = AgentConfig(control_plane="127.0.0.1:1", data_dir=tmp_path / "agent", insecure_loopback_dev=True,
+                      enroll_token_file=token)
+    token.unlink()   # gone between start-up and enrollment
+    state = AgentState(cfg.data_dir / "agent.db")
+    cp = FakeControlPlane(tmp_path / "cp-trust")
+    rec = Reconciler(cfg, state, Runtime(2, 4), OgaEngine, client=cp)
+    rec.watch()   # returns instead of raising
+    ev = [e for e in state.pending(100) if e["name"] == "enroll_refused"]
+    assert ev and "cannot be read" in ev[0]["detail"]
+    assert cp.calls.get("enroll", 0) == 0 and state.get("identity") is None
