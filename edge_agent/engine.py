@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from slmops.chat_format import ChatFormat
-from slmops.errors import ModelLoadError
+from slmops.errors import ModelLoadError, RequestInvalid
 from slmops.manifest import Manifest
 
 log = logging.getLogger("slmops.agent.engine")
@@ -25,6 +25,13 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # (kind, data) for onnxruntime-genai guidance: ("json_schema", schema JSON) | ("regex", ...) | ("lark_grammar", ...)
+    guidance: tuple[str, str] | None = None
+    top_logprobs: int | None = None   # None: no logprobs; k >= 0: each token's logprob and the k most likely
+
+
+class GrammarRefused(RequestInvalid):
+    """onnxruntime-genai's grammar engine could not build the requested constraint (the request's fault)."""
 
 
 @dataclass
@@ -34,6 +41,10 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int = 0
     finish_reason: str = ""
+    ended_by_model: bool = False   # the model ended it (end of sequence; under guidance: the grammar is complete)
+    # per generated token, with top_logprobs set: {"token", "logprob", "bytes", "top_logprobs": [{...}]}, the
+    # model's own distribution (log-softmax of its logits, before temperature, top-k/p and guidance masks)
+    logprobs: list = None
 
     def __iter__(self):
         return self.pieces
@@ -125,10 +136,19 @@ class OgaEngine:
         else:
             opts["do_sample"] = False
         gp.set_search_options(**opts)
-        gen = Generation(pieces=iter(()), prompt_tokens=len(tokens))
+        if params.guidance:
+            gp.set_guidance(*params.guidance)
+        gen = Generation(pieces=iter(()), prompt_tokens=len(tokens), logprobs=[])
+        try:  # the grammar is compiled here: a schema llguidance cannot build is the request's fault
+            generator = og.Generator(self.model, gp)
+        except RuntimeError as e:
+            if params.guidance and "grammar" in str(e).lower():
+                raise GrammarRefused(" ".join(str(e).split())) from None
+            raise
+        top = params.top_logprobs
 
         def run() -> Iterator[str]:
-            generator = og.Generator(self.model, gp)
+            nonlocal generator
             if adapter:
                 generator.set_active_adapter(self.adapters, adapter)
             stream = self.tokenizer.create_stream()
@@ -140,13 +160,17 @@ class OgaEngine:
                     if cancelled():
                         gen.finish_reason = "cancelled"
                         return
+                    logits = generator.get_logits() if top is not None else None  # what the next token is drawn from
                     generator.generate_next_token()
                     tok = generator.get_next_tokens()[0]
                     gen.completion_tokens += 1
                     piece = stream.decode(tok)
-                    if generator.is_done() and gen.completion_tokens + len(tokens) < max_length:
+                    if self._is_eos(tok) or (generator.is_done() and gen.completion_tokens + len(tokens) < max_length):
                         gen.finish_reason = "stop"  # end-of-sequence token, not the length limit
+                        gen.ended_by_model = True
                         piece = "" if self._is_eos(tok) else piece
+                    if logits is not None and not (gen.ended_by_model and self._is_eos(tok)):
+                        gen.logprobs.append(self._logprobs(logits, int(tok), top))
                     if params.stop and piece:
                         text += piece
                         hit = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
@@ -163,6 +187,21 @@ class OgaEngine:
 
         gen.pieces = run()
         return gen
+
+    def _logprobs(self, logits, tok: int, top: int) -> dict:
+        import numpy as np
+
+        row = np.asarray(logits, dtype=np.float64).reshape(-1, logits.shape[-1])[-1]
+        m = row.max()
+        lp = row - (m + np.log(np.exp(row - m).sum()))
+        entry = self._token_entry(tok, float(lp[tok]))
+        best = np.argpartition(-lp, top)[:top] if 0 < top < len(lp) else np.arange(len(lp) if top else 0)
+        entry["top_logprobs"] = [self._token_entry(int(i), float(lp[i])) for i in best[np.argsort(-lp[best])]]
+        return entry
+
+    def _token_entry(self, tok: int, logprob: float) -> dict:
+        text = self.tokenizer.decode([tok])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     def _is_eos(self, tok: int) -> bool:
         return int(tok) in self.eos_ids

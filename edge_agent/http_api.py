@@ -109,6 +109,11 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
         framer = []
 
         def frame(piece: str) -> bytes:  # on the generating thread, between tokens: the event loop only writes
+            if outcome.logprobs is not None:   # the logprobs of the tokens this piece came from ride with it
+                c = chunk(kind, cid, piece, outcome, None)
+                c["choices"][0]["logprobs"] = {"content": outcome.logprobs[len(framer):]}
+                framer[:] = [None] * len(outcome.logprobs)
+                return sse(c)
             if not framer:
                 framer.append(sse_framer(kind, cid, outcome))  # the model's name is known once a piece exists
             return framer[0](piece)
@@ -132,6 +137,11 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
                     yield b"".join(batch)
                     pump.first_sent()
                     batch = await pump.take()
+                if outcome.tool_calls:   # a call is sent whole in one delta (clients concatenate the pieces)
+                    c = chunk(kind, cid, "", outcome, None)
+                    c["choices"][0]["delta"] = {"role": "assistant", "content": None, "tool_calls": [
+                        dict(call, index=i) for i, call in enumerate(outcome.tool_calls)]}
+                    yield sse(c)
                 yield sse(chunk(kind, cid, "", outcome, outcome.finish_reason or "stop", usage_=True))
                 yield b"data: [DONE]\n\n"
             finally:
@@ -284,8 +294,12 @@ def usage(o: Outcome) -> dict:
 def body(kind: str, text: str, o: Outcome, final: bool) -> dict:
     created = int(time.time())
     if kind == "chat":
+        message = {"role": "assistant", "content": text}
+        if o.tool_calls:
+            message = {"role": "assistant", "content": text or None, "tool_calls": o.tool_calls}
         return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": created,
-                "model": o.model, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                "model": o.model, "choices": [{"index": 0, "message": message,
+                                               "logprobs": None if o.logprobs is None else {"content": o.logprobs},
                                                "finish_reason": o.finish_reason or "stop"}], "usage": usage(o)}
     return {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": created,
             "model": o.model, "choices": [{"index": 0, "text": text, "finish_reason": o.finish_reason or "stop",

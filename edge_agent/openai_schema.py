@@ -5,11 +5,17 @@ HTTP status is carried on the error so handlers stay thin: 400 malformed, 404 un
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
+from edge_agent.json_schema import SchemaInvalid, check_schema
+from edge_agent.tool_calls import call_schema
 from slmops.errors import RequestInvalid
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+MAX_TOP_LOGPROBS = 20
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+NO_PARAMETERS = {"type": "object", "properties": {}}
 IGNORED = {"user", "frequency_penalty", "presence_penalty", "logit_bias", "stream_options", "metadata",
            "store", "service_tier", "parallel_tool_calls"}
 
@@ -58,6 +64,13 @@ class GenRequest:
     seed: int | None
     stop: tuple[str, ...]
     stream: bool
+    # Structured output: a JSON schema the answer must validate against (json_object is {"type": "object"}).
+    json_schema: dict | None = None
+    # Tools: (name, description, parameters schema) each; tool_choice "auto" | "none" | "required" | a tool's name.
+    tools: tuple[tuple[str, str, dict], ...] = ()
+    tool_choice: str = "none"
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 def _number(body: dict, key: str, lo: float, hi: float, integer: bool = False):
@@ -91,9 +104,9 @@ def _common(body, max_new_tokens: int) -> dict:
     n = body.get("n", 1)
     if n != 1:
         raise BadRequest("only n=1 is supported", "n")
-    for unsupported in ("tools", "functions", "tool_choice", "response_format", "logprobs"):
-        if body.get(unsupported) not in (None, False):
-            raise BadRequest(f"'{unsupported}' is not supported by this server", unsupported)
+    if body.get("functions") is not None or body.get("function_call") is not None:
+        raise BadRequest("'functions'/'function_call' are the deprecated form: send 'tools' and 'tool_choice'",
+                         "functions")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", "stream")
@@ -103,7 +116,123 @@ def _common(body, max_new_tokens: int) -> dict:
     return dict(model=model, max_tokens=max_tokens, stream=stream, stop=_stop(body),
                 temperature=_number(body, "temperature", 0.0, 2.0),
                 top_p=_number(body, "top_p", 0.0, 1.0), top_k=_number(body, "top_k", 0, 1000, integer=True),
-                seed=_number(body, "seed", -(2**63), 2**63 - 1, integer=True))
+                seed=_number(body, "seed", -(2**63), 2**63 - 1, integer=True),
+                json_schema=_response_format(body.get("response_format")))
+
+
+def _schema(schema, field: str) -> dict:
+    try:
+        check_schema(schema)
+    except SchemaInvalid as e:
+        raise BadRequest(f"'{field}' is not a schema this server can honour: {e}", field) from None
+    if not isinstance(schema, dict):
+        raise BadRequest(f"'{field}' must be a JSON schema object", field)
+    return schema
+
+
+def _response_format(rf) -> dict | None:
+    if rf is None:
+        return None
+    if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema"):
+        raise BadRequest("'response_format.type' must be one of text, json_object, json_schema",
+                         "response_format.type")
+    if rf["type"] == "text":
+        return None
+    if rf["type"] == "json_object":
+        return {"type": "object"}
+    js = rf.get("json_schema")
+    if not isinstance(js, dict):
+        raise BadRequest("'response_format.json_schema' must be an object with 'name' and 'schema'",
+                         "response_format.json_schema")
+    name = js.get("name")
+    if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+        raise BadRequest("'response_format.json_schema.name' must be 1-64 letters, digits, '_' or '-'",
+                         "response_format.json_schema.name")
+    if not isinstance(js.get("strict", False), bool) and js.get("strict") is not None:
+        raise BadRequest("'response_format.json_schema.strict' must be a boolean", "response_format.json_schema.strict")
+    if "schema" not in js:
+        raise BadRequest("'response_format.json_schema.schema' is missing", "response_format.json_schema.schema")
+    return _schema(js["schema"], "response_format.json_schema.schema")
+
+
+def _tools(body: dict) -> tuple[tuple, str]:
+    """(tools, tool_choice) with every tool checked; tool_choice defaults to auto with tools, none without."""
+    tools = body.get("tools")
+    out, names = [], set()
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("'tools' must be a list", "tools")
+        for i, t in enumerate(tools):
+            where = f"tools[{i}]"
+            if not isinstance(t, dict) or t.get("type", "function") != "function" or not isinstance(
+                    t.get("function"), dict):
+                raise BadRequest(f"'{where}' must be {{\"type\": \"function\", \"function\": {{...}}}}", where)
+            f = t["function"]
+            name = f.get("name")
+            if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+                raise BadRequest(f"'{where}.function.name' must be 1-64 letters, digits, '_' or '-'",
+                                 f"{where}.function.name")
+            if name in names:
+                raise BadRequest(f"'{where}.function.name' {name!r} is used by another tool", f"{where}.function.name")
+            names.add(name)
+            desc = f.get("description", "")
+            if not isinstance(desc, str):
+                raise BadRequest(f"'{where}.function.description' must be a string", f"{where}.function.description")
+            params = f.get("parameters")
+            params = NO_PARAMETERS if params is None else _schema(params, f"{where}.function.parameters")
+            out.append((name, desc, params))
+    if out:
+        try:
+            call_schema(tuple(out))
+        except ValueError as e:
+            raise BadRequest(f"'tools' cannot be combined: {e}", "tools") from None
+    choice = body.get("tool_choice")
+    if choice is None:
+        return tuple(out), "auto" if out else "none"
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if choice.get("type") != "function" or not isinstance(name, str):
+            raise BadRequest("'tool_choice' must be none, auto, required or "
+                             "{\"type\": \"function\", \"function\": {\"name\": NAME}}", "tool_choice")
+        if name not in names:
+            raise BadRequest(f"'tool_choice' names function {name!r}, which is not in 'tools'"
+                             f" ({', '.join(sorted(names)) or 'none given'})", "tool_choice.function.name")
+        return tuple(out), name
+    if choice not in ("none", "auto", "required"):
+        raise BadRequest("'tool_choice' must be none, auto, required or a function", "tool_choice")
+    if choice != "none" and not out:
+        raise BadRequest(f"'tool_choice' is {choice!r} but no 'tools' are given", "tool_choice")
+    return tuple(out), choice
+
+
+def _logprobs(body: dict) -> tuple[bool, int]:
+    lp = body.get("logprobs")
+    if lp is not None and not isinstance(lp, bool):
+        raise BadRequest("'logprobs' must be a boolean", "logprobs")
+    top = _number(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, integer=True)
+    if top is not None and not lp:
+        raise BadRequest("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return bool(lp), top or 0
+
+
+def _tool_calls(m: dict, where: str) -> list:
+    calls = m.get("tool_calls")
+    if not isinstance(calls, list) or not calls:
+        raise BadRequest(f"{where}.tool_calls must be a non-empty list", f"{where}.tool_calls")
+    out = []
+    for j, c in enumerate(calls):
+        f = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(f.get("arguments"), str):
+            raise BadRequest(f"{where}.tool_calls[{j}] must have function.name and function.arguments (a JSON string)",
+                             f"{where}.tool_calls[{j}]")
+        try:
+            args = json.loads(f["arguments"])
+        except ValueError:
+            raise BadRequest(f"{where}.tool_calls[{j}].function.arguments is not valid JSON",
+                             f"{where}.tool_calls[{j}].function.arguments") from None
+        out.append({"id": str(c.get("id", "")), "name": f["name"], "arguments": args})
+    return out
 
 
 def parse_chat(body, max_new_tokens: int) -> GenRequest:
@@ -111,6 +240,8 @@ def parse_chat(body, max_new_tokens: int) -> GenRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list", "messages")
+    tools, tool_choice = _tools(body)
+    logprobs, top_logprobs = _logprobs(body)
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
@@ -118,6 +249,16 @@ def parse_chat(body, max_new_tokens: int) -> GenRequest:
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
             raise BadRequest(f"messages[{i}].role must be one of {', '.join(ROLES)}", f"messages[{i}].role")
+        if role == "assistant" and m.get("tool_calls") is not None:
+            calls = _tool_calls(m, f"messages[{i}]")
+            if content is not None and not isinstance(content, str):
+                raise BadRequest(f"messages[{i}].content must be a string or null", f"messages[{i}].content")
+            out.append({"role": role, "content": content or "", "tool_calls": calls})
+            continue
+        if role == "tool":
+            if not isinstance(m.get("tool_call_id"), str) or not m["tool_call_id"]:
+                raise BadRequest(f"messages[{i}].tool_call_id must be the id of the call this answers",
+                                 f"messages[{i}].tool_call_id")
         if isinstance(content, list):  # OpenAI content parts: text only
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
                        for p in content):
@@ -126,9 +267,10 @@ def parse_chat(body, max_new_tokens: int) -> GenRequest:
         if not isinstance(content, str):
             raise BadRequest(f"messages[{i}].content must be a string", f"messages[{i}].content")
         out.append({"role": role, "content": content})
-    if not any(m["content"].strip() for m in out):
+    if not any(m["content"].strip() or m.get("tool_calls") for m in out):
         raise BadRequest("every message is empty", "messages")
-    return GenRequest(messages=tuple(out), prompt=None, **common)
+    return GenRequest(messages=tuple(out), prompt=None, tools=tools, tool_choice=tool_choice, logprobs=logprobs,
+                      top_logprobs=top_logprobs, **common)
 
 
 def parse_completion(body, max_new_tokens: int) -> GenRequest:
@@ -138,4 +280,7 @@ def parse_completion(body, max_new_tokens: int) -> GenRequest:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise BadRequest("'prompt' must be a non-empty string", "prompt")
+    for field in ("tools", "tool_choice", "logprobs"):
+        if body.get(field) not in (None, False):
+            raise BadRequest(f"'{field}' is served on /v1/chat/completions only", field)
     return GenRequest(messages=None, prompt=prompt, **common)

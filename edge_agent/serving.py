@@ -3,12 +3,16 @@ limits, admit, generate, record telemetry. Front ends only translate shapes and 
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from typing import Iterator
 
-from edge_agent.engine import SamplingParams
+from edge_agent.engine import GrammarRefused, SamplingParams
+from edge_agent.json_schema import errors, guidance_text
 from edge_agent.openai_schema import BadRequest, GenRequest
+from edge_agent.tool_calls import call_schema, could_be_call, parse_call
 from edge_agent.runtime import Runtime
 from edge_agent.state import AgentState
 
@@ -20,6 +24,31 @@ class Outcome:
     completion_tokens: int = 0
     finish_reason: str = ""
     adapter: str = ""
+    # OpenAI-shaped tool calls ({"id", "type", "function": {"name", "arguments": JSON text}}) when the answer is one
+    tool_calls: list = field(default_factory=list)
+    logprobs: list | None = None    # per token (engine.Generation.logprobs), when the request asked for them
+
+
+class StructuredOutputBroken(Exception):
+    """A constrained answer that the grammar completed does not validate: a bug in the constraint, never the
+    client's doing (a 500, logged)."""
+
+
+def plan(req: GenRequest) -> tuple[dict | None, str, list[dict]]:
+    """(schema the answer is generated under, mode, tools shown to the model). mode: "text" (free or
+    response_format), "call" (tool_choice required or named: the answer is a call), "auto" (tool_choice auto:
+    a call if the answer reads as one, tool_calls.py)."""
+    shown = [{"name": n, "description": d, "parameters": p} for n, d, p in req.tools] \
+        if req.tool_choice != "none" else []
+    if req.tool_choice in ("none", "auto") or not req.tools:
+        return req.json_schema, "auto" if shown else "text", shown
+    allowed = req.tools if req.tool_choice == "required" else tuple(t for t in req.tools if t[0] == req.tool_choice)
+    return call_schema(allowed), "call", shown
+
+
+def tool_call(call: dict) -> dict:
+    return {"id": "call_" + uuid.uuid4().hex[:24], "type": "function",
+            "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])}}
 
 
 def resolve_model(requested: str, name: str, ref: str, adapters: dict) -> str | None:
@@ -65,7 +94,11 @@ class Serving:
                 adapter = resolve_model(req.model, m.name, m.ref, getattr(engine, "adapter_versions", {}))
                 outcome.model = f"{m.ref}:{adapter}" if adapter else m.ref
                 outcome.adapter = adapter or ""
-                prompt = engine.chat.render(list(req.messages)) if req.messages is not None else req.prompt
+                schema, mode, shown = plan(req)
+                if req.messages is None:
+                    prompt = req.prompt
+                else:
+                    prompt = engine.chat.render(list(req.messages), **({"tools": shown} if shown else {}))
                 n_prompt = engine.count_tokens(prompt)
                 outcome.prompt_tokens = n_prompt
                 room = min(self.max_prompt_tokens, engine.context_length - 1)
@@ -81,18 +114,43 @@ class Serving:
                     top_p=req.top_p if req.top_p is not None else g.get("top_p", 1.0),
                     top_k=req.top_k if req.top_k is not None else g.get("top_k", 50),
                     repetition_penalty=g.get("repetition_penalty", 1.0), seed=req.seed,
-                    stop=req.stop + tuple(m.chat_format.get("stop", ())))
+                    stop=req.stop + tuple(m.chat_format.get("stop", ())),
+                    guidance=("json_schema", guidance_text(schema)) if schema is not None else None,
+                    top_logprobs=req.top_logprobs if req.logprobs else None)
                 deadline = t0 + self.timeout
-                gen = engine.generate(prompt, params,
-                                      cancelled=lambda: cancelled() or time.monotonic() > deadline,
-                                      **({"adapter": adapter} if adapter else {}))
+                try:
+                    gen = engine.generate(prompt, params,
+                                          cancelled=lambda: cancelled() or time.monotonic() > deadline,
+                                          **({"adapter": adapter} if adapter else {}))
+                except GrammarRefused as e:
+                    what = "tools" if mode == "call" else "response_format"
+                    raise BadRequest(f"'{what}': the grammar engine cannot build this schema: {e}", what) from None
+                outcome.logprobs = gen.logprobs if req.logprobs else None
+                text, held = "", mode != "text"
                 for piece in gen:
                     if first is None:
                         first = time.monotonic()
                     outcome.completion_tokens = gen.completion_tokens
-                    yield piece
+                    text += piece
+                    if held and (mode == "call" or could_be_call(text)):
+                        continue
+                    yield text if held else piece   # held text is let go at once when it cannot be a call
+                    held = False
                 outcome.completion_tokens = gen.completion_tokens
                 outcome.finish_reason = gen.finish_reason
+                if held and gen.finish_reason != "cancelled":
+                    call = parse_call(text, req.tools if mode == "auto" else
+                                      tuple(t for t in req.tools if t[0] == req.tool_choice or
+                                            req.tool_choice == "required"))
+                    if call is None and mode == "call" and gen.ended_by_model:
+                        raise StructuredOutputBroken(f"a forced tool call did not parse: {text[:200]!r}")
+                    if call is not None:
+                        outcome.tool_calls = [tool_call(call)]
+                        outcome.finish_reason = "tool_calls"
+                    elif text:
+                        yield text
+                elif schema is not None and mode == "text" and gen.finish_reason != "cancelled":
+                    self._check(text, schema, gen)
                 if gen.finish_reason == "cancelled":
                     status = "timeout" if time.monotonic() > deadline else "cancelled"
         except BadRequest as e:
@@ -110,3 +168,17 @@ class Serving:
                               first_token_ms=((first or time.monotonic()) - t0) * 1000,
                               tokens_in=outcome.prompt_tokens, tokens_out=outcome.completion_tokens,
                               outcome=status, detail=detail, adapter=outcome.adapter)
+
+    @staticmethod
+    def _check(text: str, schema: dict, gen) -> None:
+        """A structured answer the model finished must parse and validate (the grammar guarantees it; checked
+        anyway). One cut by max_tokens or a stop string is returned as it is, finish_reason telling why."""
+        if not gen.ended_by_model:
+            return
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise StructuredOutputBroken(f"a finished structured answer is not JSON ({e}): {text[:200]!r}") from None
+        bad = errors(value, schema)
+        if bad:
+            raise StructuredOutputBroken(f"a finished structured answer breaks its schema: {'; '.join(bad[:3])}")
