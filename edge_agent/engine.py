@@ -170,7 +170,7 @@ class OgaEngine:
                         gen.ended_by_model = True
                         piece = "" if self._is_eos(tok) else piece
                     if logits is not None and not (gen.ended_by_model and self._is_eos(tok)):
-                        gen.logprobs.append(self._logprobs(logits, int(tok), top))
+                        gen.logprobs.append(self._logprobs(logits, int(tok), top, piece))
                     if params.stop and piece:
                         text += piece
                         hit = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
@@ -188,13 +188,15 @@ class OgaEngine:
         gen.pieces = run()
         return gen
 
-    def _logprobs(self, logits, tok: int, top: int) -> dict:
+    def _logprobs(self, logits, tok: int, top: int, piece: str) -> dict:
+        """The chosen token is named by the text it added to the answer (so the tokens join to the answer; a
+        special token adds none); the alternatives by their own decoding."""
         import numpy as np
 
         row = np.asarray(logits, dtype=np.float64).reshape(-1, logits.shape[-1])[-1]
         m = row.max()
         lp = row - (m + np.log(np.exp(row - m).sum()))
-        entry = self._token_entry(tok, float(lp[tok]))
+        entry = {"token": piece, "logprob": float(lp[tok]), "bytes": list(piece.encode("utf-8"))}
         best = np.argpartition(-lp, top)[:top] if 0 < top < len(lp) else np.arange(len(lp) if top else 0)
         entry["top_logprobs"] = [self._token_entry(int(i), float(lp[i])) for i in best[np.argsort(-lp[best])]]
         return entry

@@ -78,7 +78,7 @@ def _check(s, where: str, root) -> None:
             raise SchemaInvalid(f"{where}.pattern must be a string")
         try:
             re.compile(s["pattern"])
-        except re.error as e:
+        except (re.error, RecursionError, OverflowError, ValueError) as e:
             raise SchemaInvalid(f"{where}.pattern is not a valid regular expression: {e}") from None
     if "anyOf" in s:
         if not isinstance(s["anyOf"], list) or not s["anyOf"]:
@@ -97,7 +97,8 @@ def _check(s, where: str, root) -> None:
 
 def _resolve(ref, root, where: str):
     m = re.fullmatch(r"#/(\$defs|definitions)/([^/]+)", ref) if isinstance(ref, str) else None
-    if not m or not isinstance(root, dict) or m.group(2) not in root.get(m.group(1), {}):
+    defs = root.get(m.group(1)) if m and isinstance(root, dict) else None
+    if not isinstance(defs, dict) or m.group(2) not in defs:
         raise SchemaInvalid(f"{where}.$ref {ref!r} must point into this schema's $defs or definitions "
                             f"(#/$defs/NAME) and name a definition that exists")
     return root[m.group(1)][m.group(2)]

@@ -13,10 +13,8 @@ import json
 from dataclasses import dataclass
 
 TOOL_DEFAULTS = {
-    "tools_system": "You may call one or more functions to assist with the user query. The functions are listed "
-                    "inside <tools></tools>:\n<tools>\n{tools}\n</tools>\nTo call a function, answer with a JSON "
-                    "object with the function's name and arguments inside <tool_call></tool_call> tags:\n"
-                    "<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n</tool_call>",
+    "tools_system": "Functions you may call:\n{tools}\nTo call one, answer only <tool_call>{{\"name\": NAME, "
+                    "\"arguments\": {{...}}}}</tool_call>",
     "tool_call": "<tool_call>\n{call}\n</tool_call>",
     "tool_result_role": "user",
     "tool_result": "<tool_response>\n{content}\n</tool_response>",
@@ -50,8 +48,7 @@ class ChatFormat:
         `tool_calls` ([{"name", "arguments"}]); `tool` messages are results."""
         messages = list(messages)
         if tools:
-            listing = self.tools_system.format(tools="\n".join(json.dumps({"type": "function", "function": t})
-                                                               for t in tools))
+            listing = self.tools_system.format(tools="\n".join(json.dumps(t, separators=(",", ":")) for t in tools))
             if messages and messages[0]["role"] == "system":
                 messages[0] = {"role": "system", "content": messages[0]["content"] + "\n\n" + listing}
             else:
