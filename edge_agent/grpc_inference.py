@@ -5,6 +5,7 @@ telemetry and errors as the HTTP API, because both hand the request to Serving. 
 """
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from concurrent import futures
@@ -28,6 +29,16 @@ def request_body(req: inference_pb2.GenerateRequest) -> dict:
     for field in ("temperature", "top_p", "top_k", "seed"):
         if req.HasField(field):
             body[field] = getattr(req, field)
+    if req.stop:
+        body["stop"] = list(req.stop)
+    if req.json_schema:
+        try:
+            schema = json.loads(req.json_schema)
+        except ValueError as e:
+            raise BadRequest(f"'json_schema' is not valid JSON: {e}", "json_schema") from None
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "grpc", "schema": schema}}
+    elif req.json_object:
+        body["response_format"] = {"type": "json_object"}
     return body
 
 

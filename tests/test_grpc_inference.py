@@ -72,3 +72,44 @@ def test_api_key_is_required_when_configured(tiny_int4, tmp_path):
     finally:
         g.stop(1)
         s.stop()
+
+
+TICKET = {"type": "object", "additionalProperties": False, "required": ["code", "urgent"],
+          "properties": {"code": {"type": "string", "enum": ["E17", "E23"]}, "urgent": {"type": "boolean"}}}
+
+
+def test_json_schema_answer_validates_and_matches_the_http_api(both):
+    import json
+
+    s, stub = both
+    chunks = generate(stub, max_tokens=40, json_schema=json.dumps(TICKET))
+    text = "".join(c.text for c in chunks)
+    value = json.loads(text)
+    assert set(value) == {"code", "urgent"} and value["code"] in ("E17", "E23") and isinstance(value["urgent"], bool)
+    assert chunks[-1].finish_reason == "stop"
+    http = s.client().chat.completions.create(model="tiny", messages=ask(), max_tokens=40, response_format={
+        "type": "json_schema", "json_schema": {"name": "t", "schema": TICKET}})
+    assert http.choices[0].message.content == text
+    obj = "".join(c.text for c in generate(stub, max_tokens=40, json_object=True))
+    assert isinstance(json.loads(obj), dict)
+
+
+def test_stop_and_seed(both):
+    _, stub = both
+    full = "".join(c.text for c in generate(stub, max_tokens=24))
+    word = full.split()[2]
+    chunks = generate(stub, max_tokens=24, stop=[word])
+    cut = "".join(c.text for c in chunks)
+    assert word not in cut and full.startswith(cut) and chunks[-1].finish_reason == "stop"
+    runs = ["".join(c.text for c in generate(stub, max_tokens=16, temperature=1.0, seed=seed)) for seed in (5, 5, 6)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]   # the seed decides (fixed seeds: deterministic)
+
+
+@pytest.mark.parametrize("schema,words", [
+    ("{not json", "json_schema"), ('{"type": "objekt"}', "type"), ('{"type": "string", "format": "email"}', "format"),
+])
+def test_bad_json_schema_is_invalid_argument_naming_what(both, schema, words):
+    _, stub = both
+    with pytest.raises(grpc.RpcError) as e:
+        generate(stub, max_tokens=4, json_schema=schema)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in e.value.details()
