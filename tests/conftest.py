@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny model exported once per session, and real control plane / agent processes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import shutil
@@ -121,6 +122,22 @@ class Cluster:
             self.admin.close()
         for p in reversed(self.procs):
             p.stop()
+
+
+@contextlib.contextmanager
+def serving_cluster(root: pathlib.Path, bundle: pathlib.Path):
+    """A control plane with `bundle` published as tiny@v1 (the fleet default) and agent a1 serving it; yields
+    (cluster, manifest) and stops everything afterwards (for module-scoped fixtures of attack tests)."""
+    c = Cluster(root)
+    try:
+        c.start_cp()
+        m1 = c.publish(bundle, "tiny", "v1")
+        c.admin.set_desired("tiny", "v1")
+        c.start_agent("a1")
+        c.wait_serving("a1", m1.ref)
+        yield c, m1
+    finally:
+        c.stop()
 
 
 @pytest.fixture

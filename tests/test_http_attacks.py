@@ -12,23 +12,15 @@ import pytest
 from control_plane.procs import http_json
 from edge_agent.http_api import MAX_BODY_BYTES
 from edge_agent.http_server import HttpLimits, make_server
-from tests.conftest import Cluster
+from tests.conftest import serving_cluster
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def agent(tiny_int4, tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("http-attacks"))
-    try:
-        c.start_cp()
-        m1 = c.publish(tiny_int4, "tiny", "v1")
-        c.admin.set_desired("tiny", "v1")
-        c.start_agent("a1")
-        c.wait_serving("a1", m1.ref)
-        yield c, m1
-    finally:
-        c.stop()
+    with serving_cluster(tmp_path_factory.mktemp("http-attacks"), tiny_int4) as pair:
+        yield pair
 
 
 def still_serving(c, m1):

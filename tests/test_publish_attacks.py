@@ -11,23 +11,15 @@ import pytest
 
 from control_plane.admin_client import AdminError
 from slmops.v1 import admin_pb2
-from tests.conftest import Cluster
+from tests.conftest import serving_cluster
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def site(tiny_int4, tmp_path_factory):
-    c = Cluster(tmp_path_factory.mktemp("publish-attacks"))
-    try:
-        c.start_cp()
-        m1 = c.publish(tiny_int4, "tiny", "v1")
-        c.admin.set_desired("tiny", "v1")
-        c.start_agent("a1")
-        c.wait_serving("a1", m1.ref)
-        yield c, m1
-    finally:
-        c.stop()
+    with serving_cluster(tmp_path_factory.mktemp("publish-attacks"), tiny_int4) as pair:
+        yield pair
 
 
 def publish_raw(c, m1, version: str, extra_files: list[dict]):

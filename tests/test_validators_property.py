@@ -17,7 +17,8 @@ from slmops.errors import ArtifactInvalid, RequestInvalid
 from slmops.manifest import FileEntry, Manifest, check_paths
 
 SHA = "a" * 64
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+                derandomize=True)  # the same examples every run (CI is reproducible); raise max_examples to explore
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
                            lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
                                                                                       max_size=4), max_leaves=20)
@@ -57,8 +58,8 @@ def test_check_paths_refuses_cleanly_or_accepts_only_safe_paths(paths):
 def test_random_manifests_give_a_manifest_or_artifact_invalid(changes, files):
     d = valid_manifest_dict()
     d.update(changes)
-    if files:
-        d["files"] = list(d["files"]) + files
+    if files and isinstance(d["files"], list):   # `changes` may have replaced files by any JSON value
+        d["files"] = d["files"] + files
     try:
         raw = json.dumps(d).encode()
     except (TypeError, ValueError):
