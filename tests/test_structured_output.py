@@ -331,3 +331,18 @@ def test_raw_sse_chunks_carry_openai_fields(server):
     calls = [e for e in events if e["choices"][0]["delta"].get("tool_calls")]
     assert len(calls) == 1 and calls[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "get_weather"
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_the_readme_example_runs_verbatim(server, monkeypatch, capsys):
+    import ast
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Structured output and tools\n"):]
+    section = section[:section.index("\n## ", 5)]
+    (code,) = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
+    monkeypatch.setenv("AGENT_URL", server.url)
+    exec(compile(code, "README.md", "exec"), {})
+    ticket, call = capsys.readouterr().out.strip().splitlines()
+    assert ast.literal_eval(ticket)["code"] in ("E17", "E23") and call.startswith("get_weather {'city': ")
