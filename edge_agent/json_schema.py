@@ -136,10 +136,10 @@ def _validate(v, s, where: str, root, out: list, depth: int) -> None:
     if s is False:
         out.append(f"{where}: no value is allowed here")
         return
+    if depth > MAX_REF_DEPTH:
+        out.append(f"{where}: schema nested (through $ref/anyOf) more than {MAX_REF_DEPTH} deep")
+        return
     if "$ref" in s:
-        if depth > MAX_REF_DEPTH:
-            out.append(f"{where}: $ref nested more than {MAX_REF_DEPTH} deep")
-            return
         _validate(v, _resolve(s["$ref"], root, where), where, root, out, depth + 1)
     t = s.get("type")
     if t is not None:
@@ -153,7 +153,11 @@ def _validate(v, s, where: str, root, out: list, depth: int) -> None:
     if "const" in s and not _same(v, s["const"]):
         out.append(f"{where}: {v!r} is not {s['const']!r}")
     if "anyOf" in s:
-        if not any(not errors(v, dict(sub, **_defs(root)) if isinstance(sub, dict) else sub) for sub in s["anyOf"]):
+        def fails(sub) -> list:
+            found: list = []
+            _validate(v, sub, where, root, found, depth + 1)
+            return found
+        if all(fails(sub) for sub in s["anyOf"]):
             out.append(f"{where}: matches none of anyOf")
     if isinstance(v, dict):
         props = s.get("properties", {})
@@ -184,11 +188,6 @@ def _validate(v, s, where: str, root, out: list, depth: int) -> None:
                 or ("exclusiveMinimum" in s and v <= s["exclusiveMinimum"]) \
                 or ("exclusiveMaximum" in s and v >= s["exclusiveMaximum"]):
             out.append(f"{where}: {v} is outside the allowed range")
-
-
-def _defs(root) -> dict:
-    """A sub-schema checked on its own keeps the root's definitions, so its $refs still resolve."""
-    return {k: root[k] for k in ("$defs", "definitions") if isinstance(root, dict) and k in root}
 
 
 def guidance_text(schema) -> str:

@@ -9,6 +9,8 @@ from typing import Literal
 import httpx
 import openai
 import pydantic
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from edge_agent.json_schema import SchemaInvalid, check_schema, errors
@@ -346,3 +348,63 @@ def test_the_readme_example_runs_verbatim(server, monkeypatch, capsys):
     exec(compile(code, "README.md", "exec"), {})
     ticket, call = capsys.readouterr().out.strip().splitlines()
     assert ast.literal_eval(ticket)["code"] in ("E17", "E23") and call.startswith("get_weather {'city': ")
+
+
+def test_completions_take_response_format_too(server):
+    r = server.client().completions.create(model="tiny", prompt="<|im_start|>user\nE17?<|im_end|>\n<|im_start|>assistant\n",
+                                           max_tokens=40, extra_body={"response_format": schema_format(TICKET)})
+    if r.choices[0].finish_reason == "stop":
+        check_ticket(json.loads(r.choices[0].text))
+    else:   # cut by max_tokens: still a prefix of an object that validates
+        assert r.choices[0].text.startswith('{"code":"E')
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+                           lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                           max_leaves=10)
+schemas = st.recursive(st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["object", "string", "integer", "x"]) | json_values, "enum": json_values,
+    "pattern": st.text(max_size=4), "maxLength": json_values, "required": json_values, "$ref": st.text(max_size=12),
+    "format": json_values}),
+    lambda c: st.fixed_dictionaries({}, optional={"properties": st.dictionaries(st.text(max_size=3), c, max_size=2),
+                                                  "items": c, "anyOf": st.lists(c, max_size=2), "$defs": json_values,
+                                                  "additionalProperties": c | json_values}), max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.fixed_dictionaries({"messages": st.just(ask())}, optional={
+    "response_format": st.fixed_dictionaries({"type": st.sampled_from(["json_schema", "json_object", "x"])},
+                                             optional={"json_schema": st.fixed_dictionaries(
+                                                 {"name": st.sampled_from(["t", ""]), "schema": schemas | json_values},
+                                                 optional={"strict": json_values})}) | json_values,
+    "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+        {"name": st.sampled_from(["a", "b", ""]) | json_values}, optional={"parameters": schemas | json_values,
+                                                                            "description": json_values})}),
+        max_size=3) | json_values,
+    "tool_choice": st.sampled_from(["auto", "none", "required"]) | json_values,
+    "logprobs": json_values, "top_logprobs": json_values}))
+def test_random_structured_requests_parse_or_are_400(body):
+    from edge_agent.openai_schema import BadRequest, parse_chat
+
+    try:
+        req = parse_chat(body, 64)
+    except BadRequest as e:
+        assert e.status == 400 and e.param
+        return
+    if req.json_schema is not None:
+        check_schema(req.json_schema)
+        errors({}, req.json_schema)     # the validator runs on whatever was accepted
+    for _, _, params in req.tools:
+        check_schema(params)
+        errors({}, params)
+    if len(req.tools) > 0:
+        call_schema(req.tools)
+
+
+def test_a_schema_that_refers_to_itself_is_validated_without_recursing_forever():
+    loop = {"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}
+    check_schema(loop)
+    assert errors(1, loop)   # nothing can satisfy it: an error, not a RecursionError
+    tree = {"$defs": {"n": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}}}},
+            "$ref": "#/$defs/n"}
+    assert errors({"kids": [{"kids": []}, {}]}, tree) == [] and errors({"kids": [{"kids": 3}]}, tree)
