@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from edge_agent.openai_schema import BadRequest, GenRequest, parse_chat, parse_completion, parse_json_body
 from edge_agent.runtime import NotReady, QueueFull
-from edge_agent.serving import Outcome, Serving
+from edge_agent.serving import Outcome, Serving, StructuredOutputBroken
 
 MAX_BODY_BYTES = 1 << 20
 BODY_TIMEOUT_S = 30.0
@@ -92,6 +92,9 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
                 return error(429, f"server busy: {e}", "rate_limit_error", headers={"Retry-After": "1"})
             except NotReady as e:
                 return error(503, f"not ready: {e}", "service_unavailable")
+            except StructuredOutputBroken as e:   # a constrained answer that does not validate: say so
+                log.error("structured output failed its check: %s", e)
+                return error(500, str(e), "server_error")
             except Exception as e:  # the model failed, not the request: a 500 in OpenAI's shape, logged
                 log.error("generation failed: %s: %s", type(e).__name__, e)
                 return error(500, f"the model failed to generate: {type(e).__name__}", "server_error")

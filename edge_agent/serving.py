@@ -34,6 +34,12 @@ class StructuredOutputBroken(Exception):
     client's doing (a 500, logged)."""
 
 
+def unsatisfiable(what: str) -> BadRequest:
+    """No JSON value is empty: a constrained answer that ended before its first character means llguidance found
+    nothing the schema admits (e.g. a $ref that only refers to itself)."""
+    return BadRequest(f"'{what}': the schema admits no value (the grammar engine ended the answer at once)", what)
+
+
 def plan(req: GenRequest) -> tuple[dict | None, str, list[dict]]:
     """(schema the answer is generated under, mode, tools shown to the model). mode: "text" (free or
     response_format), "call" (tool_choice required or named: the answer is a call), "auto" (tool_choice auto:
@@ -143,6 +149,8 @@ class Serving:
                                       tuple(t for t in req.tools if t[0] == req.tool_choice or
                                             req.tool_choice == "required"))
                     if call is None and mode == "call" and gen.ended_by_model:
+                        if not text.strip():
+                            raise unsatisfiable("tools")
                         raise StructuredOutputBroken(f"a forced tool call did not parse: {text[:200]!r}")
                     if call is not None:
                         outcome.tool_calls = [tool_call(call)]
@@ -175,6 +183,8 @@ class Serving:
         anyway). One cut by max_tokens or a stop string is returned as it is, finish_reason telling why."""
         if not gen.ended_by_model:
             return
+        if not text.strip():
+            raise unsatisfiable("response_format")
         try:
             value = json.loads(text)
         except ValueError as e:

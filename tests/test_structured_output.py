@@ -121,7 +121,10 @@ def test_the_clients_pydantic_parse_helper_works_with_nested_models(server):
     (schema_format({"type": "string", "pattern": "[a-z"}), "pattern"),
     (schema_format({"type": "array", "minItems": 3, "maxItems": 1}), "minItems"),
     (schema_format({"type": "string", "pattern": "(?=a)a"}), "grammar engine"),   # Python's re, not llguidance's
+    (schema_format({"$defs": {"a": {"anyOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"}), "admits no value"),
+    (schema_format({"type": "integer", "anyOf": []}), "anyOf"),
     ({"type": "json_schema", "json_schema": {"name": "x"}}, "response_format.json_schema.schema"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {}, "strict": "yes"}}, "strict"),
     ({"type": "json_schema", "json_schema": {"name": "no spaces", "schema": {}}}, "name"),
     ({"type": "xml"}, "response_format.type"),
 ])
