@@ -78,8 +78,12 @@ def _check(s, where: str, root) -> None:
             raise SchemaInvalid(f"{where}.pattern must be a string")
         try:
             re.compile(s["pattern"])
+            nested = _nested_repetition(s["pattern"])
         except (re.error, RecursionError, OverflowError, ValueError) as e:
             raise SchemaInvalid(f"{where}.pattern is not a valid regular expression: {e}") from None
+        if nested:
+            raise SchemaInvalid(f"{where}.pattern repeats a group that itself repeats or alternates ({nested}); "
+                                f"such patterns make backtracking checks exponential and are not accepted")
     if "anyOf" in s:
         if not isinstance(s["anyOf"], list) or not s["anyOf"]:
             raise SchemaInvalid(f"{where}.anyOf must be a non-empty list of schemas")
@@ -93,6 +97,34 @@ def _check(s, where: str, root) -> None:
                 _check(sub, f"{where}.{key}.{k}", root)
     if "$ref" in s:
         _resolve(s["$ref"], root, where)
+
+
+def _nested_repetition(pattern: str) -> str:
+    """The first repeated group holding a repetition or an alternation ('' when none): the answer is checked with
+    Python's backtracking re, where such a pattern (e.g. (a+)+$) can take exponential time."""
+    from re import _parser
+
+    def walk(items, inside: bool) -> str:
+        for op, av in items:
+            name = str(op)
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                lo, hi, sub = av
+                if hi > lo and inside:   # a fixed count ({3}) is not ambiguous
+                    return "a repetition inside a repetition"
+                found = walk(sub, inside or hi > 1)
+            elif name == "BRANCH":
+                if inside:
+                    return "an alternation inside a repetition"
+                found = next((f for f in (walk(b, inside) for b in av[1]) if f), "")
+            elif name in ("SUBPATTERN", "ATOMIC_GROUP", "ASSERT", "ASSERT_NOT"):
+                found = walk(av[-1], inside)
+            else:
+                found = ""
+            if found:
+                return found
+        return ""
+
+    return walk(_parser.parse(pattern), False)
 
 
 def _resolve(ref, root, where: str):

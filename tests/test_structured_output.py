@@ -411,3 +411,23 @@ def test_a_schema_that_refers_to_itself_is_validated_without_recursing_forever()
     tree = {"$defs": {"n": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}}}},
             "$ref": "#/$defs/n"}
     assert errors({"kids": [{"kids": []}, {}]}, tree) == [] and errors({"kids": [{"kids": 3}]}, tree)
+
+
+def test_patterns_that_backtrack_exponentially_are_refused():
+    for pattern in ("(a+)+$", "(ab|a)*c", "(?:x(?:y)*)+"):
+        with pytest.raises(SchemaInvalid, match="repeats a group"):
+            check_schema({"type": "string", "pattern": pattern})
+    for pattern in ("^E\\d{2}$", "(a|b)*c", "(\\d{3}-)+x", "[a-z]+@[a-z]+"):
+        check_schema({"type": "string", "pattern": pattern})
+    assert errors("E17", {"type": "string", "pattern": "^E\\d{2}$"}) == []
+    assert errors("E1", {"type": "string", "pattern": "^E\\d{2}$"})
+
+
+def test_a_pattern_constrains_the_answer(server):
+    schema = {"type": "object", "additionalProperties": False, "required": ["code"],
+              "properties": {"code": {"type": "string", "pattern": "^E[0-9]{2}$"}}}
+    r = server.client().chat.completions.create(model="tiny", messages=ask(), max_tokens=40,
+                                                response_format=schema_format(schema))
+    import re
+    assert r.choices[0].finish_reason == "stop"
+    assert re.fullmatch(r"E[0-9]{2}", json.loads(r.choices[0].message.content)["code"])
