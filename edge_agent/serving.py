@@ -40,16 +40,16 @@ def unsatisfiable(what: str) -> BadRequest:
     return BadRequest(f"'{what}': the schema admits no value (the grammar engine ended the answer at once)", what)
 
 
-def plan(req: GenRequest) -> tuple[dict | None, str, list[dict]]:
-    """(schema the answer is generated under, mode, tools shown to the model). mode: "text" (free or
-    response_format), "call" (tool_choice required or named: the answer is a call), "auto" (tool_choice auto:
-    a call if the answer reads as one, tool_calls.py)."""
+def plan(req: GenRequest) -> tuple[dict | None, str, list[dict], tuple]:
+    """(schema the answer is generated under, mode, tools shown to the model, tools it may call). mode: "text"
+    (free or response_format), "call" (tool_choice required or named: the answer is a call), "auto" (tool_choice
+    auto: a call if the answer reads as one, tool_calls.py; with a response_format the answer follows it)."""
     shown = [{"name": n, "description": d, "parameters": p} for n, d, p in req.tools] \
         if req.tool_choice != "none" else []
     if req.tool_choice in ("none", "auto") or not req.tools:
-        return req.json_schema, "auto" if shown else "text", shown
+        return req.json_schema, "auto" if shown else "text", shown, req.tools if shown else ()
     allowed = req.tools if req.tool_choice == "required" else tuple(t for t in req.tools if t[0] == req.tool_choice)
-    return call_schema(allowed), "call", shown
+    return call_schema(allowed), "call", shown, allowed
 
 
 def tool_call(call: dict) -> dict:
@@ -100,7 +100,7 @@ class Serving:
                 adapter = resolve_model(req.model, m.name, m.ref, getattr(engine, "adapter_versions", {}))
                 outcome.model = f"{m.ref}:{adapter}" if adapter else m.ref
                 outcome.adapter = adapter or ""
-                schema, mode, shown = plan(req)
+                schema, mode, shown, callable_tools = plan(req)
                 if req.messages is None:
                     prompt = req.prompt
                 else:
@@ -145,9 +145,7 @@ class Serving:
                 outcome.completion_tokens = gen.completion_tokens
                 outcome.finish_reason = gen.finish_reason
                 if held and gen.finish_reason != "cancelled":
-                    call = parse_call(text, req.tools if mode == "auto" else
-                                      tuple(t for t in req.tools if t[0] == req.tool_choice or
-                                            req.tool_choice == "required"))
+                    call = parse_call(text, callable_tools)
                     if call is None and mode == "call" and gen.ended_by_model:
                         if not text.strip():
                             raise unsatisfiable("tools")
@@ -157,7 +155,8 @@ class Serving:
                         outcome.finish_reason = "tool_calls"
                     elif text:
                         yield text
-                elif schema is not None and mode == "text" and gen.finish_reason != "cancelled":
+                if mode != "call" and schema is not None and not outcome.tool_calls \
+                        and gen.finish_reason != "cancelled":
                     self._check(text, schema, gen)
                 if gen.finish_reason == "cancelled":
                     status = "timeout" if time.monotonic() > deadline else "cancelled"

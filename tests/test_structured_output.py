@@ -431,3 +431,10 @@ def test_a_pattern_constrains_the_answer(server):
     import re
     assert r.choices[0].finish_reason == "stop"
     assert re.fullmatch(r"E[0-9]{2}", json.loads(r.choices[0].message.content)["code"])
+
+
+def test_auto_tools_with_a_response_format_answer_in_that_format(server):
+    r = server.client().chat.completions.create(model="tiny", messages=ask(), max_tokens=64, tools=[WEATHER],
+                                                response_format=schema_format(TICKET))
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.tool_calls is None
+    check_ticket(json.loads(r.choices[0].message.content))
