@@ -9,7 +9,7 @@ from typing import Literal
 import httpx
 import openai
 import pydantic
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 import pytest
 
@@ -438,3 +438,17 @@ def test_auto_tools_with_a_response_format_answer_in_that_format(server):
                                                 response_format=schema_format(TICKET))
     assert r.choices[0].finish_reason == "stop" and r.choices[0].message.tool_calls is None
     check_ticket(json.loads(r.choices[0].message.content))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(schema=schemas | json_values, tools=st.lists(schemas, max_size=2), stream=st.booleans())
+def test_random_schemas_over_http_never_give_5xx(server, schema, tools, stream):
+    body = {"messages": ask(), "max_tokens": 8, "stream": stream, "response_format": schema_format(schema)}
+    if tools:
+        body["tools"] = [{"type": "function", "function": {"name": f"f{i}", "parameters": p}}
+                         for i, p in enumerate(tools)]
+        body["tool_choice"] = "required"
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["error"]["param"]
