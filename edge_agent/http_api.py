@@ -114,7 +114,8 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
         def frame(piece: str) -> bytes:  # on the generating thread, between tokens: the event loop only writes
             if outcome.logprobs is not None:   # the logprobs of the tokens this piece came from ride with it
                 c = chunk(kind, cid, piece, outcome, None)
-                c["choices"][0]["logprobs"] = {"content": outcome.logprobs[len(framer):]}
+                new, offset = outcome.logprobs[len(framer):], sum(len(t["token"]) for t in outcome.logprobs[:len(framer)])
+                c["choices"][0]["logprobs"] = {"content": new} if kind == "chat" else legacy_logprobs(new, offset)
                 framer[:] = [None] * len(outcome.logprobs)
                 return sse(c)
             if not framer:
@@ -306,7 +307,19 @@ def body(kind: str, text: str, o: Outcome, final: bool) -> dict:
                                                "finish_reason": o.finish_reason or "stop"}], "usage": usage(o)}
     return {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": created,
             "model": o.model, "choices": [{"index": 0, "text": text, "finish_reason": o.finish_reason or "stop",
-                                           "logprobs": None}], "usage": usage(o)}
+                                           "logprobs": None if o.logprobs is None else legacy_logprobs(o.logprobs)}],
+            "usage": usage(o)}
+
+
+def legacy_logprobs(entries: list, offset: int = 0) -> dict:
+    """/v1/completions' shape of the engine's per-token logprobs (text_offset counts from the answer's start)."""
+    offsets = []
+    for t in entries:
+        offsets.append(offset)
+        offset += len(t["token"])
+    return {"tokens": [t["token"] for t in entries], "token_logprobs": [t["logprob"] for t in entries],
+            "top_logprobs": [{x["token"]: x["logprob"] for x in t["top_logprobs"]} for t in entries],
+            "text_offset": offsets}
 
 
 def chunk(kind: str, cid: str, text: str, o: Outcome, finish, usage_: bool = False) -> dict:

@@ -280,7 +280,9 @@ def parse_completion(body, max_new_tokens: int) -> GenRequest:
         prompt = prompt[0]
     if not isinstance(prompt, str) or not prompt:
         raise BadRequest("'prompt' must be a non-empty string", "prompt")
-    for field in ("tools", "tool_choice", "logprobs"):
-        if body.get(field) not in (None, False):
+    for field in ("tools", "tool_choice", "top_logprobs"):
+        if body.get(field) is not None:
             raise BadRequest(f"'{field}' is served on /v1/chat/completions only", field)
-    return GenRequest(messages=None, prompt=prompt, **common)
+    # the legacy form: logprobs is the number of alternatives per token (0-20), not a boolean
+    top = _number(body, "logprobs", 0, MAX_TOP_LOGPROBS, integer=True)
+    return GenRequest(messages=None, prompt=prompt, logprobs=top is not None, top_logprobs=top or 0, **common)

@@ -452,3 +452,21 @@ def test_random_schemas_over_http_never_give_5xx(server, schema, tools, stream):
     assert r.status_code in (200, 400), r.text
     if r.status_code == 400:
         assert r.json()["error"]["param"]
+
+
+def test_completions_logprobs_in_the_legacy_shape(server):
+    c = server.client()
+    prompt = "<|im_start|>user\nE17?<|im_end|>\n<|im_start|>assistant\n"
+    r = c.completions.create(model="tiny", prompt=prompt, max_tokens=10, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text and len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs)
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    for chosen, tops in zip(lp.token_logprobs, lp.top_logprobs):
+        assert 0 < len(tops) <= 3 and max(tops.values()) == pytest.approx(chosen)   # greedy: the most likely
+    streamed = [ch.choices[0].logprobs for ch in c.completions.create(model="tiny", prompt=prompt, max_tokens=10,
+                                                                       logprobs=3, stream=True)
+                if ch.choices and ch.choices[0].text]
+    assert sum((s.tokens for s in streamed), []) == lp.tokens
+    assert sum((s.text_offset for s in streamed), []) == lp.text_offset
+    with pytest.raises(openai.BadRequestError, match="logprobs"):
+        c.completions.create(model="tiny", prompt=prompt, max_tokens=2, logprobs=21)
