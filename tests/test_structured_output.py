@@ -470,3 +470,13 @@ def test_completions_logprobs_in_the_legacy_shape(server):
     assert sum((s.text_offset for s in streamed), []) == lp.text_offset
     with pytest.raises(openai.BadRequestError, match="logprobs"):
         c.completions.create(model="tiny", prompt=prompt, max_tokens=2, logprobs=21)
+
+
+def test_a_seeded_stream_is_the_seeded_answer(server):
+    c = server.client()
+    kw = dict(model="tiny", messages=ask(), max_tokens=16, temperature=1.2, seed=11)
+    whole = c.chat.completions.create(**kw).choices[0].message.content
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(stream=True, **kw)
+                       if ch.choices)
+    other = c.chat.completions.create(**dict(kw, seed=12)).choices[0].message.content
+    assert streamed == whole and other != whole   # fixed seeds: deterministic, and the seed decides
