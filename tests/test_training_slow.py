@@ -66,3 +66,4 @@ def test_student_with_half_the_layers_keeps_80_percent_of_the_teacher(lora_run, 
     assert s_cfg["num_hidden_layers"] * 2 <= t_cfg["num_hidden_layers"]
     assert teacher > 0 and student >= 0.8 * teacher, (out / "eval_report.txt").read_text()
     assert lin["metrics"]["teacher_outputs"]["train"]["kept"] > 0
+    assert lin["seeds"]["seed"] == r.train.seed and len(lin["metrics"]["student_layers"]) == s_cfg["num_hidden_layers"]
