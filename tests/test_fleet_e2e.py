@@ -59,8 +59,9 @@ def test_control_plane_restart_mid_rollout_resumes(cluster, tiny_int4, tmp_path)
     start_fleet(cluster, tiny_int4, ("b1", "b2", "b3"))
     m2 = cluster.publish(variant(tiny_int4, tmp_path / "v2", 11), "tiny", "v2")
     r = cluster.admin.create_rollout("tiny", "v2", {"all_devices": True}, "canary", canary={"devices": 1},
-                                     gate={"min_soak_seconds": 4})
-    cluster.wait_for(lambda: cluster.admin.rollout(r.rollout_id).succeeded == 1, timeout=90, what="the canary")
+                                     gate={"min_soak_seconds": 20})  # the restart must fit in the soak,
+    cluster.wait_for(lambda: cluster.admin.rollout(r.rollout_id).succeeded == 1, timeout=90,  # also on a busy
+                     what="the canary")                                                     # machine
     cluster.cp.stop()                                   # mid-rollout: the canary soaks, the others wait
     cluster.start_cp()
     back = cluster.admin.rollout(r.rollout_id)
