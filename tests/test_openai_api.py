@@ -173,7 +173,8 @@ bodies = st.fixed_dictionaries({}, optional={
     "stop": json_values, "stream": st.one_of(st.booleans(), json_values), "seed": json_values})
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True)
 @given(body=bodies)
 def test_fuzzed_bodies_never_give_5xx(server, body):
     r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=30)

@@ -374,7 +374,7 @@ schemas = st.recursive(st.fixed_dictionaries({}, optional={
                                                   "additionalProperties": c | json_values}), max_leaves=6)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(body=st.fixed_dictionaries({"messages": st.just(ask())}, optional={
     "response_format": st.fixed_dictionaries({"type": st.sampled_from(["json_schema", "json_object", "x"])},
                                              optional={"json_schema": st.fixed_dictionaries(
@@ -440,7 +440,8 @@ def test_auto_tools_with_a_response_format_answer_in_that_format(server):
     check_ticket(json.loads(r.choices[0].message.content))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True)
 @given(schema=schemas | json_values, tools=st.lists(schemas, max_size=2), stream=st.booleans())
 def test_random_schemas_over_http_never_give_5xx(server, schema, tools, stream):
     body = {"messages": ask(), "max_tokens": 8, "stream": stream, "response_format": schema_format(schema)}

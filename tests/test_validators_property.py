@@ -105,8 +105,8 @@ members = st.lists(st.tuples(member_names, st.sampled_from([tarfile.REGTYPE, tar
                              bundle_json | st.binary(max_size=64)), max_size=5)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(members, st.integers(0, 4096), st.binary(max_size=64))
 def test_random_bundles_unpack_or_are_artifact_invalid(members, cut, junk):
     data = _tar(members)
