@@ -76,24 +76,19 @@ def wait(http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the agent
          model: str = typer.Option("", help="wait until it serves this NAME@VERSION (default: any model)"),
          timeout: float = typer.Option(120.0, help="seconds before giving up (exit 1)")):
     """Wait until an agent is ready to answer (its /readyz names a model), e.g. after its first start."""
-    import json
     import time
-    import urllib.error
-    import urllib.request
 
     from cli.common import console
+    from control_plane.procs import http_json
 
     deadline, last = time.monotonic() + timeout, "no answer"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://{http}/readyz", timeout=2) as r:
-                body = json.loads(r.read() or b"{}")
-            if not model or body.get("model") == model:
+            status, body = http_json(f"http://{http}/readyz", timeout=2)
+            if status == 200 and (not model or body.get("model") == model):
                 console.print(f"agent at {http} serves {body.get('model')}")
                 return
-            last = f"serving {body.get('model')}"
-        except urllib.error.HTTPError as e:
-            last = f"HTTP {e.code}"
+            last = f"HTTP {status}, serving {(body or {}).get('model')}"
         except (OSError, ValueError) as e:
             last = str(e)
         time.sleep(0.3)

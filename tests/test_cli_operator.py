@@ -24,7 +24,8 @@ def slmops(cp, *args, token=None, ok=True):
            "SLMOPS_ADMIN_TOKEN": token or (cp.cp_dir / "admin-token").read_text().strip()}
     r = runner.invoke(app, [*args, "--control-plane", cp.address], env=env)
     text = r.output
-    assert "Traceback" not in text and r.exception is None or isinstance(r.exception, SystemExit), text
+    assert "Traceback" not in text, text
+    assert r.exception is None or isinstance(r.exception, SystemExit), text
     if ok:
         assert r.exit_code == 0, text
     else:
@@ -52,8 +53,8 @@ def test_every_refusal_is_one_line_a_non_zero_exit_and_audited(cp):
     assert "vera" in slmops(cp, "audit", "--actor", "vera", "--since", "1h", "--json")
 
     line = slmops(cp, "rollout", "set", "tiny", "v9", ok=False)
-    assert "tiny@v9" in line or "v9" in line
-    assert audited(cp, "SetDesiredVersion", "NOT_FOUND") or audited(cp, "SetDesiredVersion", "INVALID_ARGUMENT")
+    assert "NOT_FOUND" in line and "tiny@v9" in line
+    assert audited(cp, "SetDesiredVersion", "NOT_FOUND")
 
     line = slmops(cp, "rollout", "create", "tiny@v1", ok=False)
     assert "selector" in line and "empty" in line

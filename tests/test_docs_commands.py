@@ -59,4 +59,6 @@ def test_operator_path_in_readme_and_pipelines_doc_runs_as_written(tmp_path):
     assert rc == 0, f"a documented command failed (rc {rc}); the last lines:\n" + "\n".join(text.splitlines()[-40:])
     assert '"choices"' in text, "the documented curl got no completion"
     assert "refused, as it should be" in text and "PERMISSION_DENIED" in text, "the viewer was not refused"
+    assert re.search(r"error: ro_\w+ aborted", text) and "aborted, as asked" in text, \
+        "the documented abort did not abort"
     assert "Traceback" not in text
