@@ -1,10 +1,12 @@
 """Prometheus text for the control plane's own /metrics: ingest counters kept in-process, fleet and
-telemetry-store gauges read from the store when scraped."""
+telemetry-store gauges read from the store when scraped, and each version's drift signals as the telemetry
+job's last drift check left them (control_plane/drift_monitor.py)."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from control_plane import drift_monitor
 from control_plane.store import Store
 
 
@@ -24,6 +26,18 @@ class _StoreCollector:
         dirty = GaugeMetricFamily("slmops_cp_rollup_dirty_minutes", "device-minutes waiting for a rollup rebuild")
         dirty.add_metric([], db.execute("select count(*) from telemetry_dirty").fetchone()[0])
         yield dirty
+        value = GaugeMetricFamily("slmops_cp_drift_value", "a drift signal's latest value per model version",
+                                  labels=["model", "signal", "group"])
+        limit = GaugeMetricFamily("slmops_cp_drift_threshold", "the threshold the drift signal is held to",
+                                  labels=["model", "signal", "group"])
+        over = GaugeMetricFamily("slmops_cp_drift_crossed", "1 when the drift signal is over its threshold",
+                                 labels=["model", "signal", "group"])
+        for r in drift_monitor.latest(self.store):
+            key = [r["model"], r["signal"], r["grp"]]
+            value.add_metric(key, r["value"])
+            limit.add_metric(key, r["threshold"])
+            over.add_metric(key, r["crossed"])
+        yield from (value, limit, over)
 
 
 class ControlPlaneMetrics:

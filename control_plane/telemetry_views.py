@@ -119,20 +119,28 @@ class TelemetryViews:
 
 
 class TelemetryJob:
-    """Background thread: rebuild dirty minutes every `interval_s`, apply retention every `retention_every_s`."""
+    """Background thread: rebuild dirty minutes every `interval_s`, re-check drift (control_plane/drift_monitor.py)
+    every `drift_every_s`, apply retention every `retention_every_s`."""
 
-    def __init__(self, views: TelemetryViews, interval_s: float = 10.0, retention_every_s: float = 3600.0):
+    def __init__(self, views: TelemetryViews, interval_s: float = 10.0, retention_every_s: float = 3600.0,
+                 drift_every_s: float = 30.0):
+        from control_plane.drift_monitor import DriftMonitor
+
         self.views, self.interval_s, self.retention_every_s = views, interval_s, retention_every_s
+        self.drift, self.drift_every_s = DriftMonitor(views.store), drift_every_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, name="telemetry-rollups", daemon=True)
 
     def run(self) -> None:
         last_retention = 0.0
-        waited = 0.0
+        last_drift = waited = 0.0
         while not self.stop.wait(self.interval_s):
             waited += self.interval_s
             try:
                 self.views.refresh()
+                if waited - last_drift >= self.drift_every_s:
+                    last_drift = waited
+                    self.drift.check()
                 if waited - last_retention >= self.retention_every_s:
                     last_retention = waited
                     raw, mins = self.views.apply_retention()

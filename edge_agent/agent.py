@@ -74,7 +74,8 @@ class Agent:
                                  Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
         self.metrics = AgentMetrics(self.runtime, self.state)
         self.metrics.registry.register(ExecutionProviderInfo(self.runtime))
-        self.sampler = ResourceSampler(self.state, self.runtime, cfg.data_dir, cfg.sample_interval_s)
+        self.sampler = ResourceSampler(self.state, self.runtime, cfg.data_dir, cfg.sample_interval_s,
+                                       cfg.capture_rate)
         self.golden = GoldenChecker(self.state, self.runtime, cfg.golden_interval_s)
         self.app = build_app(self.serving, cfg.api_keys, self.metrics.render)
 

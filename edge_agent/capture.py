@@ -42,14 +42,17 @@ def load_redactor(spec: str) -> Callable[[str], str]:
     return fn
 
 
-def capture_record(req, response: str, redact: Callable[[str], str]) -> str:
-    """The JSON text stored for one pair (pure). Chat requests keep their messages; completions their prompt.
+def capture_record(req, response: str, redact: Callable[[str], str], finish_reason: str = "") -> str:
+    """The JSON text stored for one pair (pure). Chat requests keep their messages; completions their prompt;
+    both the finish reason (stop, length, ...: the output drift signals read it).
     Too long a pair is dropped to the empty string rather than stored half (it would not parse)."""
     if req.messages is not None:
         pair = {"messages": [{"role": m["role"], "content": redact(m["content"])} for m in req.messages],
                 "response": redact(response)}
     else:
         pair = {"prompt": redact(req.prompt or ""), "response": redact(response)}
+    if finish_reason:
+        pair["finish_reason"] = finish_reason
     text = json.dumps(pair, ensure_ascii=False)
     return text if len(text) <= MAX_CAPTURE_CHARS else ""
 
@@ -68,7 +71,7 @@ class CapturingServing(Serving):
             pieces.append(piece)
             yield piece
         if outcome.finish_reason not in ("cancelled", "") and self.rng.random() < self.capture_rate:
-            record = capture_record(req, "".join(pieces), self.redact)
+            record = capture_record(req, "".join(pieces), self.redact, outcome.finish_reason)
             if record:
                 self.state.record("capture", endpoint, model=outcome.model, detail=record,
                                   detail_limit=MAX_CAPTURE_CHARS)

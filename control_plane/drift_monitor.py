@@ -1,0 +1,162 @@
+"""The I/O around control_plane/drift.py: reads a version's telemetry and its training data profile from the
+store, evaluates every signal (`evaluate`, for `slmops drift`), and, on the telemetry job's tick, re-checks the
+versions in service (`DriftMonitor.check`): the latest values go into `drift_latest` (Prometheus gauges read it,
+control_plane/cp_metrics.py) and a signal that crosses its threshold adds a `drift_threshold_crossed` event
+(device "control-plane") that the dashboard and `slmops devices`/events views list.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from typing import Callable
+
+from control_plane import drift
+from control_plane.store import Store, now_ms
+from slmops import text_profile
+from slmops.errors import ConfigError
+
+log = logging.getLogger("slmops.control_plane.drift")
+SOURCE = "control-plane"        # the device id of the control plane's own events
+MAX_ROWS = 200_000              # bound on one evaluation's telemetry read
+
+
+class UnknownVersion(ConfigError):
+    """A drift query names a version that is not published."""
+
+
+def decode_capture(row: dict) -> dict | None:
+    try:
+        pair = json.loads(row["detail"])
+    except ValueError:
+        return None   # truncated at ingest
+    if not isinstance(pair, dict):
+        return None
+    return {"ts_ms": row["ts_ms"], "prompt": text_profile.prompt_text(pair),
+            "finish_reason": str(pair.get("finish_reason", ""))}
+
+
+def version_rows(store: Store, ref: str, device_ids: list[str] | None = None) -> list[dict]:
+    sql = ("select device_id, ts_ms, kind, name, latency_ms, tokens_in, tokens_out, outcome, detail, vals "
+           "from telemetry where model = ? and kind in ('request', 'golden', 'capture', 'event')")
+    args: list = [ref]
+    if device_ids is not None:
+        sql += f" and device_id in ({','.join('?' * len(device_ids))})"
+        args += device_ids
+    return list(store.db.query(sql + " order by ts_ms limit ?", args + [MAX_ROWS]))
+
+
+def profile_of(store: Store, name: str, version: str) -> dict | None:
+    row = store.model(name, version)
+    if row is None:
+        published = sorted(m["version"] for m in store.models() if m["name"] == name)
+        raise UnknownVersion(f"no published version {name}@{version}"
+                             + (f" (published: {', '.join(published)})" if published else f" (no model {name!r})"))
+    return (json.loads(row["manifest"]).get("metrics") or {}).get("data_profile")
+
+
+def evaluate(store: Store, name: str, version: str, now: int, baseline_s: float = 7200, window_s: float = 3600,
+             th: drift.Thresholds = drift.Thresholds(), device_ids: list[str] | None = None,
+             embed: Callable[[list[str]], list[list[float]]] | None = None) -> dict:
+    """Every signal of NAME@VERSION (optionally only on `device_ids`, a device group). Raises UnknownVersion."""
+    profile = profile_of(store, name, version)
+    ref = f"{name}@{version}"
+    rows = version_rows(store, ref, device_ids)
+    first = rows[0]["ts_ms"] if rows else now
+    w = drift.Windows.after_rollout(first, now, baseline_s, window_s)
+    base, recent = w.split(rows)
+    caps_b = [c for c in map(decode_capture, (r for r in base if r["kind"] == "capture")) if c]
+    caps_r = [c for c in map(decode_capture, (r for r in recent if r["kind"] == "capture")) if c]
+    # The input-vs-training signals use all recent captures, from the rollout on if the baseline is young.
+    caps_in = [c for c in map(decode_capture, (r for r in rows if r["kind"] == "capture"
+                                               and r["ts_ms"] >= now - int(window_s * 1000))) if c]
+    prompts = [c["prompt"] for c in caps_in]
+
+    def kind(rs, k):
+        return [r for r in rs if r["kind"] == k]
+
+    def scores(rs):
+        out = []
+        for r in rs:
+            if r["kind"] == "event" and r["name"] == "feedback" and r["vals"]:
+                v = json.loads(r["vals"]).get("score")
+                if isinstance(v, (int, float)):
+                    out.append(float(v))
+        return out
+    signals = (drift.input_signals(profile, prompts, th, f"captures of the last {window_s:g} s",
+                                   embed(prompts) if embed and prompts else ([] if embed else None))
+               + drift.request_signals(kind(base, "request"), kind(recent, "request"), th, w)
+               + drift.capture_output_signals(caps_b, caps_r, th, w)
+               + drift.quality_signals(kind(base, "golden"), kind(recent, "golden"), scores(base), scores(recent),
+                                       th, w))
+    return {"model": ref, "first_seen_ms": first if rows else 0, "now_ms": now,
+            "baseline": w.baseline_text(), "window": w.recent_text(), "has_profile": bool(profile),
+            "signals": [asdict(s) for s in signals]}
+
+
+def versions_in_service(store: Store, since_ms: int) -> list[tuple[str, str]]:
+    rows = store.db.query("select distinct model from telemetry where kind = 'request' and ts_ms >= ? "
+                          "and model like '%@%'", [since_ms])
+    return sorted(tuple(r["model"].split("@", 1)) for r in rows)
+
+
+class DriftMonitor:
+    """Re-checks the versions served in the last window; keeps their latest values; events on crossings."""
+
+    def __init__(self, store: Store, baseline_s: float = 7200, window_s: float = 3600,
+                 th: drift.Thresholds = drift.Thresholds()):
+        self.store, self.baseline_s, self.window_s, self.th = store, baseline_s, window_s, th
+        with store._lock:
+            store.db["drift_latest"].create({"model": str, "signal": str, "grp": str, "value": float,
+                                             "threshold": float, "crossed": int, "ts_ms": int},
+                                            pk=("model", "signal"), if_not_exists=True)
+
+    def check(self, now: int | None = None) -> list[str]:
+        """Returns the crossings reported by this check (one event each)."""
+        now = now if now is not None else now_ms()
+        reported = []
+        for name, version in versions_in_service(self.store, now - int(self.window_s * 1000)):
+            try:
+                rep = evaluate(self.store, name, version, now, self.baseline_s, self.window_s, self.th)
+            except UnknownVersion:
+                continue   # telemetry naming a version never published here
+            reported += self._save(rep, now)
+        return reported
+
+    def _save(self, rep: dict, now: int) -> list[str]:
+        ref, out, events = rep["model"], [], []
+        was = {r["signal"]: r["crossed"] for r in self.store.db.query(
+            "select signal, crossed from drift_latest where model = ?", [ref])}
+        with self.store._lock:
+            for s in rep["signals"]:
+                if s["value"] is None:
+                    continue
+                self.store.db["drift_latest"].upsert(
+                    {"model": ref, "signal": s["name"], "grp": s["group"], "value": s["value"],
+                     "threshold": s["threshold"], "crossed": int(s["crossed"]), "ts_ms": now},
+                    pk=("model", "signal"))
+                if s["crossed"] and not was.get(s["name"]):
+                    why = (f"{s['name']} {s['value']:.3f} > {s['threshold']:g} ({s['window']} vs "
+                           f"{s['baseline']})")
+                    out.append(f"{ref}: {why}")
+                    events.append({"seq": self._next_seq(), "ts_ms": now, "kind": "event",
+                                   "name": "drift_threshold_crossed", "model": ref, "latency_ms": 0.0,
+                                   "first_token_ms": 0.0, "tokens_in": 0, "tokens_out": 0, "outcome": "drift",
+                                   "detail": why[:2000], "values": {"value": s["value"],
+                                                                    "threshold": s["threshold"]}})
+        self.store.add_telemetry(SOURCE, events)
+        for line in out:
+            log.warning("drift: %s", line)
+        return out
+
+    def _next_seq(self) -> int:
+        seq = int(self.store.get_meta("drift_event_seq") or 0) + 1
+        self.store.set_meta("drift_event_seq", str(seq))
+        return seq
+
+
+def latest(store: Store) -> list[dict]:
+    """The values the last check kept (for the gauges); [] before the first check."""
+    if "drift_latest" not in store.db.table_names():
+        return []
+    return list(store.db.query("select * from drift_latest order by model, signal"))
