@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+from edge_agent import feedback
 from edge_agent.openai_schema import BadRequest, GenRequest, parse_chat, parse_completion, parse_json_body
 from edge_agent.runtime import NotReady, QueueFull
 from edge_agent.serving import Outcome, Serving, StructuredOutputBroken
@@ -191,6 +192,7 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
     routes = [Route("/v1/chat/completions", handler(parse_chat, "chat"), methods=["POST"]),
               Route("/v1/completions", handler(parse_completion, "completion"), methods=["POST"]),
               Route("/v1/models", models, methods=["GET"]),
+              Route("/v1/feedback", feedback.endpoint(serving, authorized, read_json, error), methods=["POST"]),
               Route("/healthz", healthz), Route("/readyz", readyz), Route("/metrics", metrics_endpoint)]
     return Starlette(routes=routes)
 
