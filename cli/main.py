@@ -6,6 +6,7 @@ import typer
 from cli.agent import agent_app
 from cli.audit import audit
 from cli.devices import devices_app
+from cli.drift import drift
 from cli.jobs import demo, export
 from cli.models import models_app
 from cli.pipeline import pipeline_app
@@ -26,6 +27,7 @@ for _name, _sub in (("control-plane", cp_app), ("agent", agent_app), ("models", 
 app.command("export")(export)
 app.command("demo")(demo)
 app.command("audit")(audit)
+app.command("drift")(drift)
 
 
 def _version(value: bool):

@@ -94,6 +94,16 @@ def evaluate(store: Store, name: str, version: str, now: int, baseline_s: float 
             "signals": [asdict(s) for s in signals]}
 
 
+def devices_labelled(store: Store, labels: dict) -> list[str]:
+    """The device group a drift query is limited to: every device carrying all of `labels`."""
+    out = []
+    for d in store.devices():
+        have = json.loads(d.get("labels") or "{}")
+        if all(have.get(k) == v for k, v in labels.items()):
+            out.append(d["device_id"])
+    return out
+
+
 def versions_in_service(store: Store, since_ms: int) -> list[tuple[str, str]]:
     rows = store.db.query("select distinct model from telemetry where kind = 'request' and ts_ms >= ? "
                           "and model like '%@%'", [since_ms])
