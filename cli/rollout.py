@@ -52,6 +52,8 @@ def create(model: str = typer.Argument(..., help="NAME@VERSION"),
            max_failure_ratio: Optional[float] = typer.Option(None, help="halt and roll back above this"),
            max_error_rate: Optional[float] = typer.Option(None, help="a device erring more has failed"),
            max_p95_ms: Optional[float] = typer.Option(None, help="next wave waits above this p95 latency"),
+           min_golden_pass: Optional[float] = typer.Option(None, help="halt below this golden pass rate (0..1)"),
+           min_feedback: Optional[float] = typer.Option(None, help="halt below this mean feedback score (0..1)"),
            variant: List[str] = typer.Option([], "--variant", help="HWCLASS=VERSION (repeat)"),
            as_json: bool = JSON_OPT, control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
            cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
@@ -64,7 +66,8 @@ def create(model: str = typer.Argument(..., help="NAME@VERSION"),
         fail("--per-minute and --soak must not be negative")
     gate = {"min_soak_seconds": soak}
     for k, v in (("max_failure_ratio", max_failure_ratio), ("max_error_rate", max_error_rate),
-                 ("max_p95_latency_ms", max_p95_ms)):
+                 ("max_p95_latency_ms", max_p95_ms), ("min_golden_pass_ratio", min_golden_pass),
+                 ("min_feedback_score", min_feedback)):
         if v is not None:
             gate[k] = v
     sel = {"labels": labels(label), "hardware_classes": hw, "all_devices": all_devices}

@@ -19,7 +19,8 @@ from slmops.v1 import admin_pb2, common_pb2
 GATE_FIELDS = {"min_success_ratio": "min_success_ratio", "max_failure_ratio": "max_failure_ratio",
                "max_error_rate": "max_error_rate", "min_requests": "min_requests",
                "max_p95_latency_ms": "max_p95_latency_ms", "min_soak_seconds": "min_soak_s",
-               "install_timeout_seconds": "install_timeout_s"}
+               "install_timeout_seconds": "install_timeout_s", "min_golden_pass_ratio": "min_golden_pass_ratio",
+               "min_feedback_score": "min_feedback_score"}
 
 
 def _ref(r: ro.Ref | None) -> common_pb2.ModelRef:

@@ -90,9 +90,14 @@ class Gate:
     max_p95_latency_ms: float = 0.0    # 0 = no latency gate; above it the next wave waits
     min_soak_s: float = 0.0            # after the wave's last device switched
     install_timeout_s: float = 900.0   # pending longer than this counts as failed
+    # Quality gates (0 = off), over the wave's serving devices once they have min_requests results between them:
+    # below either, the rollout halts and rolls back; until then the next wave waits.
+    min_golden_pass_ratio: float = 0.0   # golden-prompt checks passed on the target
+    min_feedback_score: float = 0.0      # mean user feedback score (agent POST /v1/feedback, 0..1)
 
     def __post_init__(self) -> None:
-        for name in ("min_success_ratio", "max_failure_ratio", "max_error_rate"):
+        for name in ("min_success_ratio", "max_failure_ratio", "max_error_rate", "min_golden_pass_ratio",
+                     "min_feedback_score"):
             if not 0 <= getattr(self, name) <= 1:
                 raise RolloutInvalid(f"gate.{name} must be within 0..1, got {getattr(self, name)}")
         if self.min_requests < 1 or self.max_p95_latency_ms < 0 or self.min_soak_s < 0 \
@@ -179,6 +184,10 @@ class Health:
     requests: int = 0
     errors: int = 0
     p95_latency_ms: float = 0.0
+    golden: int = 0             # golden-prompt results on the target
+    golden_passed: int = 0
+    feedback: int = 0           # feedback scores on the target
+    feedback_sum: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -367,9 +376,29 @@ def _gate(r: Rollout, health: Mapping[str, Health], now_ms: int) -> str:
                      if a.succeeded_ms and a.device_id in health), default=0.0)
         if worst > g.max_p95_latency_ms:
             return f"waiting: p95 latency {worst:.0f} ms exceeds {g.max_p95_latency_ms:g} ms"
+    quality = _quality(r, health)
+    if quality:
+        return quality
     last = max((a.succeeded_ms for a in r.assignments if a.succeeded_ms), default=now_ms)
     if now_ms - last < g.min_soak_s * 1000:
         return f"waiting: soaking {(g.min_soak_s * 1000 - (now_ms - last)) / 1000:.0f} s more"
+    return ""
+
+
+def _quality(r: Rollout, health: Mapping[str, Health]) -> str:
+    """The quality gates over the serving devices of the rollout: '' (pass or off), 'waiting: ...', 'halt: ...'."""
+    g = r.spec.gate
+    hs = [health[a.device_id] for a in r.assignments if a.succeeded_ms and a.device_id in health]
+    for floor, n, total, what in (
+            (g.min_golden_pass_ratio, sum(h.golden for h in hs), sum(h.golden_passed for h in hs),
+             "golden pass rate"),
+            (g.min_feedback_score, sum(h.feedback for h in hs), sum(h.feedback_sum for h in hs), "feedback score")):
+        if not floor:
+            continue
+        if n < g.min_requests:
+            return f"waiting: {n} of {g.min_requests} {what} samples on {r.spec.name}@{r.spec.version}"
+        if total / n < floor:
+            return f"halt: {what} {total / n:.2f} on {r.spec.name}@{r.spec.version} is below {floor:g} ({n} samples)"
     return ""
 
 
@@ -380,7 +409,12 @@ def health_from_events(events: list[dict], target: Ref) -> Health:
 
     reqs = [e for e in events if e["kind"] == "request" and e["model"] == str(target)]
     errors = sum(1 for e in reqs if e["outcome"] == "error" or e["outcome"].startswith("http_5"))
-    return Health(len(reqs), errors, percentile([e["latency_ms"] for e in reqs if e["outcome"] == "ok"], 95))
+    golden = [e for e in events if e["kind"] == "golden" and e["model"] == str(target)]
+    scores = [json.loads(e["vals"]).get("score") for e in events if e["kind"] == "event" and e.get("name") == "feedback"
+              and e["model"] == str(target) and e.get("vals")]
+    scores = [float(s) for s in scores if isinstance(s, (int, float))]
+    return Health(len(reqs), errors, percentile([e["latency_ms"] for e in reqs if e["outcome"] == "ok"], 95),
+                  len(golden), sum(1 for e in golden if e["outcome"] == "pass"), len(scores), sum(scores))
 
 
 # ---- persistence (the driver stores this JSON) -----------------------------------------------------

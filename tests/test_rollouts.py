@@ -389,3 +389,54 @@ def test_standing_target_is_the_pin_else_the_newest_covering_assignment():
     ]
     for dev, default, completed, want in cases:
         assert standing_target(dev, default, completed) == want, (dev, default, completed)
+
+
+@pytest.mark.parametrize("gate, waiting, poor, good, halt_words", [
+    (Gate(min_golden_pass_ratio=0.8, min_requests=5), "waiting: 2 of 5 golden pass rate samples",
+     Health(requests=20, golden=10, golden_passed=5), Health(requests=20, golden=10, golden_passed=9),
+     "golden pass rate 0.50 on m@v2 is below 0.8 (10 samples)"),
+    (Gate(min_feedback_score=0.6, min_requests=5), "waiting: 2 of 5 feedback score samples",
+     Health(requests=20, feedback=10, feedback_sum=3.0), Health(requests=20, feedback=10, feedback_sum=8.0),
+     "feedback score 0.30 on m@v2 is below 0.6 (10 samples)"),
+])
+def test_quality_gates_hold_the_canary_then_pass_or_halt_it(gate, waiting, poor, good, halt_words):
+    def canary_with(health: Health) -> list[Rollout]:
+        f = Fleet(10)
+        r = f.step(rollout(spec(waves=(Wave(devices=1), ALL), gate=gate)), T0).rollout
+        f.health[r.assignments[0].device_id] = Health(requests=20, golden=2, golden_passed=2, feedback=2,
+                                                      feedback_sum=2.0)
+        held = f.step(r, T0 + 1000).rollout
+        f.health[r.assignments[0].device_id] = health
+        return [held, f.step(held, T0 + 2000).rollout]
+    held, passed = canary_with(good)
+    assert len(held.assignments) == 1 and waiting in held.reason
+    assert len(passed.assignments) == 10 and passed.status == ro.RUNNING
+    _, halted = canary_with(poor)
+    assert halted.status in (ro.HALTING, ro.HALTED) and halt_words in halted.reason
+
+
+def test_health_counts_golden_results_and_feedback_on_the_target_only():
+    target = Ref("support", "v2")
+    rows = [{"kind": "golden", "model": "support@v2", "outcome": "pass"},
+            {"kind": "golden", "model": "support@v2", "outcome": "fail"},
+            {"kind": "golden", "model": "support@v1", "outcome": "pass"},
+            {"kind": "event", "name": "feedback", "model": "support@v2", "vals": '{"score": 0.5}'},
+            {"kind": "event", "name": "feedback", "model": "support@v1", "vals": '{"score": 1}'},
+            {"kind": "event", "name": "swap", "model": "support@v2", "vals": ""}]
+    h = ro.health_from_events(rows, target)
+    assert (h.golden, h.golden_passed, h.feedback, h.feedback_sum) == (2, 1, 1, 0.5)
+
+
+def test_quality_gates_travel_over_the_admin_api_and_are_bounded():
+    from control_plane.fleet_admin import rollout_pb, spec_from
+    from slmops.v1 import admin_pb2, common_pb2
+
+    req = admin_pb2.CreateRolloutRequest(
+        model=common_pb2.ModelRef(name="m", version="v2"), selector=admin_pb2.Selector(all_devices=True),
+        gate=admin_pb2.HealthGate(min_golden_pass_ratio=0.9, min_feedback_score=0.5))
+    s = spec_from(req)
+    assert (s.gate.min_golden_pass_ratio, s.gate.min_feedback_score) == (0.9, 0.5)
+    back = rollout_pb(Rollout("r1", s, T0)).gate
+    assert (back.min_golden_pass_ratio, back.min_feedback_score) == (0.9, 0.5)
+    with pytest.raises(ro.RolloutInvalid, match="gate.min_feedback_score"):
+        Gate(min_feedback_score=1.5)

@@ -254,7 +254,7 @@ class Wave(_message.Message):
     def __init__(self, devices: _Optional[int] = ..., percent: _Optional[float] = ...) -> None: ...
 
 class HealthGate(_message.Message):
-    __slots__ = ("min_success_ratio", "max_failure_ratio", "max_error_rate", "min_requests", "max_p95_latency_ms", "min_soak_seconds", "install_timeout_seconds")
+    __slots__ = ("min_success_ratio", "max_failure_ratio", "max_error_rate", "min_requests", "max_p95_latency_ms", "min_soak_seconds", "install_timeout_seconds", "min_golden_pass_ratio", "min_feedback_score")
     MIN_SUCCESS_RATIO_FIELD_NUMBER: _ClassVar[int]
     MAX_FAILURE_RATIO_FIELD_NUMBER: _ClassVar[int]
     MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +262,8 @@ class HealthGate(_message.Message):
     MAX_P95_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_SOAK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     INSTALL_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_GOLDEN_PASS_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MIN_FEEDBACK_SCORE_FIELD_NUMBER: _ClassVar[int]
     min_success_ratio: float
     max_failure_ratio: float
     max_error_rate: float
@@ -269,7 +271,9 @@ class HealthGate(_message.Message):
     max_p95_latency_ms: float
     min_soak_seconds: float
     install_timeout_seconds: float
-    def __init__(self, min_success_ratio: _Optional[float] = ..., max_failure_ratio: _Optional[float] = ..., max_error_rate: _Optional[float] = ..., min_requests: _Optional[int] = ..., max_p95_latency_ms: _Optional[float] = ..., min_soak_seconds: _Optional[float] = ..., install_timeout_seconds: _Optional[float] = ...) -> None: ...
+    min_golden_pass_ratio: float
+    min_feedback_score: float
+    def __init__(self, min_success_ratio: _Optional[float] = ..., max_failure_ratio: _Optional[float] = ..., max_error_rate: _Optional[float] = ..., min_requests: _Optional[int] = ..., max_p95_latency_ms: _Optional[float] = ..., min_soak_seconds: _Optional[float] = ..., install_timeout_seconds: _Optional[float] = ..., min_golden_pass_ratio: _Optional[float] = ..., min_feedback_score: _Optional[float] = ...) -> None: ...
 
 class CreateRolloutRequest(_message.Message):
     __slots__ = ("model", "selector", "strategy", "canary", "waves", "max_devices_per_minute", "gate", "variants")
