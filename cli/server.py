@@ -17,7 +17,10 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
           listen: str = typer.Option("127.0.0.1:50051", help="HOST:PORT for gRPC"),
           insecure_loopback_dev: bool = typer.Option(False, "--insecure-loopback-dev",
                                                      help="plaintext gRPC (loopback development only)"),
-          max_workers: int = typer.Option(2048, help="gRPC threads; each connected agent's watch holds one"),
+          max_workers: int = typer.Option(32, help="threads for the store/blob work of device calls (an open "
+                                                   "watch stream holds none)"),
+          max_streams: int = typer.Option(20000, help="open streams in all (each connected agent holds one)"),
+          streams_per_peer: int = typer.Option(0, help="open streams per peer address (0: 3/4 of --max-streams)"),
           http: str = typer.Option("", help="dashboard + /metrics on PORT (loopback) or HOST:PORT; off if empty"),
           timestamp_expiry: float = typer.Option(86400, help="seconds a signed timestamp stays valid"),
           resign_interval: float = typer.Option(
@@ -41,6 +44,7 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
         # absolute: pipeline workers run in other working folders and find their specs under it
         serve_forever(ControlPlaneConfig(data_dir=data_dir.resolve(), listen=listen, http=http, expiry=expiry,
                                          insecure_loopback_dev=insecure_loopback_dev, max_workers=max_workers,
+                                         max_streams=max_streams, streams_per_peer=streams_per_peer,
                                          pipeline_jobs=pipeline_jobs, allow_keyless_enrollment=allow_keyless_enrollment,
                                          refresh_s=resign_interval if resign_interval >= 0
                                          else min(5.0, max(0.2, timestamp_expiry / 4))))

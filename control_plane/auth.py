@@ -14,6 +14,8 @@ and every enrollment are audited too.
 """
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
 import heapq
 import threading
@@ -45,6 +47,7 @@ MAX_SIG_SKEW_MS = 5 * 60 * 1000
 NONCE_HEX = 32                       # 16 random bytes
 MAX_NONCES_PER_DEVICE = 50_000       # signed calls one device may make within one window (5 min)
 ENROLL = "/slmops.v1.Fleet/Enroll"
+_DEVICE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("slmops_device", default=None)
 
 
 def role_at_least(role: str, needed: str) -> bool:
@@ -168,16 +171,21 @@ class DeviceAuth:
         return dev, None, ""
 
 
-def require_device(store: Store, context, device_id: str | None = None) -> dict:
+async def require_device(context, device_id: str | None = None) -> dict:
     """The calling device (authenticated by the interceptor's DeviceAuth), or abort. A device may only act
     as itself."""
-    dev = getattr(context, "slmops_device", None)
+    dev = current_device()
     if dev is None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "device call not authenticated")
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "device call not authenticated")
     if device_id and device_id != dev["device_id"]:
-        context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                      f"device {dev['device_id']} may not act for device {device_id}")
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"device {dev['device_id']} may not act for device {device_id}")
     return dev
+
+
+def current_device() -> dict | None:
+    """The device the auth interceptor authenticated for the call running in this task (None outside one)."""
+    return _DEVICE.get()
 
 
 def require_admin(store: Store, context) -> str:
@@ -208,44 +216,145 @@ def describe(request) -> str:
     return text_format.MessageToString(msg, as_one_line=True)[:300]
 
 
-class AuditInterceptor(grpc.ServerInterceptor):
-    def __init__(self, store: Store, devices: DeviceAuth | None = None):
+class SyncCallContext:
+    """The context grpc.aio hands a plain (non-async) handler, which the Admin service's handlers are (they run on
+    the server's admin thread pool), plus what they and the audit need from the sync server's context: the
+    status code and details after an abort, and is_active()."""
+
+    def __init__(self, context):
+        self._context, self._code, self._details = context, None, ""
+        self._done = threading.Event()
+        context.add_callback(self._done.set)
+
+    def abort(self, code, details: str = ""):
+        self._code, self._details = code, details
+        self._context.abort(code, details)
+
+    def set_code(self, code) -> None:
+        self._code = code
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+        self._context.set_details(details)
+
+    def code(self):
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def is_active(self) -> bool:
+        return not self._done.is_set()
+
+    def __getattr__(self, name):
+        return getattr(self._context, name)
+
+
+class AuditInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates and audits. Device services are coroutines: their checks and audit rows go through the
+    blocking-work pool (`offload`, control_plane/offload.py). Admin handlers are plain functions on the admin
+    thread pool: their wrappers are plain too."""
+
+    def __init__(self, store: Store, offload, devices: DeviceAuth | None = None):
         self.store = store
+        self.offload = offload
         self.devices = devices or DeviceAuth(store)
 
-    def intercept_service(self, continuation, details):
-        handler = continuation(details)
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
         method = details.method
         if handler is None:
             return None
         if method.startswith(ADMIN_SERVICE):
-            return self._wrap(handler, method, admin=True, metadata=details.invocation_metadata)
+            return self._wrap_admin(handler, method, metadata=details.invocation_metadata)
         if method.startswith(DEVICE_SERVICES):
-            return self._wrap(handler, method, admin=False, metadata=details.invocation_metadata)
+            return self._wrap_device(handler, method, metadata=details.invocation_metadata)
         return handler
 
-    def _wrap(self, handler, method: str, admin: bool, metadata):
-        action = method.rsplit("/", 1)[1]
-        kind = ("unary_unary" if not handler.request_streaming and not handler.response_streaming else
+    @staticmethod
+    def _kind(handler) -> str:
+        return ("unary_unary" if not handler.request_streaming and not handler.response_streaming else
                 "unary_stream" if not handler.request_streaming else
                 "stream_unary" if not handler.response_streaming else "stream_stream")
+
+    def _wrap_device(self, handler, method: str, metadata):
+        action = method.rsplit("/", 1)[1]
+        kind = self._kind(handler)
+        behavior = getattr(handler, kind)
+        offload, store = self.offload, self.store
+        one_request = not handler.request_streaming
+
+        async def check(request, context) -> contextvars.Token | None:
+            if method == ENROLL:
+                return None
+            dev, code, why = await offload(self.devices.authenticate, method, request, context.invocation_metadata())
+            if dev is None:
+                who = await offload(self._who, metadata, False)
+                await offload(store.audit, who["name"], "device", action, describe(request), code.name, why)
+                await context.abort(code, why)
+            return _DEVICE.set(dev)
+
+        async def record(request, context, error: BaseException | None) -> None:
+            code = context.code()
+            if code is None and error is not None and not isinstance(error, (asyncio.CancelledError,
+                                                                            GeneratorExit)):
+                code = grpc.StatusCode.UNKNOWN
+            code = code or grpc.StatusCode.OK
+            if code not in REFUSALS and action != "Enroll":
+                return
+            detail = context.details() or (str(error) if error else "")
+            who = await offload(self._who, metadata, False)
+            name = who["name"]
+            if action == "Enroll" and request is not None:
+                name = f"device-name:{request.device_name[:100]}"
+            await offload(store.audit, name, who["role"], action, describe(request), code.name,
+                          detail if isinstance(detail, str) else detail.decode(errors="replace"))
+
+        if not handler.response_streaming:
+            async def wrapped(request, context):
+                req = request if one_request else None
+                token = await check(req, context)
+                err = None
+                try:
+                    return await behavior(request, context)
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    if token is not None:
+                        _DEVICE.reset(token)
+                    await record(req, context, err)
+        else:
+            async def wrapped(request, context):
+                req = request if one_request else None
+                token = await check(req, context)
+                err = None
+                try:
+                    async for msg in behavior(request, context):
+                        yield msg
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    if token is not None:
+                        _DEVICE.reset(token)
+                    if not isinstance(err, (GeneratorExit, asyncio.CancelledError)):
+                        await record(req, context, err)
+        return handler._replace(**{kind: wrapped})
+
+    def _wrap_admin(self, handler, method: str, metadata):
+        action = method.rsplit("/", 1)[1]
+        kind = self._kind(handler)
         behavior = getattr(handler, kind)
         cache: dict = {}
 
-        def caller() -> dict:  # looked up once, and for device calls only when something is recorded
+        def caller() -> dict:  # looked up once
             if not cache:
-                cache.update(self._who(metadata, admin))
+                cache.update(self._who(metadata, True))
             return cache
 
-        def check(request, context):
-            if not admin:
-                if method != ENROLL:
-                    dev, code, why = self.devices.authenticate(method, request, context.invocation_metadata())
-                    if dev is None:
-                        self.store.audit(caller()["name"], "device", action, describe(request), code.name, why)
-                        context.abort(code, why)
-                    context.slmops_device = dev
-                return
+        def check(context):
             who = caller()
             if who["role"] == "":
                 self.store.audit("anonymous", "", action, "", "UNAUTHENTICATED", "no or unknown admin token")
@@ -257,36 +366,33 @@ class AuditInterceptor(grpc.ServerInterceptor):
                 self.store.audit(who["name"], who["role"], action, "", "PERMISSION_DENIED", why)
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
 
-        def record(request, context, error: BaseException | None):
-            code = context.code() if hasattr(context, "code") else None
+        def record(request, context: SyncCallContext, error: BaseException | None):
+            code = context.code()
             if code is None and error is not None:
                 code = grpc.StatusCode.UNKNOWN
             code = code or grpc.StatusCode.OK
-            if not admin and code not in REFUSALS and action != "Enroll":
-                return
             detail = context.details() or (str(error) if error else "")
             who = caller()
-            name = who["name"]
-            if action == "Enroll" and request is not None:
-                name = f"device-name:{request.device_name[:100]}"
-            self.store.audit(name, who["role"], action, describe(request), code.name,
+            self.store.audit(who["name"], who["role"], action, describe(request), code.name,
                              detail if isinstance(detail, str) else detail.decode(errors="replace"))
 
-        if kind in ("unary_unary", "stream_unary"):
+        one_request = not handler.request_streaming
+        if not handler.response_streaming:
             def wrapped(request, context):
-                check(request if kind == "unary_unary" else None, context)
+                context = SyncCallContext(context)
+                check(context)
                 err = None
                 try:
-                    resp = behavior(request, context)
-                    return resp
+                    return behavior(request, context)
                 except BaseException as e:
                     err = e
                     raise
                 finally:
-                    record(request if kind == "unary_unary" else None, context, err)
+                    record(request if one_request else None, context, err)
         else:
             def wrapped(request, context):
-                check(request if kind == "unary_stream" else None, context)
+                context = SyncCallContext(context)
+                check(context)
                 err = None
                 try:
                     yield from behavior(request, context)
@@ -294,8 +400,8 @@ class AuditInterceptor(grpc.ServerInterceptor):
                     err = e
                     raise
                 finally:
-                    if err is None or not isinstance(err, GeneratorExit):
-                        record(request if kind == "unary_stream" else None, context, err)
+                    if not isinstance(err, GeneratorExit):
+                        record(request if one_request else None, context, err)
         return handler._replace(**{kind: wrapped})
 
     def _who(self, metadata, admin: bool) -> dict:

@@ -1,6 +1,14 @@
-"""Wires the control plane together: data folder, keys, store, blob store, gRPC services, health."""
+"""Wires the control plane together: data folder, keys, store, blob store, gRPC services, health.
+
+The gRPC server is asyncio (`grpc.aio`), on an event loop in its own thread ("grpc-aio"): every device call and
+stream (Enroll, WatchDesiredState, ReportStatus, GetTrustMetadata, Download, Telemetry Upload) and health are
+coroutines, so an open watch stream costs no thread; their store and blob work goes through one bounded pool
+(`max_workers` threads, control_plane/offload.py). The Admin service's handlers are plain functions run on a
+second pool of `admin_workers` threads (grpc.aio's migration_thread_pool), so the CLI's sync client is
+unchanged and a slow admin call never holds a device's thread. Limits: control_plane/limits.py.""" 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pathlib
@@ -10,15 +18,17 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 from control_plane import tls
 from control_plane.auth import AuditInterceptor, DeviceAuth
 from control_plane.blobs import BlobStore
 from control_plane.limits import StreamGate, StreamLimitInterceptor, StreamLimits
+from control_plane.offload import Offload
 from control_plane.registry import Registry
 from control_plane.rollout_driver import RolloutDriver
-from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServicer, TelemetryServicer
+from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServicer, Liveness, TelemetryServicer
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryJob, TelemetryViews
 from control_plane.trust_repo import Expiry, Repository
@@ -33,7 +43,10 @@ SERVICES = ("slmops.v1.Fleet", "slmops.v1.Artifacts", "slmops.v1.Telemetry", "sl
 class ControlPlaneConfig:
     data_dir: pathlib.Path
     listen: str = "127.0.0.1:50051"
-    max_workers: int = 2048        # each connected agent holds one watch stream (one thread); bench/bench_fleet.py
+    max_workers: int = 32          # threads for blocking store/blob work of device calls (streams hold none)
+    admin_workers: int = 16        # threads running Admin calls (the admin service is plain functions)
+    max_streams: int = 20_000      # open streams in all (watch, download, health watch, pipeline logs)
+    streams_per_peer: int = 0      # per peer address; 0 = 3/4 of max_streams
     watch_tick_s: float = 10.0     # a watch re-checks liveness and refreshes last_seen this often (changes wake it)
     rollout_interval_s: float = 1.0
     insecure_loopback_dev: bool = False  # plaintext gRPC; refused unless listening on loopback
@@ -48,9 +61,9 @@ class ControlPlaneConfig:
     # Devices that enroll without a key pair are refused unless this is on; it lets their bearer token alone
     # authenticate them (no request signatures), so keep it for development only.
     allow_keyless_enrollment: bool = False
-    stream_limits: StreamLimits | None = None   # None: StreamLimits.for_pool(max_workers)
+    stream_limits: StreamLimits | None = None   # None: StreamLimits.for_total(max_streams, streams_per_peer)
     keepalive_s: float = 60.0      # the server pings each connection this often; no answer in keepalive_timeout_s
-    keepalive_timeout_s: float = 20.0   # closes it (and ends its streams: half-open agents free their threads)
+    keepalive_timeout_s: float = 20.0   # closes it (and ends its streams: half-open agents free their slots)
     idle_connection_s: float = 300.0    # a connection with no call open for this long is closed
     max_streams_per_connection: int = 64
 
@@ -58,22 +71,26 @@ class ControlPlaneConfig:
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"--listen {self.listen!r} must be HOST:PORT")
-        if self.max_workers < 4:
-            raise ConfigError("max_workers must be at least 4")
+        if self.max_workers < 1 or self.admin_workers < 1:
+            raise ConfigError(f"max_workers ({self.max_workers}) and admin_workers ({self.admin_workers}) "
+                              "must be at least 1")
+        if self.max_streams < 1 or not 0 <= self.streams_per_peer <= self.max_streams:
+            raise ConfigError(f"max_streams ({self.max_streams}) must be positive and streams_per_peer "
+                              f"({self.streams_per_peer}) between 0 (3/4 of max_streams) and max_streams")
         if min(self.keepalive_s, self.keepalive_timeout_s, self.idle_connection_s) <= 0 or \
                 self.max_streams_per_connection < 1:
             raise ConfigError("keepalive_s, keepalive_timeout_s, idle_connection_s and max_streams_per_connection "
                               "must be positive")
-        limits = self.stream_limits or StreamLimits.for_pool(self.max_workers)
-        if limits.total_streams >= self.max_workers:
-            raise ConfigError(f"stream_limits.total_streams ({limits.total_streams}) must leave threads of the "
-                              f"pool ({self.max_workers}) to unary calls")
+        self.limits()   # a bad stream budget is refused here, not when the server starts
         if self.insecure_loopback_dev and host.strip("[]") not in ("127.0.0.1", "::1", "localhost"):
             raise ConfigError(f"--insecure-loopback-dev needs a loopback --listen, not {self.listen!r}: "
                               "beyond loopback the control plane serves TLS only")
         if self.http:
             from control_plane.web.server import parse_http
             parse_http(self.http)
+
+    def limits(self) -> StreamLimits:
+        return self.stream_limits or StreamLimits.for_total(self.max_streams, self.streams_per_peer)
 
 
 class ControlPlane:
@@ -92,9 +109,10 @@ class ControlPlane:
             fd = os.open(self.admin_token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(token + "\n")
-        self.server: grpc.Server | None = None
+        self.server: grpc.aio.Server | None = None
         self.port: int | None = None
-        self.health = health.HealthServicer()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.health = health_aio.HealthServicer()
         self.rollout_driver = RolloutDriver(self.store, cfg.rollout_interval_s)
         from control_plane.cp_metrics import ControlPlaneMetrics
         self.views = TelemetryViews(self.store)
@@ -106,40 +124,11 @@ class ControlPlane:
                                          ManagerConfig(data, max_jobs=cfg.pipeline_jobs))
 
     def start(self) -> int:
-        cfg = self.cfg
-        self.stream_gate = StreamGate(cfg.stream_limits or StreamLimits.for_pool(cfg.max_workers))
-        options = [("grpc.max_receive_message_length", 8 << 20),
-                   ("grpc.keepalive_time_ms", int(cfg.keepalive_s * 1000)),
-                   ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
-                   ("grpc.keepalive_permit_without_calls", 1),
-                   ("grpc.max_connection_idle_ms", int(cfg.idle_connection_s * 1000)),
-                   ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
-                   ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers), options=options,
-                             interceptors=[AuditInterceptor(self.store, DeviceAuth(self.store)),
-                                           StreamLimitInterceptor(self.stream_gate)])
-        fleet_pb2_grpc.add_FleetServicer_to_server(
-            FleetServicer(self.store, self.registry, cfg.watch_tick_s, cfg.allow_keyless_enrollment), server)
-        artifacts_pb2_grpc.add_ArtifactsServicer_to_server(
-            ArtifactsServicer(self.store, self.blobs, self.repo, self.cfg.download_delay_s), server)
-        telemetry_pb2_grpc.add_TelemetryServicer_to_server(TelemetryServicer(self.store, self.views, self.metrics),
-                                                           server)
-        admin = AdminServicer(self.store, self.blobs, self.registry, self.views)
-        admin.pipelines = self.pipelines
-        admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        if self.cfg.insecure_loopback_dev:
-            port = server.add_insecure_port(self.cfg.listen)
-        else:
-            creds = tls.server_credentials(pathlib.Path(self.cfg.data_dir) / "keys",
-                                           self.cfg.listen.rpartition(":")[0], self.cfg.tls_names)
-            port = server.add_secure_port(self.cfg.listen, creds)
-        if port == 0:
-            raise ConfigError(f"could not bind {self.cfg.listen}")
-        server.start()
-        for name in ("", *SERVICES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.server, self.port = server, port
+        """Starts the gRPC server on its event loop thread and the background jobs; returns the bound port."""
+        ready: futures.Future = futures.Future()
+        self._loop_thread = threading.Thread(target=self._run_loop, args=(ready,), name="grpc-aio", daemon=True)
+        self._loop_thread.start()
+        port = ready.result(timeout=60)     # the bind error, if any, is raised here
         self.rollout_driver.start()
         self.pipelines.start()
         self.telemetry_job.thread.start()
@@ -153,6 +142,64 @@ class ControlPlane:
         log.info("control plane listening on %s (data %s)", self.cfg.listen.rpartition(":")[0] + f":{port}",
                  self.cfg.data_dir)
         return port
+
+    def _run_loop(self, ready: futures.Future) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        try:
+            loop.run_until_complete(self._start_server())
+        except BaseException as e:  # noqa: BLE001  (handed to start(), which raises it)
+            ready.set_exception(e)
+            loop.close()
+            return
+        ready.set_result(self.port)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _start_server(self) -> None:
+        cfg = self.cfg
+        self.offload = Offload(cfg.max_workers)
+        self.admin_pool = futures.ThreadPoolExecutor(max_workers=cfg.admin_workers, thread_name_prefix="admin")
+        self.stream_gate = StreamGate(cfg.limits())
+        self.liveness = Liveness(self.store, self.offload)
+        options = [("grpc.max_receive_message_length", 8 << 20),
+                   ("grpc.keepalive_time_ms", int(cfg.keepalive_s * 1000)),
+                   ("grpc.keepalive_timeout_ms", int(cfg.keepalive_timeout_s * 1000)),
+                   ("grpc.keepalive_permit_without_calls", 1),
+                   ("grpc.http2.max_pings_without_data", 0),   # keep pinging an idle watch: finds dead peers
+                   ("grpc.max_connection_idle_ms", int(cfg.idle_connection_s * 1000)),
+                   ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
+                   ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+        server = grpc.aio.server(migration_thread_pool=self.admin_pool, options=options,
+                                 interceptors=[AuditInterceptor(self.store, self.offload, DeviceAuth(self.store)),
+                                               StreamLimitInterceptor(self.stream_gate)])
+        fleet_pb2_grpc.add_FleetServicer_to_server(
+            FleetServicer(self.store, self.registry, self.offload, self.liveness, cfg.watch_tick_s,
+                          cfg.allow_keyless_enrollment), server)
+        artifacts_pb2_grpc.add_ArtifactsServicer_to_server(
+            ArtifactsServicer(self.store, self.blobs, self.repo, self.offload, cfg.download_delay_s), server)
+        telemetry_pb2_grpc.add_TelemetryServicer_to_server(
+            TelemetryServicer(self.store, self.offload, self.views, self.metrics), server)
+        admin = AdminServicer(self.store, self.blobs, self.registry, self.views)
+        admin.pipelines = self.pipelines
+        admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if cfg.insecure_loopback_dev:
+            port = server.add_insecure_port(cfg.listen)
+        else:
+            creds = tls.server_credentials(pathlib.Path(cfg.data_dir) / "keys", cfg.listen.rpartition(":")[0],
+                                           cfg.tls_names)
+            port = server.add_secure_port(cfg.listen, creds)
+        if port == 0:
+            raise ConfigError(f"could not bind {cfg.listen}")
+        await server.start()
+        for name in ("", *SERVICES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._liveness_task = asyncio.get_running_loop().create_task(self.liveness.run())
+        self.server, self.port = server, port
 
     def _refresh_loop(self) -> None:
         if self.cfg.refresh_s <= 0:
@@ -171,9 +218,18 @@ class ControlPlane:
         if self.http:
             self.http.stop()
         self._stop_refresh.set()
-        if self.server:
-            self.health.enter_graceful_shutdown()
-            self.server.stop(grace).wait()
+        if self.server and self.loop:
+            asyncio.run_coroutine_threadsafe(self._stop_server(grace), self.loop).result(timeout=grace + 30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._loop_thread.join(timeout=30)
+            self.offload.close()
+            self.admin_pool.shutdown(wait=False, cancel_futures=True)
+            self.server = None
+
+    async def _stop_server(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        self._liveness_task.cancel()
+        await self.server.stop(grace)
 
 
 def serve_forever(cfg: ControlPlaneConfig) -> None:

@@ -1,8 +1,13 @@
-"""Thin gRPC servicers: decode, authorise, call the store/registry, encode. No decisions live here."""
+"""Thin gRPC servicers: decode, authorise, call the store/registry, encode. No decisions live here.
+
+The device services (Fleet, Artifacts, Telemetry) are coroutines on the asyncio server; their store and blob
+work goes through the one blocking-work pool (control_plane/offload.py). Admin is plain functions, run on the
+server's admin thread pool."""
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
+import logging
 import time
 
 import grpc
@@ -10,6 +15,7 @@ import grpc
 from control_plane import auth, device_input, ingest, rollout_driver, rollups
 from control_plane.blobs import BlobStore
 from control_plane.fleet_admin import FleetAdmin, bad_labels, device_pb
+from control_plane.offload import Offload
 from control_plane.pipelines.servicer import PipelineAdmin
 from control_plane.registry import Registry
 from control_plane.store import Store, enroll_token_id, token_hash
@@ -28,120 +34,198 @@ from slmops.v1 import (
 )
 
 MAX_EVENTS_PER_BATCH = ingest.MAX_EVENTS_PER_BATCH
+log = logging.getLogger("slmops.control_plane")
+
+
+class Liveness:
+    """Batches the watch streams' last_seen refreshes: each live stream marks its device once per watch tick,
+    and one transaction per second writes them all (ten thousand streams would otherwise be a thousand
+    single-row UPDATEs a second)."""
+
+    def __init__(self, store: Store, offload: Offload, interval_s: float = 1.0):
+        self.store, self.offload, self.interval_s = store, offload, interval_s
+        self.marked: set[str] = set()
+        self.failures = 0
+
+    def mark(self, device_id: str) -> None:
+        self.marked.add(device_id)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            batch, self.marked = list(self.marked), set()
+            try:
+                await self.offload(self.store.touch_many, batch)
+            except Exception:  # keep refreshing; these devices are marked again on their next tick
+                self.failures += 1
+                if self.failures <= 10 or self.failures % 100 == 0:
+                    log.exception("last_seen refresh of %d devices failed (%d failures)", len(batch), self.failures)
+
+
+class _LoopWaker:
+    """What the store calls (from any thread) on a change: sets an asyncio.Event on its loop."""
+    __slots__ = ("loop", "event")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event):
+        self.loop, self.event = loop, event
+
+    def set(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.event.set)
+        except RuntimeError:   # the loop has closed: the server has stopped and its streams with it
+            pass
+
+
+def _enroll(store: Store, registry: Registry, request, facts: dict) -> tuple[str, fleet_pb2.EnrollResponse | None]:
+    """Spends a use of the token and adds the device: ("", response) or (why refused, None)."""
+    refused = store.consume_enroll_token(request.enroll_token)
+    if refused:
+        return refused, None
+    device_id, token = store.add_device(facts["name"], facts["hardware"], facts["agent_version"])
+    store.finish_enrollment(device_id, request.enroll_token, request.device_public_key.hex())
+    rollout_driver.assign_standing(store, device_id)  # labels are known now: completed rollouts count
+    root_version = registry.repo.state.root_version
+    return "", fleet_pb2.EnrollResponse(device_id=device_id, device_token=token,
+                                        trusted_root=registry.repo.root_bytes(root_version))
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
-    def __init__(self, store: Store, registry: Registry, watch_tick_s: float = 1.0, allow_keyless: bool = False):
+    def __init__(self, store: Store, registry: Registry, offload: Offload, liveness: Liveness,
+                 watch_tick_s: float = 1.0, allow_keyless: bool = False):
         self.store = store
         self.registry = registry
+        self.offload = offload
+        self.liveness = liveness
         self.tick = watch_tick_s
         self.allow_keyless = allow_keyless
 
-    def Enroll(self, request, context):
+    async def Enroll(self, request, context):
         try:  # the whole request is checked before a use of the token is spent
             facts = device_input.enrollment(request, self.allow_keyless)
         except device_input.DeviceInputInvalid as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        refused = self.store.consume_enroll_token(request.enroll_token)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        refused, response = await self.offload(_enroll, self.store, self.registry, request, facts)
         if refused:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
-        device_id, token = self.store.add_device(facts["name"], facts["hardware"], facts["agent_version"])
-        self.store.finish_enrollment(device_id, request.enroll_token, request.device_public_key.hex())
-        rollout_driver.assign_standing(self.store, device_id)  # labels are known now: completed rollouts count
-        root_version = self.registry.repo.state.root_version
-        return fleet_pb2.EnrollResponse(device_id=device_id, device_token=token,
-                                        trusted_root=self.registry.repo.root_bytes(root_version))
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
+        return response
 
-    def WatchDesiredState(self, request, context):
-        dev = auth.require_device(self.store, context, request.device_id)
-        wake = threading.Event()
-        context.add_callback(wake.set)  # the stream ended: stop waiting at once, free the thread
-        seen = -1
-        while context.is_active():
-            wake.clear()
-            cur = self.store.wait_for_change(dev["device_id"], seen, self.tick, wake)
-            if cur is None:
-                return
-            if cur.revision != seen:
-                seen = cur.revision
-                yield fleet_pb2.DesiredState(model=common_pb2.ModelRef(name=cur.name, version=cur.version),
-                                             revision=cur.revision)
-            self.store.touch(dev["device_id"])
+    async def WatchDesiredState(self, request, context):
+        dev = await auth.require_device(context, request.device_id)
+        device_id = dev["device_id"]
+        wake = asyncio.Event()
+        waker = _LoopWaker(asyncio.get_running_loop(), wake)
+        self.store.subscribe(device_id, waker)   # a change (or the device's deletion) wakes this stream
+        try:
+            seen = -1
+            while True:
+                wake.clear()
+                cur = await self.offload(self.store.desired, device_id)
+                if cur is None:
+                    return          # the device was deleted
+                if cur.revision != seen:
+                    seen = cur.revision
+                    yield fleet_pb2.DesiredState(model=common_pb2.ModelRef(name=cur.name, version=cur.version),
+                                                 revision=cur.revision)
+                try:
+                    await asyncio.wait_for(wake.wait(), self.tick)
+                except asyncio.TimeoutError:
+                    pass
+                self.liveness.mark(device_id)
+        finally:
+            self.store.unsubscribe(device_id, waker)
 
-    def ReportStatus(self, request, context):
-        dev = auth.require_device(self.store, context, request.device_id)
+    async def ReportStatus(self, request, context):
+        dev = await auth.require_device(context, request.device_id)
         try:
             fields = device_input.status(request, device_input.json_object(dev.get("hardware")))
         except device_input.DeviceInputInvalid as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if "hardware" in fields:
             fields["hardware"] = json.dumps(fields["hardware"])
-        self.store.touch(dev["device_id"], **fields)
+        await self.offload(self.store.touch, dev["device_id"], **fields)
         return common_pb2.Empty()
 
 
+def _download_check(store: Store, blobs: BlobStore, dev: dict, request) -> tuple[grpc.StatusCode | None, str, int]:
+    """(None, "", size) when this device may download this range of this blob; otherwise the refusal."""
+    if not any(store.blob_in_model(request.sha256, n, v) for n, v in store.downloadable(dev)):
+        return (grpc.StatusCode.PERMISSION_DENIED,
+                f"blob {request.sha256[:12]}… is not part of a model assigned to this device", 0)
+    try:
+        size = blobs.size(request.sha256)
+    except (FileNotFoundError, ArtifactInvalid):
+        return grpc.StatusCode.NOT_FOUND, f"blob {request.sha256[:12]}… is missing", 0
+    if request.offset < 0 or request.offset > size or request.length < 0:
+        return (grpc.StatusCode.OUT_OF_RANGE,
+                f"offset {request.offset}/length {request.length} outside blob of {size} bytes", 0)
+    return None, "", size
+
+
 class ArtifactsServicer(artifacts_pb2_grpc.ArtifactsServicer):
-    def __init__(self, store: Store, blobs: BlobStore, repo, download_delay_s: float = 0.0):
+    def __init__(self, store: Store, blobs: BlobStore, repo, offload: Offload, download_delay_s: float = 0.0):
         self.store = store
         self.blobs = blobs
         self.repo = repo
+        self.offload = offload
         self.download_delay_s = download_delay_s  # debug/test only: simulates a slow link
 
-    def GetTrustMetadata(self, request, context):
-        auth.require_device(self.store, context)
+    async def GetTrustMetadata(self, request, context):
+        await auth.require_device(context)
         if request.trusted_root_version < 0:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "trusted_root_version must not be negative")
-        roots, cur = self.repo.snapshot_for_device(request.trusted_root_version)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "trusted_root_version must not be negative")
+        roots, cur = await self.offload(self.repo.snapshot_for_device, request.trusted_root_version)
         return artifacts_pb2.TrustMetadata(roots=roots, timestamp=cur["timestamp"], snapshot=cur["snapshot"],
                                            targets=cur["targets"])
 
-    def Download(self, request, context):
-        dev = auth.require_device(self.store, context)
-        if not any(self.store.blob_in_model(request.sha256, n, v) for n, v in self.store.downloadable(dev)):
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"blob {request.sha256[:12]}… is not part of a model assigned to this device")
-        try:
-            size = self.blobs.size(request.sha256)
-        except (FileNotFoundError, ArtifactInvalid):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"blob {request.sha256[:12]}… is missing")
-        if request.offset < 0 or request.offset > size or request.length < 0:
-            context.abort(grpc.StatusCode.OUT_OF_RANGE,
-                          f"offset {request.offset}/length {request.length} outside blob of {size} bytes")
+    async def Download(self, request, context):
+        dev = await auth.require_device(context)
+        code, why, _ = await self.offload(_download_check, self.store, self.blobs, dev, request)
+        if code is not None:
+            await context.abort(code, why)
         offset = request.offset
         chunk_size = 64 << 10 if self.download_delay_s else 1 << 20
-        for data in self.blobs.read(request.sha256, request.offset, request.length, chunk_size):
-            if self.download_delay_s:
-                time.sleep(self.download_delay_s)
-            yield artifacts_pb2.BlobChunk(offset=offset, data=data)
-            offset += len(data)
+        chunks = self.blobs.read(request.sha256, request.offset, request.length, chunk_size)
+        try:
+            while (data := await self.offload(next, chunks, None)) is not None:
+                if self.download_delay_s:
+                    await asyncio.sleep(self.download_delay_s)
+                yield artifacts_pb2.BlobChunk(offset=offset, data=data)
+                offset += len(data)
+        finally:
+            await self.offload(chunks.close)   # closes the file on a pool thread, not the event loop
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
     """Upload: the device may only report for itself; each event is checked (control_plane/ingest.py), valid
     ones are stored once per (device, seq), the rest are counted and named in the acknowledgement."""
 
-    def __init__(self, store: Store, views: TelemetryViews | None = None, metrics=None):
+    def __init__(self, store: Store, offload: Offload, views: TelemetryViews | None = None, metrics=None):
         self.store = store
+        self.offload = offload
         self.views = views or TelemetryViews(store)
         self.metrics = metrics
 
-    def Upload(self, request, context):
+    async def Upload(self, request, context):
         t0 = time.perf_counter()
-        dev = auth.require_device(self.store, context, request.device_id)
+        dev = await auth.require_device(context, request.device_id)
         now = int(time.time() * 1000)
         try:
             verdict = ingest.check_batch(request.events, now, self.views.raw_cutoff(now))
         except ingest.BatchRefused as e:
             if self.metrics:
                 self.metrics.batches.labels("refused").inc()
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        accepted, dups = self.store.add_telemetry(dev["device_id"], verdict.events)
-        self.store.touch(dev["device_id"])
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        accepted, dups = await self.offload(self._store_batch, dev["device_id"], verdict.events)
         if self.metrics:
             self.metrics.count_upload(accepted, dups, verdict.rejected, verdict.clamped)
             self.metrics.ingest_seconds.observe(time.perf_counter() - t0)
         return telemetry_pb2.UploadAck(accepted=accepted, duplicates=dups, rejected=verdict.rejected,
                                        detail=verdict.detail, clamped=verdict.clamped)
+
+    def _store_batch(self, device_id: str, events) -> tuple[int, int]:
+        accepted, dups = self.store.add_telemetry(device_id, events)
+        self.store.touch(device_id)
+        return accepted, dups
 
 
 class AdminServicer(FleetAdmin, PipelineAdmin, admin_pb2_grpc.AdminServicer):  # + pipelines (issue 10)

@@ -67,7 +67,7 @@ class Store:
         self._dbs = ThreadLocalDB(path)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._wakers: dict[str, set[threading.Event]] = {}   # device id -> its watch streams' wake-ups
+        self._wakers: dict[str, set] = {}   # device id -> its watch streams' wake-ups (objects with .set())
         self.rollouts_changed = threading.Event()             # set by admin rollout actions; the driver waits on it
         self.rollouts_lock = threading.RLock()                # one rollout change at a time (driver vs operators)
         self._create()
@@ -231,6 +231,22 @@ class Store:
             stamp = {"reported_ms": now_ms()} if "state" in fields else {}
             self.db["devices"].update(device_id, {"last_seen_ms": now_ms(), **stamp, **fields})
 
+    def touch_many(self, device_ids: list[str]) -> None:
+        """Refreshes last_seen for many devices in one transaction (the watch streams' liveness ticks)."""
+        if not device_ids:
+            return
+        with self._lock:
+            self.db.execute("begin")
+            try:
+                for i in range(0, len(device_ids), 500):
+                    chunk = device_ids[i:i + 500]
+                    self.db.execute(f"update devices set last_seen_ms = ? where device_id in "
+                                    f"({','.join('?' * len(chunk))})", [now_ms(), *chunk])
+                self.db.execute("commit")
+            except Exception:
+                self.db.execute("rollback")
+                raise
+
     # ---- desired state ----------------------------------------------------------------------------
     def fleet_default(self) -> tuple[str, str] | None:
         v = self.get_meta("fleet_default")
@@ -289,14 +305,26 @@ class Store:
         d = self.device(device_id)
         return DesiredState(d["desired_name"], d["desired_version"], d["desired_rev"]) if d else None
 
+    def subscribe(self, device_id: str, waker) -> None:
+        """`waker.set()` is called (from whichever thread makes the change) whenever this device's desired
+        state changes or the device is deleted. Each watch has its own waker, so a change wakes only the
+        streams of the devices it concerns (ten thousand watchers do not stampede on every change)."""
+        with self._lock:
+            self._wakers.setdefault(device_id, set()).add(waker)
+
+    def unsubscribe(self, device_id: str, waker) -> None:
+        with self._lock:
+            waiters = self._wakers.get(device_id, set())
+            waiters.discard(waker)
+            if not waiters:
+                self._wakers.pop(device_id, None)
+
     def wait_for_change(self, device_id: str, seen_revision: int, timeout: float,
                         wake: threading.Event | None = None) -> DesiredState | None:
         """Blocks until the device's desired revision differs from `seen_revision`, `timeout` passes or `wake`
-        is set (e.g. by the stream's cancellation). Each waiter has its own event, so a change wakes only the
-        streams of the devices it concerns (a thousand watchers do not stampede on every change)."""
+        is set (for callers on threads; the asyncio server subscribes its own waker)."""
         ev = wake or threading.Event()
-        with self._lock:
-            self._wakers.setdefault(device_id, set()).add(ev)
+        self.subscribe(device_id, ev)
         try:
             cur = self.desired(device_id)
             if cur is None or cur.revision != seen_revision:
@@ -304,11 +332,7 @@ class Store:
             ev.wait(timeout)
             return self.desired(device_id)
         finally:
-            with self._lock:
-                waiters = self._wakers.get(device_id, set())
-                waiters.discard(ev)
-                if not waiters:
-                    self._wakers.pop(device_id, None)
+            self.unsubscribe(device_id, ev)
 
     # ---- models -----------------------------------------------------------------------------------
     def add_model(self, name: str, version: str, manifest: bytes, manifest_sha256: str,

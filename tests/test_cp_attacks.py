@@ -318,7 +318,8 @@ def test_stream_gate_decisions():
     assert gate.admit(UNARY, "p1", "d2", None)[0]
     gate.release(calls[0])
     assert gate.admit(UNARY, "p1", "d1", None)[0]
-    assert StreamLimits.for_pool(2048).total_streams == 1984 and StreamLimits.for_pool(48).total_streams == 32
+    assert StreamLimits.for_total(20_000) == StreamLimits()
+    assert StreamLimits.for_total(100, 10).streams_per_peer == 10 and StreamLimits.for_total(8).health_watch_total == 1
 
 
 def test_replay_cache_decisions():
