@@ -2,13 +2,16 @@
 rollout takes to reach all of them.
 
     .venv/bin/python bench/bench_fleet.py --agents 1000 --hold 30
+    .venv/bin/python bench/bench_fleet.py --agents 10000 --hold 30
 
 One control plane process (TLS, as in production) and one asyncio process with N grpc.aio channels, one
 per simulated agent. Each agent enrolls with a key pair made here, reports "serving m@v1", opens
 Fleet.WatchDesiredState and, when told to run another version, reports it serves it (no download: the
 subject is the control plane's fleet path). Measured: enrollment rate, streams held for --hold seconds,
 time from CreateRollout until every agent was told (client side) and until the rollout completed (every
-device reported serving, as seen by the engine), control plane threads and RSS.
+device reported serving, as seen by the engine), control plane threads and RSS, and the latency of
+grpc.health.v1 Health/Check (from its own thread and channel, every 0.5 s) while the streams are held and during
+the rollout. An agent whose enrollment or stream fails is counted, not fatal: the report says where it stopped.
 """
 from __future__ import annotations
 
@@ -16,8 +19,11 @@ import argparse
 import asyncio
 import json
 import pathlib
+import resource
+import statistics
 import sys
 import tempfile
+import threading
 import time
 
 import grpc
@@ -32,6 +38,8 @@ from control_plane.admin_client import AdminClient, wait_healthy
 from control_plane.procs import free_port, start_control_plane
 from edge_agent.device_identity import sign_call
 from slmops.manifest import manifest_for_dir
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from slmops.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 
 
@@ -92,6 +100,35 @@ def fake_bundle(root: pathlib.Path, version: str) -> pathlib.Path:
     return d
 
 
+class HealthProbe:
+    """Health/Check every 0.5 s on its own thread and channel; latencies (s) per phase."""
+
+    def __init__(self, address: str, ca_pem: bytes):
+        self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca_pem))
+        self.stub = health_pb2_grpc.HealthStub(self.channel)
+        self.phase, self.samples, self.failures = "", {}, {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            if not self.phase:
+                continue
+            t = time.perf_counter()
+            try:
+                self.stub.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                self.samples.setdefault(self.phase, []).append(time.perf_counter() - t)
+            except grpc.RpcError as e:
+                self.failures.setdefault(self.phase, []).append(e.code().name)
+
+    def summary(self, phase: str) -> dict:
+        xs = sorted(self.samples.get(phase, []))
+        if not xs:
+            return {"n": 0, "failed": len(self.failures.get(phase, []))}
+        return {"n": len(xs), "p50_ms": round(statistics.median(xs) * 1000, 1),
+                "max_ms": round(xs[-1] * 1000, 1), "failed": len(self.failures.get(phase, []))}
+
+
 def cp_stats(pid: int) -> dict:
     p = psutil.Process(pid)
     return {"threads": p.num_threads(), "rss_mb": round(p.memory_info().rss / 1e6), "cpu_s": round(
@@ -101,10 +138,14 @@ def cp_stats(pid: int) -> dict:
 async def run(args) -> dict:
     work = pathlib.Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     port = free_port()
-    cp = start_control_plane(work / "cp", port, work / "logs", tls=True,
-                             extra=["--max-workers", str(args.max_workers)])
+    streams = args.max_streams or args.agents + 100    # every agent from one loopback address
+    extra = ["--max-streams", str(streams), "--streams-per-peer", str(streams)]
+    if args.max_workers:
+        extra += ["--max-workers", str(args.max_workers)]
+    cp = start_control_plane(work / "cp", port, work / "logs", tls=True, extra=extra)
     address = f"127.0.0.1:{port}"
-    out: dict = {"agents": args.agents, "max_workers": args.max_workers}
+    out: dict = {"agents": args.agents, "max_workers": args.max_workers or "default", "max_streams": streams}
+    probe = None
     agents: list[SimAgent] = []
     tasks: list[asyncio.Task] = []
     try:
@@ -116,6 +157,8 @@ async def run(args) -> dict:
         ca = ca_file.read_bytes()
         wait_healthy(address, 60, ca)
         admin = AdminClient(address, (work / "cp" / "admin-token").read_text().strip(), ca)
+        probe = HealthProbe(address, ca)
+        probe.thread.start()
         for v in ("v1", "v2"):
             b = fake_bundle(work / "bundles", v)
             admin.publish(b, manifest_for_dir(b, "m", v, "int4"))
@@ -127,23 +170,33 @@ async def run(args) -> dict:
 
         async def bring_up(a: SimAgent):
             async with sem:
-                await a.enroll(token)
-                await a.report("starting")
+                try:
+                    await a.enroll(token)
+                    await a.report("starting")
+                except grpc.aio.AioRpcError as e:
+                    a.error = f"enroll/report {e.code().name}: {e.details()}"
+                    return
             tasks.append(asyncio.create_task(a.watch()))
 
         t0 = time.monotonic()
+        probe.phase = "enrolling"
         await asyncio.gather(*(bring_up(a) for a in agents))
         out["enroll_s"] = round(time.monotonic() - t0, 2)
+        out["enroll_failed"] = sum(1 for a in agents if not a.device_id)
+        live = [a for a in agents if a.device_id]
         deadline = time.monotonic() + 300
-        while sum(a.streaming for a in agents) < len(agents) and time.monotonic() < deadline:
+        while sum(a.streaming for a in live) < len(live) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         out["streams_open_s"] = round(time.monotonic() - t0, 2)
         out["streams"] = sum(a.streaming for a in agents)
-        while sum(a.current == ("m", "v1") for a in agents) < len(agents) and time.monotonic() < deadline:
+        while sum(a.current == ("m", "v1") for a in live) < len(live) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         out["cp_after_connect"] = cp_stats(cp.popen.pid)
 
+        probe.phase = "held"
         await asyncio.sleep(args.hold)
+        out["health_while_held"] = probe.summary("held")
+        probe.phase = "rollout"
         out["held_s"] = args.hold
         out["streams_after_hold"] = sum(a.streaming for a in agents)
         out["errors_after_hold"] = sorted({a.error for a in agents if a.error})[:3]
@@ -153,9 +206,9 @@ async def run(args) -> dict:
         r = await asyncio.to_thread(admin.create_rollout, "m", "v2", {"all_devices": True},
                                     "waves" if waves else "all", waves=waves)
         while time.monotonic() < t1 + 600:
-            told = sum("v2" in a.told for a in agents)
-            if told == len(agents) and "told_all_s" not in out:
-                out["told_all_s"] = round(max(a.told["v2"] for a in agents) - t1, 2)
+            told = sum("v2" in a.told for a in live)
+            if told == len(live) and "told_all_s" not in out:
+                out["told_all_s"] = round(max(a.told["v2"] for a in live) - t1, 2)
             st = await asyncio.to_thread(admin.rollout, r.rollout_id)
             if st.status in ("completed", "halted", "aborted"):
                 break
@@ -163,10 +216,14 @@ async def run(args) -> dict:
         out["rollout"] = {"strategy": f"waves {args.waves}" if waves else "all at once", "status": st.status,
                           "succeeded": st.succeeded, "failed": st.failed,
                           "completed_s": round(time.monotonic() - t1, 2)}
+        out["health_during_rollout"] = probe.summary("rollout")
         out["cp_after_rollout"] = cp_stats(cp.popen.pid)
         out["streams_at_end"] = sum(a.streaming for a in agents)
         admin.close()
     finally:
+        if probe:
+            probe.stop.set()
+            probe.channel.close()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -182,8 +239,12 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=30.0, help="seconds all streams are held before the rollout")
     ap.add_argument("--waves", default="", help="e.g. 1,10,50,100 (percent); default all at once")
     ap.add_argument("--concurrency", type=int, default=50, help="enrollments in flight at once")
-    ap.add_argument("--max-workers", type=int, default=2048, help="control plane gRPC threads")
+    ap.add_argument("--max-workers", type=int, default=0,
+                    help="control plane threads for store work (default: the control plane's own)")
+    ap.add_argument("--max-streams", type=int, default=0, help="control plane stream budget (default agents+100)")
     args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)   # one socket per agent here and in the control plane
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(json.dumps(asyncio.run(run(args)), indent=1))
 
 

@@ -182,7 +182,7 @@ def test_a_malformed_enroll_request_does_not_use_up_the_token(cp):
     assert uses_left(cp, t.token_id) == 0 and [d.name for d in cp.admin.devices()] == ["good"]
 
 
-# ---- item 3: one token or one address cannot hold the thread pool -------------------------------------
+# ---- item 3: one token or one address cannot hold the streams or the pool -------------------------------------
 def watch(dev: SimDevice, stub=None):
     s = (stub or dev.fleet).WatchDesiredState(fleet_pb2.WatchRequest(device_id=dev.device_id), metadata=dev.md(),
                                               timeout=30)
@@ -191,7 +191,7 @@ def watch(dev: SimDevice, stub=None):
 
 
 def test_one_device_token_cannot_starve_the_pool_with_watch_streams(tmp_path):
-    cp = start(tmp_path, max_workers=48)                               # 32 stream threads, 16 kept for calls
+    cp = start(tmp_path, max_workers=4)                  # 4 threads for store work: a waiting stream holds none
     try:
         thief = SimDevice(cp.address, cp.admin.enroll_token().token, "thief", ca_pem=cp.ca_pem)
         streams = [watch(thief) for _ in range(40)]                    # more than the pool could hold
@@ -251,6 +251,80 @@ def test_one_address_cannot_hold_every_stream_and_health_watches_are_capped(tmp_
             s.cancel()
     finally:
         cp.admin.close()
+        cp.stop(0)
+
+
+def test_held_health_watches_and_one_addresss_watch_streams_do_not_starve_another_device_or_admin(tmp_path):
+    """The attacker (127.0.0.1) holds every health watch it may and opens watch streams from many enrolled devices
+    until its address's budget is spent; a legitimate device on another address (::1) still enrolls, reports,
+    fetches trust metadata and is told a new desired version on its open stream, and Admin and Health/Check
+    answer on both addresses while every attacking stream is still held."""
+    port = free_port()
+    cp = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen=f"localhost:{port}", max_streams=64,
+                                         streams_per_peer=24))
+    cp.start()
+    ca = (tmp_path / "cp" / "keys" / "ca.pem").read_bytes()
+    v4, v6 = f"127.0.0.1:{port}", f"[::1]:{port}"
+    admin4 = AdminClient(v4, cp.admin_token_path.read_text().strip(), ca)
+    held: list = []
+    try:
+        with grpc.secure_channel(v4, grpc.ssl_channel_credentials(ca)) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            refused = []
+            for _ in range(12):                                          # unauthenticated, long-lived
+                w = health.Watch(health_pb2.HealthCheckRequest(), timeout=60)
+                try:
+                    assert next(w).status == health_pb2.HealthCheckResponse.SERVING
+                    held.append(w)
+                except grpc.RpcError as e:
+                    refused.append((e.code(), e.details()))
+            assert len(held) == 4 and len(refused) == 8                  # health_watch_per_peer
+            assert {r for r in refused} == {(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                             "at most 4 health watch streams per address")}
+            token = admin4.enroll_token(uses=30).token
+            thieves = [SimDevice(v4, token, f"thief{i}", ca_pem=ca) for i in range(30)]
+            too_many = []
+            for t in thieves:
+                try:
+                    held.append(watch(t))
+                except grpc.RpcError as e:
+                    too_many.append((e.code(), e.details()))
+            assert len(held) == 24 and len(too_many) == 10              # the address's budget: 24 streams
+            assert set(too_many) == {(grpc.StatusCode.RESOURCE_EXHAUSTED, "at most 24 open streams per address")}
+            for _ in range(5):                                           # one device, many streams: 2 kept
+                try:
+                    held.append(watch(thieves[0]))
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED   # its own address is full already
+            assert cp.stream_gate.count("watch") == 20 and cp.stream_gate.count("health") == 4
+
+            legit = SimDevice(v6, admin4.enroll_token().token, "legit", ca_pem=ca)   # another address
+            legit.report("serving")
+            trust = artifacts_pb2_grpc.ArtifactsStub(legit.channel).GetTrustMetadata(
+                artifacts_pb2.TrustMetadataRequest(trusted_root_version=0), metadata=legit.md(), timeout=10)
+            assert trust.timestamp
+            mine = watch(legit)
+            model_with_blob(cp, "m", "v2", b"weights")
+            admin6 = AdminClient(v6, cp.admin_token_path.read_text().strip(), ca)
+            assert admin6.set_desired("m", "v2", [legit.device_id]) == 1
+            told = next(mine)                                            # woken by the change on its stream
+            assert (told.model.name, told.model.version) == ("m", "v2")
+            assert len(admin4.devices()) == 31 and len(admin6.devices()) == 31   # Admin answers on both
+            for addr in (v4, v6):
+                with grpc.secure_channel(addr, grpc.ssl_channel_credentials(ca)) as c:
+                    assert health_pb2_grpc.HealthStub(c).Check(health_pb2.HealthCheckRequest(), timeout=10).status \
+                        == health_pb2.HealthCheckResponse.SERVING
+            thieves[1].report("serving")                                 # unary calls from the full address too
+            assert cp.stream_gate.count("health") == 4 and cp.stream_gate.count("watch") == 21  # all still held
+            mine.cancel()
+            admin6.close()
+            for h in held:
+                h.cancel()
+            for t in thieves:
+                t.raw.close()
+            legit.raw.close()
+    finally:
+        admin4.close()
         cp.stop(0)
 
 
