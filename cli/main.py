@@ -5,6 +5,7 @@ import typer
 
 from cli.agent import agent_app
 from cli.audit import audit
+from cli.dataset import dataset_app
 from cli.devices import devices_app
 from cli.drift import drift
 from cli.jobs import demo, export
@@ -22,7 +23,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 for _name, _sub in (("control-plane", cp_app), ("agent", agent_app), ("models", models_app),
                     ("devices", devices_app), ("tokens", tokens_app), ("rollout", rollout_app),
                     ("telemetry", telemetry_app), ("train", train_app), ("keys", keys_app),
-                    ("pipeline", pipeline_app)):
+                    ("pipeline", pipeline_app), ("dataset", dataset_app)):
     app.add_typer(_sub, name=_name)
 app.command("export")(export)
 app.command("demo")(demo)

@@ -10,23 +10,13 @@ from __future__ import annotations
 import importlib
 import json
 import random
-import re
 from typing import Callable, Iterator
 
 from edge_agent.serving import Serving
+from slmops.redact import redact_default
 
 MAX_CAPTURE_CHARS = 16000
-_PATTERNS = (
-    (re.compile(r"[\w.+-]+@[\w-]+\.[\w.-]+"), "[email]"),
-    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "[ip]"),
-    (re.compile(r"\+?\d[\d ()-]{7,}\d"), "[number]"),
-)
-
-
-def redact_default(text: str) -> str:
-    for pattern, mask in _PATTERNS:
-        text = pattern.sub(mask, text)
-    return text
+__all__ = ["CapturingServing", "capture_record", "load_redactor", "redact_default"]
 
 
 def load_redactor(spec: str) -> Callable[[str], str]:

@@ -1,0 +1,224 @@
+"""Captured traffic -> a training dataset (`slmops dataset from-captures`): the loop from the edge back to training.
+
+`build` is pure over capture rows and the fleet's consent: it keeps a capture only if its device's latest resource
+sample says capture is on (consent withdrawn, or never reported, means none of that device's captures leave), it
+is inside the time window and the selector, it parses, its answer is not empty, its redaction holds (the default
+redaction is applied again; what it still finds is masked and counted), its prompt length and script pass the
+filters, and its prompt was not seen before (normalised text). Survivors are split deterministically by a hash
+of the prompt into train and held-out, each record carrying its provenance. Every refusal is counted by reason;
+an empty result, one that is all duplicates (of each other or of the training data given), or one with fewer
+than `min_records` distinct records, is refused with the counts. `write` puts the files down atomically
+in the shapes training/dataset.py reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from slmops import text_profile
+from slmops.errors import ConfigError
+from slmops.redact import redact_default
+
+SCRIPTS = ("any", "latin")
+
+
+class DatasetRefused(ConfigError):
+    """The captures leave nothing worth training on; the message carries the counts."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    since_ms: int = 0
+    until_ms: int = 0                 # 0: up to now
+    model: str = ""                   # NAME or NAME@VERSION; "" = any
+    device_ids: tuple[str, ...] | None = None   # a device group; None = every device
+    min_chars: int = 1                # prompt length bounds, in characters
+    max_chars: int = 4000
+    script: str = "any"               # "latin": at least 80% of the prompt's letters are Latin
+    heldout_fraction: float = 0.2
+    seed: int = 0
+    min_records: int = 2              # fewer distinct records than this is refused
+
+    def __post_init__(self) -> None:
+        if self.min_chars < 0 or self.max_chars < max(1, self.min_chars):
+            raise ConfigError(f"length filter {self.min_chars}..{self.max_chars} characters is empty")
+        if self.script not in SCRIPTS:
+            raise ConfigError(f"script {self.script!r} is not one of {', '.join(SCRIPTS)}")
+        if not 0 <= self.heldout_fraction < 1:
+            raise ConfigError(f"held-out fraction {self.heldout_fraction} must be within 0 (none) and 1")
+        if self.min_records < 1:
+            raise ConfigError(f"min_records {self.min_records} must be at least 1")
+        if self.until_ms and self.until_ms < self.since_ms:
+            raise ConfigError("the time window ends before it starts")
+
+
+@dataclass
+class Result:
+    train: list[dict] = field(default_factory=list)
+    heldout: list[dict] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)   # "read", "kept", and one per reason dropped
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+
+
+def consenting(samples: dict[str, dict]) -> set[str]:
+    """Devices whose latest sample reports a capture rate above 0 (`samples`: device -> its values)."""
+    return {d for d, v in samples.items() if float((v or {}).get("capture_rate", 0) or 0) > 0}
+
+
+def _latin(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return True
+    latin = sum(1 for c in letters if "LATIN" in unicodedata.name(c, ""))
+    return latin / len(letters) >= 0.8
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _model_matches(want: str, model: str) -> bool:
+    return not want or model == want or ("@" not in want and model.split("@")[0] == want)
+
+
+def _redact_again(pair: dict) -> tuple[dict, bool]:
+    changed = False
+
+    def r(text: str) -> str:
+        nonlocal changed
+        out = redact_default(text)
+        changed |= out != text
+        return out
+    msgs = [{"role": m["role"], "content": r(m["content"])} for m in pair["messages"]]
+    return {"messages": msgs, "response": r(pair["response"])}, changed
+
+
+def _as_chat(pair: dict) -> dict | None:
+    """A capture's {messages|prompt, response} as chat messages, or None if it is not one."""
+    resp = pair.get("response")
+    if isinstance(pair.get("messages"), list):
+        msgs = pair["messages"]
+        if not all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                   and isinstance(m.get("content"), str) for m in msgs) or not msgs:
+            return None
+    elif isinstance(pair.get("prompt"), str):
+        msgs = [{"role": "user", "content": pair["prompt"]}]
+    else:
+        return None
+    return {"messages": msgs, "response": resp} if isinstance(resp, str) else None
+
+
+def prompt_key(prompt: str) -> str:
+    return hashlib.sha256(_norm(prompt).encode()).hexdigest()
+
+
+def build(rows, consent: set[str], f: Filters, known: frozenset[str] = frozenset()) -> Result:
+    """`rows`: capture telemetry rows (device_id, seq, ts_ms, model, adapter, detail) in time order; `known`:
+    prompt_key of every prompt already in the training data (a capture repeating one is a duplicate)."""
+    res, seen = Result(), set()
+    for row in rows:
+        res.counts["read"] += 1
+        if row["device_id"] not in consent:
+            res.counts["dropped: capture disabled on device"] += 1
+            continue
+        if row["ts_ms"] < f.since_ms or (f.until_ms and row["ts_ms"] > f.until_ms) \
+                or not _model_matches(f.model, row["model"]) \
+                or (f.device_ids is not None and row["device_id"] not in f.device_ids):
+            res.counts["dropped: outside selector or window"] += 1
+            continue
+        try:
+            pair = _as_chat(json.loads(row["detail"]))
+        except ValueError:
+            pair = None
+        if pair is None:
+            res.counts["dropped: unreadable capture"] += 1
+            continue
+        if not pair["response"].strip():
+            res.counts["dropped: empty answer"] += 1
+            continue
+        pair, changed = _redact_again(pair)
+        res.counts["redacted again"] += changed
+        prompt = text_profile.prompt_text({"messages": pair["messages"], "response": ""})
+        if not f.min_chars <= len(prompt) <= f.max_chars:
+            res.counts["dropped: prompt length"] += 1
+            continue
+        if f.script == "latin" and not _latin(prompt):
+            res.counts["dropped: script"] += 1
+            continue
+        key = prompt_key(prompt)
+        if key in seen:
+            res.counts["dropped: duplicate"] += 1
+            continue
+        if key in known:
+            res.counts["dropped: already in training data"] += 1
+            continue
+        seen.add(key)
+        record = {"messages": pair["messages"] + [{"role": "assistant", "content": pair["response"]}],
+                  "provenance": {"device_id": row["device_id"], "seq": row.get("seq", 0), "ts_ms": row["ts_ms"],
+                                 "model": row["model"], "adapter": row.get("adapter") or "",
+                                 "capture_sha256": hashlib.sha256(row["detail"].encode()).hexdigest()}}
+        bucket = int(hashlib.sha256(f"{f.seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        (res.heldout if bucket < f.heldout_fraction else res.train).append(record)
+        res.counts["kept"] += 1
+    res.counts["redacted again"] += 0   # always listed
+    kept, dup = res.counts["kept"], res.counts["dropped: duplicate"] + res.counts["dropped: already in training data"]
+    if not kept:
+        raise DatasetRefused(f"the dataset would be {'all duplicates' if dup else 'empty'}: {res.summary()}")
+    if kept < f.min_records:
+        raise DatasetRefused(f"only {kept} distinct record(s), fewer than {f.min_records}"
+                             f"{' (the rest duplicates or filtered)' if dup else ''}: {res.summary()}")
+    if f.heldout_fraction and not res.heldout:
+        res.heldout.append(res.train.pop())   # a small set still gets its held-out record
+    return res
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write(res: Result, out: pathlib.Path, f: Filters) -> dict:
+    """OUT/train.jsonl, OUT/heldout.jsonl and OUT/dataset.json (filters, counts, sha256 of each file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"source": "captures", "filters": {k: v for k, v in asdict(f).items()}, "counts": dict(res.counts),
+            "files": {}}
+    for name, recs in (("train.jsonl", res.train), ("heldout.jsonl", res.heldout)):
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+        _write_atomic(out / name, text)
+        info["files"][name] = {"records": len(recs), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    _write_atomic(out / "dataset.json", json.dumps(info, indent=1, default=list))
+    return info
+
+
+# ---- the store side (I/O) ----------------------------------------------------------------------------
+def from_store(store, f: Filters, known: frozenset[str] = frozenset()) -> Result:
+    """Reads every capture and each device's latest sample from the control plane's store, then `build`."""
+    samples = {}
+    for r in store.db.query("select t.device_id, t.vals from telemetry t join (select device_id, max(ts_ms) as ts "
+                            "from telemetry where kind = 'sample' group by device_id) m "
+                            "on t.device_id = m.device_id and t.ts_ms = m.ts where t.kind = 'sample'"):
+        samples[r["device_id"]] = json.loads(r["vals"]) if r["vals"] else {}
+    rows = store.db.query("select device_id, seq, ts_ms, model, adapter, detail from telemetry "
+                          "where kind = 'capture' and ts_ms >= ? order by ts_ms, device_id, seq", [f.since_ms])
+    return build(rows, consenting(samples), f, known)
+
+
+def known_prompts(files) -> frozenset[str]:
+    """prompt_key of every record in these training files (training/dataset.py's shapes)."""
+    out = set()
+    for path in files:
+        for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                out.add(prompt_key(text_profile.prompt_text(json.loads(line))))
+    return frozenset(out)
