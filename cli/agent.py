@@ -21,7 +21,8 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
               enroll_token_file: Optional[pathlib.Path] = typer.Option(
                   None, help="read the enrollment token from this file (kept out of ps and shell history)"),
               device_name: str = typer.Option("", help="defaults to the host name"),
-              max_concurrent: int = typer.Option(2, help="generations at once"),
+              max_concurrent: int = typer.Option(4, help="sequences generating at once (batched together)"),
+              batch_wait_ms: float = typer.Option(10.0, help="ms a request waits for others to batch with"),
               max_queue: int = typer.Option(8, help="requests waiting before 429"),
               telemetry_interval: float = typer.Option(2.0, help="seconds between telemetry uploads"),
               ca_cert: Optional[pathlib.Path] = typer.Option(
@@ -54,6 +55,7 @@ def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PO
                                    enroll_token=enroll_token, enroll_token_file=enroll_token_file,
                                    device_name=device_name,
                                    max_concurrent=max_concurrent, max_queue=max_queue,
+                                   batch_wait_ms=batch_wait_ms,
                                    telemetry_interval_s=telemetry_interval,
                                    ca_cert=ca_cert, insecure_loopback_dev=insecure_loopback_dev,
                                    sample_interval_s=sample_interval, golden_interval_s=golden_interval,

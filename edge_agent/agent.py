@@ -59,9 +59,13 @@ class Agent:
         self.cfg = cfg
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.state = AgentState(cfg.data_dir / "agent.db", cfg.telemetry_max_rows)
-        engine_factory = reporting_fallbacks(
-            engine_factory or functools.partial(OgaEngine, providers=cfg.execution_providers), self.state)
         self.runtime = Runtime(cfg.max_concurrent, cfg.max_queue)
+        self.metrics = AgentMetrics(self.runtime, self.state)
+        # Concurrent requests share batches of up to max_concurrent rows (edge_agent/batching.py).
+        engine_factory = reporting_fallbacks(
+            engine_factory or functools.partial(OgaEngine, providers=cfg.execution_providers,
+                                                max_batch=cfg.max_concurrent, batch_wait_s=cfg.batch_wait_ms / 1000,
+                                                on_batch=self.metrics.observe_batch), self.state)
         serving_args = (self.runtime, self.state, cfg.max_prompt_tokens, cfg.max_new_tokens, cfg.request_timeout_s)
         self.serving = CapturingServing(*serving_args, capture_rate=cfg.capture_rate,
                                         redact=load_redactor(cfg.capture_redactor)) if cfg.capture_rate \
@@ -72,7 +76,6 @@ class Agent:
         self.uploader = Uploader(self.state, self.client, lambda: self.reconciler.device_id,
                                  cfg.telemetry_interval_s, cfg.telemetry_batch,
                                  Backoff(cfg.backoff_initial_s, cfg.backoff_max_s))
-        self.metrics = AgentMetrics(self.runtime, self.state)
         self.metrics.registry.register(ExecutionProviderInfo(self.runtime))
         self.sampler = ResourceSampler(self.state, self.runtime, cfg.data_dir, cfg.sample_interval_s,
                                        cfg.capture_rate)

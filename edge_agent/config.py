@@ -43,7 +43,8 @@ class AgentConfig:
     enroll_token_file: pathlib.Path | None = None  # a file holding the enrollment token (read when enrolling)
     device_name: str = ""
     api_keys: tuple[str, ...] = ()       # SLMOPS_API_KEYS (comma separated); required beyond loopback
-    max_concurrent: int = 2              # generations running at once
+    max_concurrent: int = 4              # sequences generating at once (they share batches of this many)
+    batch_wait_ms: float = 10.0          # a request waits this long for others to batch with, when busy
     max_queue: int = 8                   # requests waiting for a slot before 429
     max_prompt_tokens: int = 2048
     max_new_tokens: int = 512
@@ -96,6 +97,8 @@ class AgentConfig:
                      "http_max_connections"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ConfigError(f"batch_wait_ms {self.batch_wait_ms} must be between 0 and 1000")
         if self.sample_interval_s < 0 or self.golden_interval_s < 0:
             raise ConfigError("sample and golden intervals must be 0 (off) or positive seconds")
         eps = self.execution_providers

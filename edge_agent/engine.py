@@ -9,6 +9,7 @@ import pathlib
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from edge_agent.batching import END, Batcher, Job, Member, batch_key
 from slmops.chat_format import ChatFormat
 from slmops.errors import ModelLoadError, RequestInvalid
 from slmops.manifest import Manifest
@@ -56,7 +57,8 @@ EXECUTION_PROVIDERS = {"cpu": "cpu", "cuda": "cuda", "dml": "dml", "webgpu": "We
 
 
 class OgaEngine:
-    def __init__(self, model_dir: pathlib.Path, manifest: Manifest, providers: tuple[str, ...] = ("cpu",)):
+    def __init__(self, model_dir: pathlib.Path, manifest: Manifest, providers: tuple[str, ...] = ("cpu",),
+                 max_batch: int = 4, batch_wait_s: float = 0.01, on_batch: Callable[[int], None] | None = None):
         import onnxruntime_genai as og
 
         self.og = og
@@ -102,6 +104,10 @@ class OgaEngine:
         self.chat = ChatFormat.from_dict(manifest.chat_format)
         eos = genai["model"].get("eos_token_id")
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
+        pad = genai["model"].get("pad_token_id", min(self.eos_ids))
+        self.pad_id = int(pad[0] if isinstance(pad, list) else pad)
+        self.batcher = Batcher(self._run_batch, max_batch, self.context_length, batch_wait_s, on_batch=on_batch,
+                               name=f"batch-{manifest.version}")
 
     def load_adapter(self, path: pathlib.Path, name: str, version: str) -> None:
         """Makes `name` selectable per request; an adapter that does not fit the model is a ModelLoadError."""
@@ -124,69 +130,124 @@ class OgaEngine:
 
     def generate(self, prompt: str, params: SamplingParams, cancelled: Callable[[], bool] = lambda: False,
                  adapter: str | None = None) -> Generation:
+        return self.generate_n(prompt, params, 1, cancelled, adapter)[0]
+
+    def generate_n(self, prompt: str, params: SamplingParams, n: int = 1,
+                   cancelled: Callable[[], bool] = lambda: False, adapter: str | None = None) -> list[Generation]:
+        """`n` answers to one prompt. Jobs that may share a batch (batching.batch_key) go to the batcher and
+        run beside other requests; the rest (guidance, seeded sampling) run here, on the caller's thread, as one
+        batch of n rows. A grammar onnxruntime-genai cannot build is a GrammarRefused from this call."""
+        tokens = list(self.tokenizer.encode(prompt))
+        gens = [Generation(pieces=iter(()), prompt_tokens=len(tokens), logprobs=[]) for _ in range(n)]
+        job = Job(tokens, params, adapter, cancelled, [Member(generation=g) for g in gens])
+        if batch_key(params, adapter) is None:
+            steps = self._steps([job], self._start([job]))
+            left = [n]   # the rows still read: the generation is closed when the last reader stops
+
+            def release() -> None:
+                left[0] -= 1
+                if not left[0]:
+                    steps.close()
+            for g, m in zip(gens, job.members):
+                g.pieces = self._drain(m, steps, release)
+        else:
+            self.batcher.submit(job)
+            for g, m in zip(gens, job.members):
+                g.pieces = self._drain(m)
+        return gens
+
+    @staticmethod
+    def _drain(member: Member, steps: Iterator[None] | None = None,
+               release: Callable[[], None] = lambda: None) -> Iterator[str]:
+        """A member's pieces. With `steps` the generation runs on this thread (one token step per pull);
+        without, the batcher's worker fills the member's queue."""
+        try:
+            while True:
+                while steps is not None and member.out.empty():   # a step may add no piece (partial UTF-8)
+                    if next(steps, END) is END:
+                        break
+                item = member.out.get()
+                if item is END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                piece, logprobs = item
+                member.generation.logprobs.extend(logprobs)   # on the reader's side: they ride with their piece
+                if piece:
+                    yield piece
+        finally:
+            release()
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """The batcher's worker: run the batch to its end."""
+        for _ in self._steps(jobs, self._start(jobs)):
+            pass
+
+    def _start(self, jobs: list[Job]):
+        """Makes the generator for a batch of jobs (compatible by batching.batch_key; one row per member)."""
         og = self.og
-        tokens = self.tokenizer.encode(prompt)
-        max_length = min(self.context_length, len(tokens) + params.max_new_tokens)
+        p = jobs[0].params
+        rows = sum(j.rows for j in jobs)
+        width = max(len(j.tokens) for j in jobs)
+        max_length = min(self.context_length, width + max(j.params.max_new_tokens for j in jobs))
         gp = og.GeneratorParams(self.model)
-        opts = {"max_length": max_length, "repetition_penalty": params.repetition_penalty}
-        if params.temperature > 0:
-            opts.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-            if params.seed is not None:
-                opts["random_seed"] = int(params.seed)
+        opts = {"max_length": max_length, "repetition_penalty": p.repetition_penalty, "batch_size": rows}
+        if p.temperature > 0:
+            opts.update(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=p.top_k)
+            if p.seed is not None:
+                opts["random_seed"] = int(p.seed)
         else:
             opts["do_sample"] = False
         gp.set_search_options(**opts)
-        if params.guidance:
-            gp.set_guidance(*params.guidance)
-        gen = Generation(pieces=iter(()), prompt_tokens=len(tokens), logprobs=[])
+        if p.guidance:
+            gp.set_guidance(*p.guidance)
         try:  # the grammar is compiled here: a schema llguidance cannot build is the request's fault
             generator = og.Generator(self.model, gp)
         except RuntimeError as e:
-            if params.guidance and "grammar" in str(e).lower():
+            if p.guidance and "grammar" in str(e).lower():
                 raise GrammarRefused(" ".join(str(e).split())) from None
             raise
-        top = params.top_logprobs
+        if jobs[0].adapter:
+            generator.set_active_adapter(self.adapters, jobs[0].adapter)
+        return generator, max_length, width
 
-        def run() -> Iterator[str]:
-            nonlocal generator
-            if adapter:
-                generator.set_active_adapter(self.adapters, adapter)
-            stream = self.tokenizer.create_stream()
-            generator.append_tokens(tokens)
-            text = ""
-            gen.finish_reason = "length"
-            try:
-                while not generator.is_done():
-                    if cancelled():
-                        gen.finish_reason = "cancelled"
-                        return
-                    logits = generator.get_logits() if top is not None else None  # what the next token is drawn from
-                    generator.generate_next_token()
-                    tok = generator.get_next_tokens()[0]
-                    gen.completion_tokens += 1
-                    piece = stream.decode(tok)
-                    if self._is_eos(tok) or (generator.is_done() and gen.completion_tokens + len(tokens) < max_length):
-                        gen.finish_reason = "stop"  # end-of-sequence token, not the length limit
-                        gen.ended_by_model = True
-                        piece = "" if self._is_eos(tok) else piece
-                    if logits is not None and not (gen.ended_by_model and self._is_eos(tok)):
-                        gen.logprobs.append(self._logprobs(logits, int(tok), top, piece))
-                    if params.stop and piece:
-                        text += piece
-                        hit = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
-                        if hit >= 0:
-                            cut = len(text) - len(piece)
-                            if hit > cut:
-                                yield text[cut:hit]
-                            gen.finish_reason = "stop"
-                            return
-                    if piece:
-                        yield piece
-            finally:
-                del generator
+    def _steps(self, jobs: list[Job], started) -> Iterator[None]:
+        """Prefill, then one token step per iteration for every row; each row stops on its own (end of
+        sequence, stop string, its max_new_tokens, its request cancelled) and gets END; the batch ends when every
+        row has."""
+        import numpy as np
 
-        gen.pieces = run()
-        return gen
+        generator, max_length, width = started
+        rows = [_Row(self, job, m) for job in jobs for m in job.members]
+        try:
+            if len(rows) == 1:
+                generator.append_tokens(jobs[0].tokens)
+            else:  # right-padded with the pad id (onnxruntime-genai masks it), as Tokenizer.encode_batch pads
+                ids = np.full((len(rows), width), self.pad_id, dtype=np.int32)
+                for i, r in enumerate(rows):
+                    ids[i, :len(r.job.tokens)] = r.job.tokens
+                generator.append_tokens(ids)
+            solo = len(rows) == 1
+            while not generator.is_done():
+                for r in rows:
+                    if r.open and r.job.cancelled():
+                        r.finish("cancelled")
+                if not any(r.open for r in rows):
+                    return
+                logits = generator.get_logits() if any(r.top is not None and r.open for r in rows) else None
+                generator.generate_next_token()
+                toks = generator.get_next_tokens()
+                # Under guidance the grammar's end shows only as the generator's end before the length limit.
+                grammar_end = solo and generator.is_done()
+                for i, r in enumerate(rows):
+                    if r.open:
+                        r.feed(int(toks[i]), None if logits is None else logits[i], grammar_end, max_length)
+                yield
+        finally:
+            for r in rows:
+                if r.open:
+                    r.finish(r.gen.finish_reason or "length")
+            del generator
 
     def _logprobs(self, logits, tok: int, top: int, piece: str) -> dict:
         """The chosen token is named by the text it added to the answer (so the tokens join to the answer; a
@@ -209,5 +270,73 @@ class OgaEngine:
         return int(tok) in self.eos_ids
 
     def close(self) -> None:
+        self.batcher.close()
         del self.adapters
         del self.model
+
+
+class _Row:
+    """One row of a running batch: turns its tokens into text pieces on its member's queue."""
+
+    def __init__(self, engine: OgaEngine, job: Job, member: Member):
+        self.engine, self.job, self.member = engine, job, member
+        self.gen = member.generation
+        self.params = job.params
+        self.top = job.params.top_logprobs
+        self.stream = engine.tokenizer.create_stream()
+        self.text = ""      # with stop strings: the answer so far; `sent` chars of it are out
+        self.sent = 0
+        self.open = True
+        self.pending: list = []   # logprob entries of tokens not yet sent with a piece
+        self.gen.finish_reason = ""
+
+    def put(self, piece: str) -> None:
+        self.member.out.put((piece, self.pending))
+        self.pending = []
+
+    def finish(self, reason: str, flush: bool = True) -> None:
+        """Ends the row; text held back as a possible start of a stop string goes out (unless cut by one)."""
+        self.gen.finish_reason = reason
+        self.open = False
+        held = self.text[self.sent:] if flush and reason != "cancelled" else ""
+        if held or self.pending:
+            self.put(held)
+        self.member.out.put(END)
+
+    def feed(self, tok: int, logits, grammar_end: bool, max_length: int) -> None:
+        e, gen, p = self.engine, self.gen, self.params
+        gen.completion_tokens += 1
+        piece = self.stream.decode(tok)
+        eos = e._is_eos(tok)
+        if eos or (grammar_end and gen.completion_tokens + len(self.job.tokens) < max_length):
+            gen.ended_by_model = True   # end-of-sequence token (or the grammar's end), not the length limit
+            piece = "" if eos else piece
+        if logits is not None and self.top is not None and not (gen.ended_by_model and eos):
+            self.pending.append(e._logprobs(logits, tok, self.top, piece))
+        if p.stop and piece:
+            # Text that may be the start of a stop string is held back until it is known not to be one, so a
+            # stop string that spans pieces never leaks its beginning.
+            self.text += piece
+            hit = min((i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in p.stop) if i >= 0),
+                      default=-1)
+            if hit >= 0:
+                if hit > self.sent or self.pending:
+                    self.put(self.text[self.sent:max(hit, self.sent)])
+                self.sent = len(self.text)
+                return self.finish("stop", flush=False)
+            safe = len(self.text) - held_suffix(self.text, p.stop)
+            piece, self.sent = self.text[self.sent:safe], max(self.sent, safe)
+        if piece:
+            self.put(piece)
+        if gen.ended_by_model:
+            self.finish("stop")
+        elif gen.completion_tokens >= p.max_new_tokens:
+            self.finish("length")
+
+
+def held_suffix(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest end of `text` that begins some stop string (and so may become one)."""
+    for n in range(min(len(text), max(len(s) for s in stops) - 1), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stops):
+            return n
+    return 0

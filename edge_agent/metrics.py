@@ -45,6 +45,8 @@ class AgentMetrics:
                               ["name", "outcome"], registry=reg)
         self.golden = Counter("slmops_agent_golden_checks", "scheduled golden-prompt checks", ["outcome"],
                               registry=reg)
+        self.batches = Counter("slmops_agent_batches", "generation batches run, by how many sequences shared one",
+                               ["rows"], registry=reg)
         reg.register(_LiveGauges(runtime, state))
         state.observers.append(self.observe)
 
@@ -61,6 +63,9 @@ class AgentMetrics:
             self.events.labels(e["name"], e["outcome"]).inc()
         elif kind == "golden":
             self.golden.labels(e["outcome"]).inc()
+
+    def observe_batch(self, rows: int) -> None:
+        self.batches.labels(str(rows)).inc()
 
     def render(self) -> str:
         return generate_latest(self.registry).decode()

@@ -16,6 +16,7 @@ from control_plane.procs import free_port
 from edge_agent.engine import OgaEngine
 from edge_agent.http_api import build_app
 from edge_agent.http_server import make_server
+from edge_agent.metrics import AgentMetrics
 from edge_agent.runtime import NotReady, QueueFull, Runtime
 from edge_agent.serving import Serving
 from edge_agent.state import AgentState
@@ -24,15 +25,18 @@ from slmops.manifest import manifest_for_dir
 
 class Server:
     def __init__(self, tmp, engine_dir=None, api_keys=(), max_concurrent=2, max_queue=4, max_prompt_tokens=256,
-                 precision="int4", adapters=(), body_timeout_s=30.0):
+                 precision="int4", adapters=(), body_timeout_s=30.0, batch_wait_s=0.01):
         self.state = AgentState(tmp / "agent.db")
         self.runtime = Runtime(max_concurrent, max_queue)
+        self.metrics = AgentMetrics(self.runtime, self.state)
         if engine_dir is not None:
             m = manifest_for_dir(engine_dir, "tiny", "v1", precision, adapters=tuple(adapters))
-            self.runtime.swap(OgaEngine(engine_dir, m), m)
+            self.runtime.swap(OgaEngine(engine_dir, m, max_batch=max_concurrent, batch_wait_s=batch_wait_s,
+                                        on_batch=self.metrics.observe_batch), m)
         self.serving = Serving(self.runtime, self.state, max_prompt_tokens, 64, request_timeout_s=30)
         self.port = free_port()
-        self.server = make_server(build_app(self.serving, api_keys, body_timeout_s=body_timeout_s), "127.0.0.1",
+        self.server = make_server(build_app(self.serving, api_keys, self.metrics.render,
+                                            body_timeout_s=body_timeout_s), "127.0.0.1",
                                   self.port)   # the agent's own server and limits (edge_agent/http_server.py)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
