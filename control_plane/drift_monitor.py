@@ -19,6 +19,7 @@ from slmops.errors import ConfigError
 log = logging.getLogger("slmops.control_plane.drift")
 SOURCE = "control-plane"        # the device id of the control plane's own events
 MAX_ROWS = 200_000              # bound on one evaluation's telemetry read
+HISTORY_DAYS = 7                # drift_history (the dashboard's charts) keeps this long
 
 
 class UnknownVersion(ConfigError):
@@ -120,6 +121,9 @@ class DriftMonitor:
             store.db["drift_latest"].create({"model": str, "signal": str, "grp": str, "value": float,
                                              "threshold": float, "crossed": int, "ts_ms": int},
                                             pk=("model", "signal"), if_not_exists=True)
+            store.db["drift_history"].create({"model": str, "signal": str, "ts_ms": int, "value": float,
+                                              "threshold": float}, if_not_exists=True)
+            store.db["drift_history"].create_index(["model", "ts_ms"], if_not_exists=True)
 
     def check(self, now: int | None = None) -> list[str]:
         """Returns the crossings reported by this check (one event each)."""
@@ -141,6 +145,8 @@ class DriftMonitor:
             for s in rep["signals"]:
                 if s["value"] is None:
                     continue
+                self.store.db["drift_history"].insert({"model": ref, "signal": s["name"], "ts_ms": now,
+                                                       "value": s["value"], "threshold": s["threshold"]})
                 self.store.db["drift_latest"].upsert(
                     {"model": ref, "signal": s["name"], "grp": s["group"], "value": s["value"],
                      "threshold": s["threshold"], "crossed": int(s["crossed"]), "ts_ms": now},
@@ -154,6 +160,7 @@ class DriftMonitor:
                                    "first_token_ms": 0.0, "tokens_in": 0, "tokens_out": 0, "outcome": "drift",
                                    "detail": why[:2000], "values": {"value": s["value"],
                                                                     "threshold": s["threshold"]}})
+            self.store.db.execute("delete from drift_history where ts_ms < ?", [now - HISTORY_DAYS * 86_400_000])
         self.store.add_telemetry(SOURCE, events)
         for line in out:
             log.warning("drift: %s", line)
@@ -170,3 +177,11 @@ def latest(store: Store) -> list[dict]:
     if "drift_latest" not in store.db.table_names():
         return []
     return list(store.db.query("select * from drift_latest order by model, signal"))
+
+
+def history(store: Store, ref: str, since_ms: int) -> list[dict]:
+    """One version's checked values over time (the dashboard's charts); [] before the first check."""
+    if "drift_history" not in store.db.table_names():
+        return []
+    return list(store.db.query("select signal, ts_ms, value, threshold from drift_history where model = ? and "
+                               "ts_ms >= ? order by ts_ms", [ref, since_ms]))

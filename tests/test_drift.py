@@ -145,3 +145,42 @@ def test_the_semantic_signal_embeds_offline_and_sees_the_new_topic():
     moved = {s.name: s for s in drift.input_signals(prof, BAKING[:20], th, "w", embed.embed(BAKING[:20]))}
     assert moved["input_semantic_mmd"].crossed and not same["input_semantic_mmd"].crossed
     assert moved["input_semantic_mmd"].value > 3 * same["input_semantic_mmd"].value
+
+
+def test_the_dashboard_drift_view_draws_each_signal_against_its_threshold(tmp_path):
+    from control_plane.web.drift_pages import drift_page
+
+    store = Store(tmp_path / "cp.db")
+    _publish_row(store, tmp_path, "v1", tp.profile(SUPPORT))
+    now = drift_monitor.now_ms()
+    store.add_telemetry("dev1", _events(BAKING[:20], now - 30_000))
+    mon = drift_monitor.DriftMonitor(store)
+    mon.check(now - 1000)
+    mon.check(now)
+    html = drift_page(drift_monitor.latest(store), "support@v1",
+                      drift_monitor.history(store, "support@v1", now - 60_000), 60)
+    assert '<tr data-model="support@v1">' in html and "input_lexical_js" in html
+    assert 'data-signal="input_lexical_js" data-crossed="1"><svg id="drift-input_lexical_js"' in html
+    assert 'data-series="threshold"' in html and 'data-points="4"' in html   # 2 checks + the threshold line
+    empty = drift_page([], "", [], 60)
+    assert "no drift check yet" in empty and "drift-charts" not in empty
+
+
+def test_the_drift_routes_need_a_viewer_token_and_serve_the_checked_values(tmp_path):
+    from starlette.testclient import TestClient
+
+    from control_plane.telemetry_views import TelemetryViews
+    from control_plane.web.app import build_app
+
+    store = Store(tmp_path / "cp.db")
+    _publish_row(store, tmp_path, "v1", tp.profile(SUPPORT))
+    store.add_telemetry("dev1", _events(BAKING[:20], drift_monitor.now_ms() - 30_000))
+    drift_monitor.DriftMonitor(store).check()
+    viewer = store.create_api_token("viewer", "vera")
+    with TestClient(build_app(store, TelemetryViews(store))) as client:
+        assert client.get("/api/drift").status_code == 401 and client.get("/drift").status_code == 401
+        got = client.get("/api/drift?model=support@v1", headers={"Authorization": f"Bearer {viewer}"}).json()
+        assert {r["signal"] for r in got["latest"] if r["crossed"]} >= {"input_lexical_js"}
+        assert {h["signal"] for h in got["history"]} >= {"input_lexical_js"} and got["minutes"] == 60
+        page = client.get("/drift?model=support@v1", headers={"Authorization": f"Bearer {viewer}"})
+        assert page.status_code == 200 and 'id="drift-input_lexical_js"' in page.text

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from control_plane import auth, rollups
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryViews
-from control_plane.web import pages, pipeline_pages
+from control_plane.web import drift_pages, pages, pipeline_pages
 
 COOKIE = "slmops_admin"
 WINDOW_MIN = 60           # device charts
@@ -28,7 +28,8 @@ RECENT_MIN = 15           # fleet overview figures
 ROUTE_ROLES = {"/": "viewer", "/devices/{device_id}": "viewer", "/api/fleet": "viewer",
                "/api/devices/{device_id}/minutes": "viewer", "/api/devices/{device_id}/events": "viewer",
                "/api/captures.jsonl": "admin", "/pipelines": "viewer", "/pipelines/{job_id}": "viewer",
-               "/api/pipelines": "viewer", "/api/pipelines/{job_id}": "viewer"}
+               "/api/pipelines": "viewer", "/api/pipelines/{job_id}": "viewer", "/drift": "viewer",
+               "/api/drift": "viewer"}
 
 
 def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starlette:
@@ -180,13 +181,30 @@ def build_app(store: Store, views: TelemetryViews, metrics_render=None) -> Starl
             return JSONResponse({"error": f"no pipeline {request.path_params['job_id']!r}"}, status_code=404)
         return JSONResponse({"pipeline": d})
 
+    # ---- drift (what the telemetry job's last checks kept, control_plane/drift_monitor.py) ------------------
+    def drift_data(request: Request) -> tuple[list[dict], str, list[dict], int]:
+        from control_plane import drift_monitor
+
+        window = _int_param(request, "minutes", WINDOW_MIN, 1, 60 * 24 * 7)
+        ref = request.query_params.get("model", "")[:200]
+        hist = drift_monitor.history(store, ref, _now_ms() - window * 60_000) if ref else []
+        return drift_monitor.latest(store), ref, hist, window
+
+    def drift(request: Request):
+        return HTMLResponse(drift_pages.drift_page(*drift_data(request)))
+
+    def api_drift(request: Request):
+        latest, ref, hist, window = drift_data(request)
+        return JSONResponse({"latest": latest, "model": ref, "history": hist, "minutes": window})
+
     def metrics(request: Request):
         return PlainTextResponse(metrics_render() if metrics_render else "", media_type="text/plain; version=0.0.4")
 
     pages_by_path = {"/": fleet, "/devices/{device_id}": device, "/api/fleet": api_fleet,
                      "/api/devices/{device_id}/minutes": api_minutes, "/api/devices/{device_id}/events": api_events,
                      "/api/captures.jsonl": api_captures, "/pipelines": pipelines, "/pipelines/{job_id}": pipeline,
-                     "/api/pipelines": api_pipelines, "/api/pipelines/{job_id}": api_pipeline}
+                     "/api/pipelines": api_pipelines, "/api/pipelines/{job_id}": api_pipeline, "/drift": drift,
+                     "/api/drift": api_drift}
     if set(pages_by_path) != set(ROUTE_ROLES):
         raise RuntimeError("every dashboard route needs its role in ROUTE_ROLES")
     return Starlette(routes=[Route("/login", login), Route("/metrics", metrics),

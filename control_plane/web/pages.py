@@ -49,7 +49,7 @@ def layout(title: str, body: str, refresh_s: int = 15) -> str:
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f'<style>{STYLE}</style></head><body data-refresh="{refresh_s}"><header><a href="/">SLMOps</a> '
             f'<span class="muted">&middot; {esc(title)}</span> <nav style="float:right"><a href="/">fleet</a> '
-            f'&middot; <a href="/pipelines">pipelines</a></nav></header><main>{body}</main>'
+            f'&middot; <a href="/pipelines">pipelines</a> &middot; <a href="/drift">drift</a></nav></header><main>{body}</main>'
             f'<script>{REFRESH_JS}</script></body></html>')
 
 
