@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from edge_agent.batching import END, Batcher, Job, Member, batch_key
@@ -138,6 +138,12 @@ class OgaEngine:
         run beside other requests; the rest (guidance, seeded sampling) run here, on the caller's thread, as one
         batch of n rows. A grammar onnxruntime-genai cannot build is a GrammarRefused from this call."""
         tokens = list(self.tokenizer.encode(prompt))
+        if params.guidance and n > 1:
+            # onnxruntime-genai's grammar serves one row per generator (a batch fails once one row's grammar is
+            # done): n generators, one after another; row i of a seeded request samples with seed + i.
+            return [g for i in range(n) for g in self.generate_n(
+                prompt, replace(params, seed=None if params.seed is None else params.seed + i), 1, cancelled,
+                adapter)]
         gens = [Generation(pieces=iter(()), prompt_tokens=len(tokens), logprobs=[]) for _ in range(n)]
         job = Job(tokens, params, adapter, cancelled, [Member(generation=g) for g in gens])
         if batch_key(params, adapter) is None:

@@ -299,18 +299,24 @@ def usage(o: Outcome) -> dict:
 
 def body(kind: str, text: str, o: Outcome, final: bool) -> dict:
     created = int(time.time())
+    choices = [choice(kind, i, t, c) for i, (t, c) in enumerate([(text, o)] + o.more)]
+    if kind == "chat":
+        return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": created,
+                "model": o.model, "choices": choices, "usage": usage(o)}
+    return {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": created,
+            "model": o.model, "choices": choices, "usage": usage(o)}
+
+
+def choice(kind: str, index: int, text: str, o: Outcome) -> dict:
     if kind == "chat":
         message = {"role": "assistant", "content": text}
         if o.tool_calls:
             message = {"role": "assistant", "content": text or None, "tool_calls": o.tool_calls}
-        return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": created,
-                "model": o.model, "choices": [{"index": 0, "message": message,
-                                               "logprobs": None if o.logprobs is None else {"content": o.logprobs},
-                                               "finish_reason": o.finish_reason or "stop"}], "usage": usage(o)}
-    return {"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion", "created": created,
-            "model": o.model, "choices": [{"index": 0, "text": text, "finish_reason": o.finish_reason or "stop",
-                                           "logprobs": None if o.logprobs is None else legacy_logprobs(o.logprobs)}],
-            "usage": usage(o)}
+        return {"index": index, "message": message,
+                "logprobs": None if o.logprobs is None else {"content": o.logprobs},
+                "finish_reason": o.finish_reason or "stop"}
+    return {"index": index, "text": text, "finish_reason": o.finish_reason or "stop",
+            "logprobs": None if o.logprobs is None else legacy_logprobs(o.logprobs)}
 
 
 def legacy_logprobs(entries: list, offset: int = 0) -> dict:

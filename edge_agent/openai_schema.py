@@ -27,6 +27,7 @@ class BadRequest(RequestInvalid):
         self.param, self.status, self.code = param, status, code
 
 
+MAX_N = 4             # choices per request ('n'); each is a row of the request's batch
 MAX_JSON_DEPTH = 32   # an OpenAI request nests 4 deep (body > messages > [i] > content parts)
 
 
@@ -71,6 +72,7 @@ class GenRequest:
     tool_choice: str = "none"
     logprobs: bool = False
     top_logprobs: int = 0
+    n: int = 1                           # choices, generated as rows of one batch (at most MAX_N)
 
 
 def _number(body: dict, key: str, lo: float, hi: float, integer: bool = False):
@@ -101,19 +103,19 @@ def _common(body, max_new_tokens: int) -> dict:
     model = body.get("model", "")
     if not isinstance(model, str):
         raise BadRequest("'model' must be a string", "model")
-    n = body.get("n", 1)
-    if n != 1:
-        raise BadRequest("only n=1 is supported", "n")
+    n = _number(body, "n", 1, MAX_N, integer=True) or 1
     if body.get("functions") is not None or body.get("function_call") is not None:
         raise BadRequest("'functions'/'function_call' are the deprecated form: send 'tools' and 'tool_choice'",
                          "functions")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", "stream")
+    if stream and n > 1:
+        raise BadRequest("'n' above 1 is answered whole: send it without 'stream'", "n")
     max_tokens = _number(body, "max_tokens", 1, max_new_tokens, integer=True)
     if max_tokens is None:
         max_tokens = _number(body, "max_completion_tokens", 1, max_new_tokens, integer=True)
-    return dict(model=model, max_tokens=max_tokens, stream=stream, stop=_stop(body),
+    return dict(model=model, max_tokens=max_tokens, stream=stream, stop=_stop(body), n=n,
                 temperature=_number(body, "temperature", 0.0, 2.0),
                 top_p=_number(body, "top_p", 0.0, 1.0), top_k=_number(body, "top_k", 0, 1000, integer=True),
                 seed=_number(body, "seed", -(2**63), 2**63 - 1, integer=True),

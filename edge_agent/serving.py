@@ -27,6 +27,7 @@ class Outcome:
     # OpenAI-shaped tool calls ({"id", "type", "function": {"name", "arguments": JSON text}}) when the answer is one
     tool_calls: list = field(default_factory=list)
     logprobs: list | None = None    # per token (engine.Generation.logprobs), when the request asked for them
+    more: list = field(default_factory=list)   # n > 1: (text, Outcome) of choices 1..n-1 (usage counts them all)
 
 
 class StructuredOutputBroken(Exception):
@@ -125,40 +126,22 @@ class Serving:
                     top_logprobs=req.top_logprobs if req.logprobs else None)
                 deadline = t0 + self.timeout
                 try:
-                    gen = engine.generate(prompt, params,
-                                          cancelled=lambda: cancelled() or time.monotonic() > deadline,
-                                          **({"adapter": adapter} if adapter else {}))
+                    gens = engine.generate_n(prompt, params, req.n,
+                                             cancelled=lambda: cancelled() or time.monotonic() > deadline,
+                                             **({"adapter": adapter} if adapter else {}))
                 except GrammarRefused as e:
                     what = "tools" if mode == "call" else "response_format"
                     raise BadRequest(f"'{what}': the grammar engine cannot build this schema: {e}", what) from None
-                outcome.logprobs = gen.logprobs if req.logprobs else None
-                text, held = "", mode != "text"
-                for piece in gen:
+                for piece in self._answer(gens[0], req, mode, schema, callable_tools, outcome):
                     if first is None:
                         first = time.monotonic()
-                    outcome.completion_tokens = gen.completion_tokens
-                    text += piece
-                    if held and (mode == "call" or could_be_call(text)):
-                        continue
-                    yield text if held else piece   # held text is let go at once when it cannot be a call
-                    held = False
-                outcome.completion_tokens = gen.completion_tokens
-                outcome.finish_reason = gen.finish_reason
-                if held and gen.finish_reason != "cancelled":
-                    call = parse_call(text, callable_tools)
-                    if call is None and mode == "call" and gen.ended_by_model:
-                        if not text.strip():
-                            raise unsatisfiable("tools")
-                        raise StructuredOutputBroken(f"a forced tool call did not parse: {text[:200]!r}")
-                    if call is not None:
-                        outcome.tool_calls = [tool_call(call)]
-                        outcome.finish_reason = "tool_calls"
-                    elif text:
-                        yield text
-                if mode != "call" and schema is not None and not outcome.tool_calls \
-                        and gen.finish_reason != "cancelled":
-                    self._check(text, schema, gen)
-                if gen.finish_reason == "cancelled":
+                    yield piece
+                for gen in gens[1:]:   # n > 1: the other rows of the same batch, each its own choice
+                    other = Outcome(model=outcome.model, prompt_tokens=n_prompt, adapter=outcome.adapter)
+                    text = "".join(self._answer(gen, req, mode, schema, callable_tools, other))
+                    outcome.more.append((text, other))
+                outcome.completion_tokens += sum(o.completion_tokens for _, o in outcome.more)
+                if any(g.finish_reason == "cancelled" for g in gens):
                     status = "timeout" if time.monotonic() > deadline else "cancelled"
         except BadRequest as e:
             status, detail = f"http_{e.status}", str(e)
@@ -175,6 +158,34 @@ class Serving:
                               first_token_ms=((first or time.monotonic()) - t0) * 1000,
                               tokens_in=outcome.prompt_tokens, tokens_out=outcome.completion_tokens,
                               outcome=status, detail=detail, adapter=outcome.adapter)
+
+    def _answer(self, gen, req: GenRequest, mode: str, schema, callable_tools, outcome: Outcome) -> Iterator[str]:
+        """One choice: its pieces, held while they may be a tool call; fills `outcome` (tokens, finish reason,
+        tool calls, logprobs) and checks a finished structured answer."""
+        outcome.logprobs = gen.logprobs if req.logprobs else None
+        text, held = "", mode != "text"
+        for piece in gen:
+            outcome.completion_tokens = gen.completion_tokens
+            text += piece
+            if held and (mode == "call" or could_be_call(text)):
+                continue
+            yield text if held else piece   # held text is let go at once when it cannot be a call
+            held = False
+        outcome.completion_tokens = gen.completion_tokens
+        outcome.finish_reason = gen.finish_reason
+        if held and gen.finish_reason != "cancelled":
+            call = parse_call(text, callable_tools)
+            if call is None and mode == "call" and gen.ended_by_model:
+                if not text.strip():
+                    raise unsatisfiable("tools")
+                raise StructuredOutputBroken(f"a forced tool call did not parse: {text[:200]!r}")
+            if call is not None:
+                outcome.tool_calls = [tool_call(call)]
+                outcome.finish_reason = "tool_calls"
+            elif text:
+                yield text
+        if mode != "call" and schema is not None and not outcome.tool_calls and gen.finish_reason != "cancelled":
+            self._check(text, schema, gen)
 
     @staticmethod
     def _check(text: str, schema: dict, gen) -> None:

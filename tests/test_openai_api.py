@@ -131,7 +131,7 @@ def test_unknown_model_is_404(server):
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(temperature=5), "temperature"), (dict(max_tokens=-1), "max_tokens"), (dict(max_tokens=10**9), "max_tokens"),
-    (dict(top_p=2), "top_p"), (dict(n=3), "n=1"), (dict(messages=[]), "messages"),
+    (dict(top_p=2), "top_p"), (dict(n=5), "'n' must be between 1 and 4"), (dict(messages=[]), "messages"),
     (dict(messages=[{"role": "robot", "content": "x"}]), "role"),
     (dict(messages=[{"role": "user", "content": ""}]), "empty"),
 ])

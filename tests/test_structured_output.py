@@ -284,7 +284,7 @@ def test_tool_results_are_accepted_and_rendered_by_the_chat_format(server):
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]), "arguments"),
     (dict(logprobs=True, top_logprobs=21), "top_logprobs"),
     (dict(top_logprobs=3), "top_logprobs"),
-    (dict(n=2), "n=1"),
+    (dict(n=9), "'n'"),
 ])
 def test_bad_tool_and_logprob_input_is_400_naming_the_field(server, kwargs, words):
     args = {"model": "tiny", "messages": ask(), "max_tokens": 4, **kwargs}
@@ -481,3 +481,36 @@ def test_a_seeded_stream_is_the_seeded_answer(server):
                        if ch.choices)
     other = c.chat.completions.create(**dict(kw, seed=12)).choices[0].message.content
     assert streamed == whole and other != whole   # fixed seeds: deterministic, and the seed decides
+
+
+def test_n_choices_come_from_one_batch_each_whole(server):
+    c = server.client()
+    r = c.chat.completions.create(model="tiny", messages=ask(), max_tokens=12, n=3, temperature=1.0, seed=5)
+    again = c.chat.completions.create(model="tiny", messages=ask(), max_tokens=12, n=3, temperature=1.0, seed=5)
+    texts = [ch.message.content for ch in r.choices]
+    assert [ch.index for ch in r.choices] == [0, 1, 2] and len(set(texts)) > 1
+    assert texts == [ch.message.content for ch in again.choices]   # the seed holds for the whole batch
+    assert all(ch.finish_reason in ("stop", "length") for ch in r.choices)
+    one = c.chat.completions.create(model="tiny", messages=ask(), max_tokens=12, temperature=1.0, seed=5)
+    assert r.usage.prompt_tokens == one.usage.prompt_tokens
+    greedy = c.chat.completions.create(model="tiny", messages=ask(), max_tokens=12, n=2)
+    alone = c.chat.completions.create(model="tiny", messages=ask(), max_tokens=12)
+    assert [ch.message.content for ch in greedy.choices] == 2 * [alone.choices[0].message.content]
+    assert greedy.usage.completion_tokens == 2 * alone.usage.completion_tokens
+
+
+def test_n_choices_with_a_schema_and_logprobs_each_validate(server):
+    r = server.client().chat.completions.create(
+        model="tiny", messages=ask(), max_tokens=60, n=2, temperature=1.0, seed=3, logprobs=True, top_logprobs=2,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "strict": True, "schema": TICKET}})
+    assert len(r.choices) == 2
+    for ch in r.choices:
+        if ch.finish_reason == "stop":
+            assert not errors(json.loads(ch.message.content), TICKET)
+        assert "".join(t.token for t in ch.logprobs.content) == ch.message.content
+
+
+def test_n_above_one_with_stream_is_a_400(server):
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().chat.completions.create(model="tiny", messages=ask(), n=2, stream=True)
+    assert "'n'" in str(e.value) and "stream" in str(e.value)
