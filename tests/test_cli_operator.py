@@ -125,3 +125,13 @@ def test_plaintext_admin_token_only_goes_to_loopback(monkeypatch):
     r = runner.invoke(app, ["models", "list", "--control-plane", "10.1.2.3:50051", "--admin-token", "x"],
                       env={"SLMOPS_INSECURE_LOOPBACK_DEV": "1"})
     assert r.exit_code == 1 and "plaintext" in r.output and "10.1.2.3" in r.output
+
+
+def test_rollout_create_carries_the_quality_gates(cp):
+    line = slmops(cp, "rollout", "create", "tiny@v1", "--all", "--min-feedback", "2", ok=False)
+    assert "INVALID_ARGUMENT" in line and "gate.min_feedback_score" in line
+    cp.start_agent("gated-1")
+    cp.wait_for(lambda: cp.admin.devices(), what="the agent enrolling")
+    gate = json.loads(slmops(cp, "rollout", "create", "tiny@v1", "--all", "--min-golden-pass", "0.9",
+                             "--min-feedback", "0.5", "--json"))["gate"]
+    assert (gate["min_golden_pass_ratio"], gate["min_feedback_score"]) == (0.9, 0.5)
