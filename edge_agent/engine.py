@@ -263,11 +263,15 @@ class OgaEngine:
                 grammar_end = solo and generator.is_done()
                 for i, r in enumerate(rows):
                     if r.open:
-                        r.feed(int(toks[i]), None if logits is None else logits[i], grammar_end, max_length)
+                        try:
+                            r.feed(int(toks[i]), None if logits is None else logits[i], grammar_end, max_length)
+                        except Exception as e:  # this row's request fails; its neighbours go on
+                            log.error("a batch row failed: %s: %s", type(e).__name__, e)
+                            r.fail(e)
                 if not any(r.open for r in rows):
                     break
                 yield
-            cache = started.key is not None and rows[0].gen.finish_reason != "cancelled"
+            cache = started.key is not None and rows[0].gen.finish_reason not in ("cancelled", "error")
         finally:
             for r in rows:
                 if r.open:
@@ -330,6 +334,11 @@ class _Row:
     def put(self, piece: str) -> None:
         self.member.out.put((piece, self.pending))
         self.pending = []
+
+    def fail(self, error: Exception) -> None:
+        self.open = False
+        self.gen.finish_reason = "error"
+        self.member.out.put(error)
 
     def finish(self, reason: str, flush: bool = True) -> None:
         """Ends the row; text held back as a possible start of a stop string goes out (unless cut by one)."""

@@ -153,7 +153,10 @@ def concurrently(engine, calls):
         start.wait()
         g = engine.generate(engine.chat.render([{"role": "user", "content": prompt}]), SamplingParams(**kw),
                             cancelled=cancel or (lambda: False))
-        results[i] = ("".join(g), g.finish_reason, g.completion_tokens)
+        try:
+            results[i] = ("".join(g), g.finish_reason, g.completion_tokens)
+        except Exception as e:
+            results[i] = e
     ts = [threading.Thread(target=one, args=(i, *c)) for i, c in enumerate(calls)]
     for t in ts:
         t.start()
@@ -317,3 +320,11 @@ def test_guided_seeded_and_batched_generations_stay_out_of_the_prefix_cache(engi
     assert len(engine.prefix_cache) == 0
     "".join(engine.generate(prompt, SamplingParams(max_new_tokens=4)))
     assert len(engine.prefix_cache) == 1
+
+
+def test_a_row_that_fails_fails_alone(engine):
+    want = solo(engine, PROMPTS[2], max_new_tokens=16)
+    broken, other = batched_run(engine, [(PROMPTS[0], dict(max_new_tokens=16, stop=(None,)), None),
+                                         (PROMPTS[2], dict(max_new_tokens=16), None)])
+    assert isinstance(broken, TypeError)   # its stop "string" is not one: it fails at its first piece
+    assert other == want
