@@ -32,9 +32,11 @@ def load_redactor(spec: str) -> Callable[[str], str]:
     return fn
 
 
-def capture_record(req, response: str, redact: Callable[[str], str], finish_reason: str = "") -> str:
+def capture_record(req, response: str, redact: Callable[[str], str], finish_reason: str = "",
+                   tool_calls: list = ()) -> str:
     """The JSON text stored for one pair (pure). Chat requests keep their messages; completions their prompt;
-    both the finish reason (stop, length, ...: the output drift signals read it).
+    both the finish reason (stop, length, ...: the output drift signals read it). An answer that is a tool call
+    keeps the call ({"name", "arguments"}, the arguments' JSON text redacted too).
     Too long a pair is dropped to the empty string rather than stored half (it would not parse)."""
     if req.messages is not None:
         pair = {"messages": [{"role": m["role"], "content": redact(m["content"])} for m in req.messages],
@@ -43,6 +45,9 @@ def capture_record(req, response: str, redact: Callable[[str], str], finish_reas
         pair = {"prompt": redact(req.prompt or ""), "response": redact(response)}
     if finish_reason:
         pair["finish_reason"] = finish_reason
+    if tool_calls:
+        pair["tool_calls"] = [{"name": c["function"]["name"], "arguments": redact(c["function"]["arguments"])}
+                              for c in tool_calls]
     text = json.dumps(pair, ensure_ascii=False)
     return text if len(text) <= MAX_CAPTURE_CHARS else ""
 
@@ -61,7 +66,7 @@ class CapturingServing(Serving):
             pieces.append(piece)
             yield piece
         if outcome.finish_reason not in ("cancelled", "") and self.rng.random() < self.capture_rate:
-            record = capture_record(req, "".join(pieces), self.redact, outcome.finish_reason)
+            record = capture_record(req, "".join(pieces), self.redact, outcome.finish_reason, outcome.tool_calls)
             if record:
                 self.state.record("capture", endpoint, model=outcome.model, detail=record,
                                   detail_limit=MAX_CAPTURE_CHARS)

@@ -47,6 +47,9 @@ class FakeEngine:
     def generate(self, prompt, params, cancelled=lambda: False):
         return FakeGeneration(re.findall(r"\S+\s*", self.answer)[: params.max_new_tokens])
 
+    def generate_n(self, prompt, params, n=1, cancelled=lambda: False, adapter=None):
+        return [self.generate(prompt, params, cancelled) for _ in range(n)]
+
 
 @dataclass
 class FakeManifest:
@@ -158,3 +161,13 @@ def test_capture_samples_requests_redacted(state):
     "".join(off.run(req, "chat", Outcome(model="")))
     assert len([r for r in state.pending(10) if r["kind"] == "capture"]) == 1
     assert capture_record(req, "x" * 20000, redact_default) == ""
+
+
+def test_a_captured_tool_call_keeps_the_call_redacted():
+    req = GenRequest(model="", messages=({"role": "user", "content": "Mail bob@x.org the weather"},), prompt=None,
+                     max_tokens=8, temperature=None, top_p=None, top_k=None, seed=None, stop=(), stream=False)
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "send_mail", "arguments": json.dumps({"to": "bob@x.org", "city": "Oslo"})}}
+    rec = json.loads(capture_record(req, "", redact_default, "tool_calls", [call]))
+    assert rec["tool_calls"] == [{"name": "send_mail", "arguments": json.dumps({"to": "[email]", "city": "Oslo"})}]
+    assert rec["finish_reason"] == "tool_calls" and rec["response"] == ""
