@@ -219,6 +219,8 @@ async def run(args) -> dict:
         out["health_during_rollout"] = probe.summary("rollout")
         out["cp_after_rollout"] = cp_stats(cp.popen.pid)
         out["streams_at_end"] = sum(a.streaming for a in agents)
+        out["agent_errors_at_end"] = {"count": sum(1 for a in agents if a.error),
+                                      "kinds": sorted({a.error[:120] for a in agents if a.error})[:3]}
         admin.close()
     finally:
         if probe:

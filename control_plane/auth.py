@@ -224,10 +224,13 @@ class SyncCallContext:
     def __init__(self, context):
         self._context, self._code, self._details = context, None, ""
         self._done = threading.Event()
+        self.on_abort = None          # called with (code, details) before the status is sent
         context.add_callback(self._done.set)
 
     def abort(self, code, details: str = ""):
         self._code, self._details = code, details
+        if self.on_abort:
+            self.on_abort(code, details)
         self._context.abort(code, details)
 
     def set_code(self, code) -> None:
@@ -246,6 +249,20 @@ class SyncCallContext:
 
     def is_active(self) -> bool:
         return not self._done.is_set()
+
+    def __getattr__(self, name):
+        return getattr(self._context, name)
+
+
+class AsyncCallContext:
+    """grpc.aio's servicer context, with a coroutine awaited before an abort's status is sent."""
+
+    def __init__(self, context, on_abort):
+        self._context, self._on_abort = context, on_abort
+
+    async def abort(self, code, details: str = ""):
+        await self._on_abort(code, details)
+        await self._context.abort(code, details)
 
     def __getattr__(self, name):
         return getattr(self._context, name)
@@ -295,15 +312,14 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(code, why)
             return _DEVICE.set(dev)
 
-        async def record(request, context, error: BaseException | None) -> None:
-            code = context.code()
+        async def record(request, code, detail, error: BaseException | None) -> None:
             if code is None and error is not None and not isinstance(error, (asyncio.CancelledError,
                                                                             GeneratorExit)):
                 code = grpc.StatusCode.UNKNOWN
             code = code or grpc.StatusCode.OK
             if code not in REFUSALS and action != "Enroll":
                 return
-            detail = context.details() or (str(error) if error else "")
+            detail = detail or (str(error) if error else "")
             who = await offload(self._who, metadata, False)
             name = who["name"]
             if action == "Enroll" and request is not None:
@@ -311,27 +327,40 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
             await offload(store.audit, name, who["role"], action, describe(request), code.name,
                           detail if isinstance(detail, str) else detail.decode(errors="replace"))
 
+        def audited(req, context):
+            """The context the handler sees: an abort is recorded before its status is sent, so a client that
+            reads the audit trail right after a refusal finds the row."""
+            done: list = []
+
+            async def on_abort(code, details) -> None:
+                done.append(code)
+                await record(req, code, details, None)
+            return AsyncCallContext(context, on_abort), done
+
         if not handler.response_streaming:
             async def wrapped(request, context):
                 req = request if one_request else None
                 token = await check(req, context)
+                ctx, done = audited(req, context)
                 err = None
                 try:
-                    return await behavior(request, context)
+                    return await behavior(request, ctx)
                 except BaseException as e:
                     err = e
                     raise
                 finally:
                     if token is not None:
                         _DEVICE.reset(token)
-                    await record(req, context, err)
+                    if not done:
+                        await record(req, context.code(), context.details(), err)
         else:
             async def wrapped(request, context):
                 req = request if one_request else None
                 token = await check(req, context)
+                ctx, done = audited(req, context)
                 err = None
                 try:
-                    async for msg in behavior(request, context):
+                    async for msg in behavior(request, ctx):
                         yield msg
                 except BaseException as e:
                     err = e
@@ -339,8 +368,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     if token is not None:
                         _DEVICE.reset(token)
-                    if not isinstance(err, (GeneratorExit, asyncio.CancelledError)):
-                        await record(req, context, err)
+                    if not done and not isinstance(err, (GeneratorExit, asyncio.CancelledError)):
+                        await record(req, context.code(), context.details(), err)
         return handler._replace(**{kind: wrapped})
 
     def _wrap_admin(self, handler, method: str, metadata):
@@ -366,21 +395,33 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 self.store.audit(who["name"], who["role"], action, "", "PERMISSION_DENIED", why)
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
 
-        def record(request, context: SyncCallContext, error: BaseException | None):
-            code = context.code()
+        def record(request, code, detail, error: BaseException | None):
             if code is None and error is not None:
                 code = grpc.StatusCode.UNKNOWN
             code = code or grpc.StatusCode.OK
-            detail = context.details() or (str(error) if error else "")
+            detail = detail or (str(error) if error else "")
             who = caller()
             self.store.audit(who["name"], who["role"], action, describe(request), code.name,
                              detail if isinstance(detail, str) else detail.decode(errors="replace"))
 
+        def audited(request, context) -> tuple[SyncCallContext, list]:
+            """An abort is recorded before its status is sent (grpc.aio sends it from the event loop while
+            this thread unwinds), so a client that reads the audit trail right after a refusal finds the row."""
+            done: list = []
+            ctx = SyncCallContext(context)
+            check(ctx)
+
+            def on_abort(code, details) -> None:
+                done.append(code)
+                record(request, code, details, None)
+            ctx.on_abort = on_abort
+            return ctx, done
+
         one_request = not handler.request_streaming
         if not handler.response_streaming:
             def wrapped(request, context):
-                context = SyncCallContext(context)
-                check(context)
+                req = request if one_request else None
+                context, done = audited(req, context)
                 err = None
                 try:
                     return behavior(request, context)
@@ -388,11 +429,12 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                     err = e
                     raise
                 finally:
-                    record(request if one_request else None, context, err)
+                    if not done:
+                        record(req, context.code(), context.details(), err)
         else:
             def wrapped(request, context):
-                context = SyncCallContext(context)
-                check(context)
+                req = request if one_request else None
+                context, done = audited(req, context)
                 err = None
                 try:
                     yield from behavior(request, context)
@@ -400,8 +442,8 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                     err = e
                     raise
                 finally:
-                    if not isinstance(err, GeneratorExit):
-                        record(request if one_request else None, context, err)
+                    if not done and not isinstance(err, GeneratorExit):
+                        record(req, context.code(), context.details(), err)
         return handler._replace(**{kind: wrapped})
 
     def _who(self, metadata, admin: bool) -> dict:

@@ -35,6 +35,7 @@ from slmops.v1 import (
 
 MAX_EVENTS_PER_BATCH = ingest.MAX_EVENTS_PER_BATCH
 log = logging.getLogger("slmops.control_plane")
+RESYNC_TICKS = 6      # a watch re-reads its desired state at least every 6 watch ticks, woken or not
 
 
 class Liveness:
@@ -116,7 +117,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         waker = _LoopWaker(asyncio.get_running_loop(), wake)
         self.store.subscribe(device_id, waker)   # a change (or the device's deletion) wakes this stream
         try:
-            seen = -1
+            seen, ticks = -1, 0
             while True:
                 wake.clear()
                 cur = await self.offload(self.store.desired, device_id)
@@ -126,11 +127,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     seen = cur.revision
                     yield fleet_pb2.DesiredState(model=common_pb2.ModelRef(name=cur.name, version=cur.version),
                                                  revision=cur.revision)
-                try:
-                    await asyncio.wait_for(wake.wait(), self.tick)
-                except asyncio.TimeoutError:
-                    pass
-                self.liveness.mark(device_id)
+                while not wake.is_set() and ticks < RESYNC_TICKS:   # a quiet stream only marks its device live;
+                    try:                                             # it re-reads on a change, and every few ticks
+                        await asyncio.wait_for(wake.wait(), self.tick)
+                    except asyncio.TimeoutError:
+                        ticks += 1
+                    self.liveness.mark(device_id)
+                ticks = 0
         finally:
             self.store.unsubscribe(device_id, waker)
 

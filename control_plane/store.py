@@ -302,7 +302,9 @@ class Store:
         return refs
 
     def desired(self, device_id: str) -> DesiredState | None:
-        d = self.device(device_id)
+        rows = list(self.db.query("select desired_name, desired_version, desired_rev from devices where device_id = ?",
+                                  [device_id]))
+        d = rows[0] if rows else None
         return DesiredState(d["desired_name"], d["desired_version"], d["desired_rev"]) if d else None
 
     def subscribe(self, device_id: str, waker) -> None:

@@ -440,3 +440,15 @@ def test_quality_gates_travel_over_the_admin_api_and_are_bounded():
     assert (back.min_golden_pass_ratio, back.min_feedback_score) == (0.9, 0.5)
     with pytest.raises(ro.RolloutInvalid, match="gate.min_feedback_score"):
         Gate(min_feedback_score=1.5)
+
+
+def test_saved_json_is_every_field_of_the_rollout_and_reads_back_equal():
+    import dataclasses
+    import json
+
+    spec = ro.RolloutSpec("m", "v2", ro.Selector(labels={"site": "a"}), waves=(ro.Wave(percent=10), ro.ALL))
+    r = ro.Rollout("ro_1", spec, 5, wave=1, reason="waiting", assignments=(
+        ro.Assignment("d1", ro.Ref("m", "v2"), ro.Ref("m", "v1"), 0, 7, succeeded_ms=9),
+        ro.Assignment("d2", ro.Ref("m", "v2"), ro.Ref("", ""), 1, 8, failed_ms=10, why="install failed: x")))
+    assert ro.to_json(r) == json.dumps(dataclasses.asdict(r), sort_keys=True)   # a new field is not dropped
+    assert ro.from_json(ro.to_json(r)) == r
