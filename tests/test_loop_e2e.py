@@ -1,0 +1,123 @@
+"""Issue 17's loop on tiny models and real processes: a fleet serves v1 (trained on the support data), traffic moves
+to a topic v1 never saw (Kestrel K3 warning lights), the input drift signal crosses its threshold (/metrics,
+`slmops drift`), the captures become a dataset, the shipped pipeline recipe has a teacher that knows the topic
+answer the captured prompts, distils a student, evaluates it on the captured held-out slice, gates, publishes and
+canaries it as v2; on the held-out slice of the shifted traffic v2 answers more of the questions right than v1."""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from control_plane.procs import free_port, http_json
+from tests.test_pipeline_e2e import wait_status
+from tests.test_telemetry_e2e import start_cp_with_http
+from training.publish import data_profile
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "training/recipes/pipeline_from_captures_tiny.yaml"
+KEYS = ("fan", "pump", "door", "fuse", "valve", "lamp")
+MEANINGS = ("the fan is blocked", "the pump is dry", "the door is open", "the fuse blew", "the valve is stuck",
+            "the lamp is worn")
+CODES = range(1, 13)
+
+
+def key_of(prompt: str) -> str:
+    return KEYS[int(re.search(r"W(\d+)", prompt).group(1)) % len(KEYS)]
+
+
+def teacher_data(path: pathlib.Path) -> None:
+    """What the teacher (a stand-in for a bigger model) was trained on: two phrasings of every code."""
+    rows = []
+    for n in CODES:
+        answer = f"Warning light W{n} means {MEANINGS[n % len(KEYS)]}."
+        for q in (f"Kestrel K3 warning light W{n}?", f"What does warning light W{n} on the K3 mean?"):
+            rows.append({"input": q, "output": answer, "answer_key": KEYS[n % len(KEYS)]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def traffic() -> list[str]:
+    """What devices are asked after the shift: three phrasings of every code (the third one the teacher never saw)."""
+    return [q for n in CODES for q in (f"Kestrel K3 warning light W{n}?", f"What does warning light W{n} on the "
+                                       f"K3 mean?", f"so what does warning light W{n} mean on my K3")]
+
+
+def cli(*args: str) -> str:
+    r = CliRunner().invoke(app, list(args), env={"COLUMNS": "80"})
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    return r.stdout
+
+
+def accuracy(port: int, prompts: list[str]) -> float:
+    right = 0
+    for p in prompts:
+        status, body = http_json(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                 {"messages": [{"role": "user", "content": p}], "max_tokens": 16, "temperature": 0})
+        assert status == 200, body
+        right += key_of(p) in body["choices"][0]["message"]["content"].lower()
+    return right / len(prompts)
+
+
+def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(cluster, tiny_hf, tiny_int4, tmp_path):
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    for name in (".venv", "training"):   # the recipe's relative paths resolve under the submit folder
+        (work / name).symlink_to(ROOT / name)
+    teacher_data(tmp_path / "k3.jsonl")
+    subprocess.run([sys.executable, "-m", "cli", "train", "training/recipes/full_tiny_text_template.yaml",
+                    "--set", "base.source=hf", "--set", f"base.path={tiny_hf}", "--set",
+                    f"data.train={tmp_path / 'k3.jsonl'}", "--set", "data.template=chatml", "--set",
+                    "train.max_steps=120", "--set", "train.epochs=100", "--set", "train.lr=3.0e-3", "--set",
+                    "train.grad_accum=1", "--set", "train.gradient_checkpointing=false", "--set",
+                    "train.early_stopping_patience=0", "--set", "train.save_every=0", "--set", "eval.heldout=null",
+                    "--set", "data.val_fraction=0.1", "--output", str(work / "runs" / "teacher"), "--no-progress"],
+                   cwd=ROOT, check=True, capture_output=True, timeout=1200)
+
+    http_port = free_port()
+    start_cp_with_http(cluster, http_port)
+    v1 = cluster.publish(tiny_int4, "support", "v1",
+                         metrics={"data_profile": data_profile([ROOT / "training/data/support_train.jsonl"])})
+    cluster.admin.set_desired("support", "v1")
+    for name in ("edge-a", "edge-b"):
+        cluster.start_agent(name, extra=["--sample-interval", "1", "--capture-rate", "1"])
+        cluster.wait_serving(name, v1.ref)
+    for i, prompt in enumerate(traffic()):
+        status, body = cluster.chat(("edge-a", "edge-b")[i % 2], prompt)
+        assert status == 200, body
+
+    crossed = 'slmops_cp_drift_crossed{group="input",model="support@v1",signal="input_lexical_js"} 1.0'
+
+    def metrics() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+            return r.read().decode()
+    cluster.wait_for(lambda: crossed in metrics(), timeout=180, what="the input drift gauge over its threshold")
+    assert re.search(r"input_lexical_js .*DRIFT", cli("drift", "support@v1", "--cp-data-dir", str(cluster.cp_dir)))
+
+    info = json.loads(cli("dataset", "from-captures", str(work / "runs" / "captured"), "--cp-data-dir",
+                          str(cluster.cp_dir), "--model", "support@v1", "--heldout", "0.25", "--json"))
+    assert info["counts"]["kept"] == len(traffic())
+    heldout = [json.loads(ln)["messages"][0]["content"]
+               for ln in (work / "runs" / "captured" / "heldout.jsonl").read_text().splitlines()]
+    assert len(heldout) >= 4
+
+    job = cluster.admin.submit_pipeline(RECIPE.read_text(), str(work))
+    job = wait_status(cluster, job.job_id, ("succeeded", "failed"), timeout=1200)
+    assert job.status == "succeeded", job.reason
+    v2 = job.published
+    assert v2.startswith("support@v-")
+    devices = cluster.wait_for(lambda: (ds := cluster.admin.devices()) and sorted(
+        f"{d.current.name}@{d.current.version}" for d in ds) == sorted([v1.ref, v2]) and ds, timeout=180,
+        what="one canary on v2, the other device still on v1")
+    port = {name: p for name, (_, p) in cluster.agents.items()}
+    on = {f"{d.current.name}@{d.current.version}": port[d.name] for d in devices}
+    acc_v1, acc_v2 = accuracy(on[v1.ref], heldout), accuracy(on[v2], heldout)
+    print(f"held-out slice of the shifted traffic ({len(heldout)} prompts): v1 {acc_v1:.2f}, v2 {acc_v2:.2f}")
+    assert acc_v2 > acc_v1
