@@ -184,3 +184,28 @@ def test_the_drift_routes_need_a_viewer_token_and_serve_the_checked_values(tmp_p
         assert {h["signal"] for h in got["history"]} >= {"input_lexical_js"} and got["minutes"] == 60
         page = client.get("/drift?model=support@v1", headers={"Authorization": f"Bearer {viewer}"})
         assert page.status_code == 200 and 'id="drift-input_lexical_js"' in page.text
+
+
+def test_a_version_names_the_captures_dataset_it_learned_from(tmp_path):
+    from control_plane import capture_dataset as cd
+    from training.dataset import file_sha256
+    from training.publish import training_data
+
+    rows = [{"device_id": "a", "seq": i, "ts_ms": i, "model": "support@v1", "adapter": "",
+             "detail": json.dumps({"messages": [{"role": "user", "content": p}], "response": "ok"})}
+            for i, p in enumerate(BAKING[:10])]
+    f = cd.Filters(heldout_fraction=0.2)
+    cd.write(cd.build(rows, {"a"}, f), tmp_path / "captured", f)
+    src = tmp_path / "model"
+    src.mkdir()
+    train = tmp_path / "captured" / "train.jsonl"
+    # a pipeline's train stage ran in the submit folder: "path" is relative there, "resolved" absolute
+    (src / "lineage.json").write_text(json.dumps({"data": [{"path": "captured/train.jsonl", "resolved": str(train),
+                                                            "sha256": file_sha256(train)}]}))
+    [entry] = training_data({"source": str(src)})
+    assert entry["path"] == "captured/train.jsonl"
+    assert entry["sha256"] == file_sha256(train) and entry["dataset"]["source"] == "captures"
+    assert entry["dataset"]["counts"]["kept"] == 10 and entry["dataset"]["files"]["train.jsonl"] == entry["sha256"]
+    train.write_text(train.read_text() + "\n")          # changed since: no longer the file dataset.json describes
+    (src / "lineage.json").write_text(json.dumps({"data": [{"path": str(train), "sha256": file_sha256(train)}]}))
+    assert "dataset" not in training_data({"source": str(src)})[0]

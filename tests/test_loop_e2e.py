@@ -113,6 +113,14 @@ def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(clust
     assert job.status == "succeeded", job.reason
     v2 = job.published
     assert v2.startswith("support@v-")
+    from control_plane.store import Store
+
+    row = Store(cluster.cp_dir / "control_plane.db").model(*v2.split("@"))
+    learned = json.loads(row["manifest"])["metrics"]["training_data"]   # lineage: v2 names the captures
+    assert [d["dataset"]["source"] for d in learned] == ["captures"]
+    assert learned[0]["sha256"] == info["files"]["train.jsonl"]["sha256"]
+    profile = json.loads(row["manifest"])["metrics"]["data_profile"]   # v2's baseline is the captured traffic
+    assert profile["records"] == info["files"]["train.jsonl"]["records"]
     devices = cluster.wait_for(lambda: (ds := cluster.admin.devices()) and sorted(
         f"{d.current.name}@{d.current.version}" for d in ds) == sorted([v1.ref, v2]) and ds, timeout=180,
         what="one canary on v2, the other device still on v1")

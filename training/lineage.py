@@ -32,7 +32,9 @@ def lineage(recipe, data_files: list[str], metrics: dict, extra: dict | None = N
         "created_unix": int(time.time()),
         "method": recipe.method,
         "base": recipe.base.describe(),
-        "data": [{"path": str(p), "sha256": file_sha256(p)} for p in data_files],
+        # "resolved": the absolute path, so a later step run elsewhere (publish in the control plane) finds it
+        "data": [{"path": str(p), "resolved": str(pathlib.Path(p).resolve()), "sha256": file_sha256(p)}
+                 for p in data_files],
         "recipe": {"sha256": recipe.sha256, "text": recipe.text},
         "metrics": metrics,
         "code": {"git_commit": _git_commit(), "torch": torch.__version__, "transformers": transformers.__version__,

@@ -38,6 +38,9 @@ def publishable_manifest(bundle_dir: pathlib.Path, name: str, version: str,
     prof = data_profile(training_files(exp) if profile_data is None else profile_data, semantic)
     if prof:
         metrics["data_profile"] = prof
+    trained_on = training_data(exp)
+    if trained_on:
+        metrics["training_data"] = trained_on
     return manifest_for_dir(bundle_dir, name, version, exp["precision"], chunk_bytes=chunk_bytes,
                             execution_provider=exp["execution_provider"], metrics=metrics,
                             adapters=adapter_list, **extra)
@@ -48,9 +51,35 @@ def training_files(export_info: dict) -> list[pathlib.Path]:
     model has no lineage, e.g. a base model exported as it is)."""
     lineage = pathlib.Path(export_info.get("source", "")) / "lineage.json"
     try:
-        return [pathlib.Path(d["path"]) for d in json.loads(lineage.read_text()).get("data", [])]
+        return [pathlib.Path(d.get("resolved") or d["path"]) for d in json.loads(lineage.read_text()).get("data", [])]
     except (OSError, ValueError, KeyError, TypeError):
         return []
+
+
+def training_data(export_info: dict) -> list[dict]:
+    """What the version learned from, for its manifest: each data file's path and sha256 from the lineage, and for
+    a dataset made from captures (`slmops dataset from-captures`, dataset.json beside it) where it came from."""
+    lineage = pathlib.Path(export_info.get("source", "")) / "lineage.json"
+    try:
+        data = json.loads(lineage.read_text()).get("data", [])
+    except (OSError, ValueError):
+        return []
+    out = []
+    for d in data if isinstance(data, list) else []:
+        if not isinstance(d, dict) or "path" not in d:
+            continue
+        entry = {"path": str(d["path"]), "sha256": str(d.get("sha256", ""))}
+        info = pathlib.Path(d.get("resolved") or d["path"]).parent / "dataset.json"
+        try:
+            ds = json.loads(info.read_text())
+            files = {name: f.get("sha256") for name, f in ds.get("files", {}).items()}
+            if entry["sha256"] in files.values():   # this file is the one that dataset.json describes
+                entry["dataset"] = {"source": ds.get("source"), "counts": ds.get("counts"), "files": files,
+                                    "filters": {k: v for k, v in ds.get("filters", {}).items() if k != "device_ids"}}
+        except (OSError, ValueError, AttributeError):
+            pass
+        out.append(entry)
+    return out
 
 
 def data_profile(files: list, semantic: bool = False) -> dict | None:
