@@ -63,11 +63,6 @@ class Windows:
     def recent_text(self) -> str:
         return f"last {(self.recent_to_ms - self.recent_from_ms) / 1000:g} s"
 
-    def split(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
-        base = [r for r in rows if self.baseline_from_ms <= r["ts_ms"] < self.baseline_to_ms]
-        recent = [r for r in rows if self.recent_from_ms <= r["ts_ms"] <= self.recent_to_ms]
-        return base, recent
-
 
 @dataclass(frozen=True)
 class Signal:

@@ -37,14 +37,29 @@ def decode_capture(row: dict) -> dict | None:
             "finish_reason": str(pair.get("finish_reason", ""))}
 
 
-def version_rows(store: Store, ref: str, device_ids: list[str] | None = None) -> list[dict]:
+def version_rows(store: Store, ref: str, from_ms: int, to_ms: int, device_ids: list[str] | None = None,
+                 newest: bool = False) -> list[dict]:
+    """The version's telemetry in [from_ms, to_ms), in time order; at most MAX_ROWS (the oldest, or the newest)."""
     sql = ("select device_id, ts_ms, kind, name, latency_ms, tokens_in, tokens_out, outcome, detail, vals "
-           "from telemetry where model = ? and kind in ('request', 'golden', 'capture', 'event')")
-    args: list = [ref]
+           "from telemetry where ts_ms >= ? and ts_ms < ? and model = ? "
+           "and kind in ('request', 'golden', 'capture', 'event')")
+    args: list = [from_ms, to_ms, ref]
     if device_ids is not None:
         sql += f" and device_id in ({','.join('?' * len(device_ids))})"
         args += device_ids
-    return list(store.db.query(sql + " order by ts_ms limit ?", args + [MAX_ROWS]))
+    rows = list(store.db.query(sql + f" order by ts_ms {'desc' if newest else ''} limit ?", args + [MAX_ROWS]))
+    return rows[::-1] if newest else rows
+
+
+def first_seen(store: Store, ref: str) -> int | None:
+    """When the version first reported telemetry (its rollout), remembered so that the baseline window stays where
+    it was after raw telemetry past its retention is deleted (then the baseline has no rows: "not enough data")."""
+    if "drift_versions" in store.db.table_names():
+        rows = list(store.db.query("select first_seen_ms from drift_versions where model = ?", [ref]))
+        if rows:
+            return rows[0]["first_seen_ms"]
+    got = store.db.execute("select min(ts_ms) from telemetry where model = ? and kind = 'request'", [ref]).fetchone()
+    return got[0] if got and got[0] is not None else None
 
 
 def profile_of(store: Store, name: str, version: str) -> dict | None:
@@ -62,15 +77,17 @@ def evaluate(store: Store, name: str, version: str, now: int, baseline_s: float 
     """Every signal of NAME@VERSION (optionally only on `device_ids`, a device group). Raises UnknownVersion."""
     profile = profile_of(store, name, version)
     ref = f"{name}@{version}"
-    rows = version_rows(store, ref, device_ids)
-    first = rows[0]["ts_ms"] if rows else now
+    seen = first_seen(store, ref)
+    first = seen if seen is not None else now
     w = drift.Windows.after_rollout(first, now, baseline_s, window_s)
-    base, recent = w.split(rows)
+    window_from = now - int(window_s * 1000)
+    base = version_rows(store, ref, w.baseline_from_ms, w.baseline_to_ms, device_ids)
+    latest = version_rows(store, ref, window_from, now + 1, device_ids, newest=True)
+    recent = [r for r in latest if r["ts_ms"] >= w.recent_from_ms]
     caps_b = [c for c in map(decode_capture, (r for r in base if r["kind"] == "capture")) if c]
     caps_r = [c for c in map(decode_capture, (r for r in recent if r["kind"] == "capture")) if c]
-    # The input-vs-training signals use all recent captures, from the rollout on if the baseline is young.
-    caps_in = [c for c in map(decode_capture, (r for r in rows if r["kind"] == "capture"
-                                               and r["ts_ms"] >= now - int(window_s * 1000))) if c]
+    # The input-vs-training signals use all captures of the last window, from the rollout on if it is younger.
+    caps_in = [c for c in map(decode_capture, (r for r in latest if r["kind"] == "capture")) if c]
     prompts = [c["prompt"] for c in caps_in]
 
     def kind(rs, k):
@@ -90,7 +107,7 @@ def evaluate(store: Store, name: str, version: str, now: int, baseline_s: float 
                + drift.capture_output_signals(caps_b, caps_r, th, w)
                + drift.quality_signals(kind(base, "golden"), kind(recent, "golden"), scores(base), scores(recent),
                                        th, w))
-    return {"model": ref, "first_seen_ms": first if rows else 0, "now_ms": now,
+    return {"model": ref, "first_seen_ms": seen or 0, "now_ms": now,
             "baseline": w.baseline_text(), "window": w.recent_text(), "has_profile": bool(profile),
             "signals": [asdict(s) for s in signals]}
 
@@ -121,6 +138,7 @@ class DriftMonitor:
             store.db["drift_latest"].create({"model": str, "signal": str, "grp": str, "value": float,
                                              "threshold": float, "crossed": int, "ts_ms": int},
                                             pk=("model", "signal"), if_not_exists=True)
+            store.db["drift_versions"].create({"model": str, "first_seen_ms": int}, pk="model", if_not_exists=True)
             store.db["drift_history"].create({"model": str, "signal": str, "ts_ms": int, "value": float,
                                               "threshold": float}, if_not_exists=True)
             store.db["drift_history"].create_index(["model", "ts_ms"], if_not_exists=True)
@@ -134,6 +152,10 @@ class DriftMonitor:
                 rep = evaluate(self.store, name, version, now, self.baseline_s, self.window_s, self.th)
             except UnknownVersion:
                 continue   # telemetry naming a version never published here
+            if rep["first_seen_ms"]:
+                with self.store._lock:
+                    self.store.db.execute("insert or ignore into drift_versions (model, first_seen_ms) values (?, ?)",
+                                          [rep["model"], rep["first_seen_ms"]])
             reported += self._save(rep, now)
         return reported
 

@@ -209,3 +209,25 @@ def test_a_version_names_the_captures_dataset_it_learned_from(tmp_path):
     train.write_text(train.read_text() + "\n")          # changed since: no longer the file dataset.json describes
     (src / "lineage.json").write_text(json.dumps({"data": [{"path": str(train), "sha256": file_sha256(train)}]}))
     assert "dataset" not in training_data({"source": str(src)})[0]
+
+
+def test_the_baseline_stays_anchored_at_the_rollout_and_the_recent_window_is_always_read(tmp_path, monkeypatch):
+    store = Store(tmp_path / "cp.db")
+    _publish_row(store, tmp_path, "v1", tp.profile(SUPPORT))
+    now = drift_monitor.now_ms()
+    rollout = now - 5 * 3600_000
+    store.add_telemetry("dev1", _events(SUPPORT[:30], rollout))                     # the first hours
+    store.add_telemetry("dev1", _events(SUPPORT[:30], now - 3 * 3600_000, seq0=100))  # between: in neither window
+    store.add_telemetry("dev1", _events(BAKING[:20], now - 60_000, seq0=200))        # the last hour
+    monkeypatch.setattr(drift_monitor, "MAX_ROWS", 50)   # fewer than the version's rows: each window read apart
+    drift_monitor.DriftMonitor(store).check(now)
+
+    def signal(name):
+        rep = drift_monitor.evaluate(store, "support", "v1", now)
+        return rep, next(s for s in rep["signals"] if s["name"] == name)
+    rep, tokens = signal("prompt_tokens_psi")
+    assert rep["first_seen_ms"] == rollout and (tokens["n"], tokens["n_baseline"]) == (20, 25)
+    assert signal("input_lexical_js")[1]["n"] == 20
+    store.db.execute("delete from telemetry where ts_ms < ?", [now - 4 * 3600_000])  # retention took the first hours
+    rep, tokens = signal("prompt_tokens_psi")
+    assert rep["first_seen_ms"] == rollout and tokens["value"] is None and tokens["n_baseline"] == 0
