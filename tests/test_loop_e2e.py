@@ -111,6 +111,7 @@ def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(clust
     job = cluster.admin.submit_pipeline(RECIPE.read_text(), str(work))
     job = wait_status(cluster, job.job_id, ("succeeded", "failed"), timeout=1200)
     assert job.status == "succeeded", job.reason
+    assert [s.kind for s in job.stages].count("evaluate") == 2   # the captured slice and the original held-out set
     v2 = job.published
     assert v2.startswith("support@v-")
     from control_plane.store import Store
