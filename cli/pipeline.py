@@ -1,6 +1,7 @@
 """`slmops pipeline submit|list|status|logs|cancel`: pipelines run by the control plane, over the Admin API.
 Imports only typer/rich until a command runs."""
 from __future__ import annotations
+from slmops.yaml_text import load_yaml
 
 import json
 import os
@@ -59,7 +60,7 @@ def submit(recipe: pathlib.Path,
     text = recipe.read_text()
     if rollout:
         try:
-            d = yaml.safe_load(text)
+            d = load_yaml(text)
         except yaml.YAMLError as e:
             fail(f"{recipe} is not valid YAML: {e}")
         if not isinstance(d, dict):

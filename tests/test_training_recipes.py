@@ -63,6 +63,17 @@ def test_overrides_and_missing_file(tmp_path):
         rcp.load(tmp_path / "bad.yaml")
 
 
+def test_exponent_numbers_are_numbers_in_recipes_and_overrides(tmp_path):
+    p = tmp_path / "r.yaml"
+    text = yaml.safe_dump(base_recipe(tmp_path)).replace("train:\n", "train:\n  lr: 7e-4\n")
+    assert "lr: 7e-4" in text and yaml.safe_load(text)["train"]["lr"] == "7e-4"   # PyYAML alone: a string
+    p.write_text("# slmops train r.yaml\n" + text)
+    assert rcp.load(p).train.lr == 7e-4
+    r = rcp.load(p, ["train.lr=3e-3", "train.max_steps=1E1", "data.val_fraction=.25"])
+    assert (r.train.lr, r.train.max_steps, r.data.val_fraction) == (3e-3, 10.0, 0.25)
+    assert rcp.load(p, ["output=1e3x"]).output == "1e3x"         # not a number: stays text
+
+
 def test_toml_recipes_work_too(tmp_path):
     p = tmp_path / "r.toml"
     p.write_text('# slmops train r.toml\nmethod = "full"\nbase = "tiny"\noutput = "o"\n'

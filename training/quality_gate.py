@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 
 from slmops.chat_format import CHATML, ChatFormat
+from slmops.yaml_text import load_yaml
 from training.export import RUNNABLE, ExportError, ExportOptions, dir_size, export_onnx
 
 GATE_FILE = "gate.json"
@@ -335,9 +336,7 @@ def from_recipe(path: pathlib.Path) -> tuple[pathlib.Path, dict, GateThresholds]
     path = pathlib.Path(path)
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        d = yaml.safe_load(text) or {}
+        d = load_yaml(text) or {}
     else:
         d = json.loads(text)
     if not isinstance(d, dict) or "model_dir" not in d:

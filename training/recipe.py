@@ -19,6 +19,7 @@ import pathlib
 from dataclasses import dataclass, field
 
 from slmops.errors import ConfigError
+from slmops.yaml_text import load_yaml
 from training.dataset import Template
 from training.distill import DistillSettings
 from training.loader import ModelSpec
@@ -157,8 +158,6 @@ def from_dict(d: dict, text: str = "") -> Recipe:
 
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
     """`train.max_steps=5` style overrides (values parsed as YAML), for quick runs and tests."""
-    import yaml
-
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -169,7 +168,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a section")
-        node[keys[-1]] = yaml.safe_load(raw)
+        node[keys[-1]] = load_yaml(raw)
     return d
 
 
@@ -184,9 +183,7 @@ def load(path: str | pathlib.Path, overrides: list[str] = (), output: str | None
 
             d = tomllib.loads(text)
         else:
-            import yaml
-
-            d = yaml.safe_load(text)
+            d = load_yaml(text)
     except Exception as e:  # yaml/toml each raise their own parse error types
         raise ConfigError(f"{path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {e}") from e
     d = apply_overrides(d or {}, list(overrides))

@@ -26,6 +26,7 @@ import pathlib
 from dataclasses import dataclass, field, fields
 
 from slmops.errors import ConfigError
+from slmops.yaml_text import load_yaml
 
 KINDS = ("train", "evaluate", "export", "gate", "publish", "rollout")   # also the only order allowed
 REPEATABLE = ("train", "evaluate")                                      # a chain; the other kinds appear once
@@ -136,7 +137,7 @@ def _train(d: dict, where: str, base: pathlib.Path, errors: _Errors, chained: bo
         import yaml
 
         try:
-            raw = yaml.safe_load(p.read_text())
+            raw = load_yaml(p.read_text())
         except yaml.YAMLError as e:
             errors.add(f"{where}.recipe", f"{p} is not valid YAML: {e}")
             return {}, ()
@@ -395,7 +396,7 @@ def loads(text: str, base_dir: str | pathlib.Path) -> Pipeline:
     import yaml
 
     try:
-        d = yaml.safe_load(text)
+        d = load_yaml(text)
     except yaml.YAMLError as e:
         raise PipelineInvalid([f"(top): not valid YAML: {e}"]) from e
     return parse(d, base_dir, text)
