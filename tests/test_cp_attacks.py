@@ -328,6 +328,51 @@ def test_held_health_watches_and_one_addresss_watch_streams_do_not_starve_anothe
         cp.stop(0)
 
 
+def test_serve_stream_budget_flags_apply_and_a_bad_budget_is_refused(tmp_path):
+    """`slmops control-plane serve --max-streams 4 --streams-per-peer 2`, as an operator would run it."""
+    import subprocess
+    import sys
+
+    from control_plane.admin_client import wait_healthy
+    from control_plane.procs import start_control_plane
+
+    bad = subprocess.run([sys.executable, "-m", "cli", "control-plane", "serve", "--data-dir", str(tmp_path / "bad"),
+                          "--max-streams", "4", "--streams-per-peer", "9"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "streams_per_peer (9) between 0" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stdout + bad.stderr
+    port = free_port()
+    proc = start_control_plane(tmp_path / "cp", port, tmp_path / "logs", tls=True,
+                               extra=["--max-streams", "4", "--streams-per-peer", "2"])
+    try:
+        address, ca_file = f"127.0.0.1:{port}", tmp_path / "cp" / "keys" / "ca.pem"
+        deadline = time.monotonic() + 60
+        while not ca_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ca = ca_file.read_bytes()
+        wait_healthy(address, 60, ca)
+        admin = AdminClient(address, (tmp_path / "cp" / "admin-token").read_text().strip(), ca)
+        with grpc.secure_channel(address, grpc.ssl_channel_credentials(ca)) as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            first = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert next(first).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as e:                     # 4 streams: 4 // 8 -> 1 health watch
+                next(health.Watch(health_pb2.HealthCheckRequest(), timeout=30))
+            assert e.value.details() == "too many health watch streams (1 open)"
+            token = admin.enroll_token(uses=2).token
+            a, b = (SimDevice(address, token, n, ca_pem=ca) for n in ("a", "b"))
+            held = watch(a)                                              # the address's second stream
+            with pytest.raises(grpc.RpcError) as e:
+                watch(b)
+            assert e.value.details() == "at most 2 open streams per address"
+            for s in (first, held):
+                s.cancel()
+            a.raw.close()
+            b.raw.close()
+        admin.close()
+    finally:
+        proc.stop()
+
+
 # ---- item 8: captured prompts need the admin role on the dashboard ------------------------------------
 def test_a_viewer_token_cannot_download_captured_prompts(tmp_path):
     cp = start(tmp_path, http=str(free_port()))
