@@ -49,6 +49,8 @@ def signed_md(key: Ed25519PrivateKey, token: str, method: str, request):
 
 
 class SimAgent:
+    said = 0
+
     def __init__(self, i: int, address: str, ca_pem: bytes):
         self.i = i
         self.channel = grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca_pem))
@@ -59,6 +61,12 @@ class SimAgent:
         self.told: dict[str, float] = {}      # version -> when the watch delivered it
         self.streaming = False
         self.error = ""
+
+    def say(self, what: str) -> None:
+        """The first errors, as they happen, on stderr (the report counts them all)."""
+        SimAgent.said += 1
+        if SimAgent.said <= 10:
+            print(f"agent {self.i}: {what}", file=sys.stderr, flush=True)
 
     async def enroll(self, enroll_token: str) -> None:
         pub = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -83,10 +91,20 @@ class SimAgent:
                 self.told.setdefault(ref[1], time.monotonic())
                 if ref[0] and ref != self.current:
                     self.current = ref
-                    await self.report("serving")
+                    try:
+                        await self.report("serving")
+                    except grpc.aio.AioRpcError as e:
+                        self.error = f"report {e.code().name}: {e.details()}"
+                        self.say(f"{self.error} {e.debug_error_string()}")
+                        call.cancel()
+                        return
+            self.error = "watch ended by the server"
+            self.say(self.error)
         except grpc.aio.AioRpcError as e:
-            if e.code() != grpc.StatusCode.CANCELLED:
-                self.error = f"{e.code().name}: {e.details()}"
+            self.error = f"watch {e.code().name}: {e.details()}"
+            self.say(self.error)
+        except asyncio.CancelledError:
+            pass                           # the bench is over
         finally:
             self.streaming = False
 
@@ -212,7 +230,7 @@ async def run(args) -> dict:
             st = await asyncio.to_thread(admin.rollout, r.rollout_id)
             if st.status in ("completed", "halted", "aborted"):
                 break
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(1)   # GetRollout lists every device: polled fast it loads the control plane
         out["rollout"] = {"strategy": f"waves {args.waves}" if waves else "all at once", "status": st.status,
                           "succeeded": st.succeeded, "failed": st.failed,
                           "completed_s": round(time.monotonic() - t1, 2)}
