@@ -272,6 +272,11 @@ class OgaEngine:
                     break
                 yield
             cache = started.key is not None and rows[0].gen.finish_reason not in ("cancelled", "error")
+        except Exception as e:   # the model failed: every row still open fails with it (never a quiet END)
+            for r in rows:
+                if r.open:
+                    r.fail(e)
+            raise
         finally:
             for r in rows:
                 if r.open:

@@ -328,3 +328,20 @@ def test_a_row_that_fails_fails_alone(engine):
                                          (PROMPTS[2], dict(max_new_tokens=16), None)])
     assert isinstance(broken, TypeError)   # its stop "string" is not one: it fails at its first piece
     assert other == want
+
+
+def test_a_model_failure_reaches_every_row_as_an_error_and_the_engine_goes_on(tiny_int4, tmp_path):
+    import json
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_int4, bad)
+    cfg = json.loads((bad / "genai_config.json").read_text())
+    cfg["model"]["context_length"] = cfg["search"]["max_length"] = 4096   # beyond the 512 positions it has
+    (bad / "genai_config.json").write_text(json.dumps(cfg))
+    e = OgaEngine(bad, manifest_for_dir(bad, "tiny", "v1", "int4"), batch_wait_s=0.05)
+    try:
+        results = concurrently(e, [("Kestrel K2 " * 300, dict(max_new_tokens=4), None)] * 2)
+        assert all(isinstance(r, RuntimeError) for r in results), results   # never a quiet empty answer
+        assert solo(e, "Hi", max_new_tokens=4)[2] > 0
+    finally:
+        e.close()
