@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import pathlib
+import random
 import resource
 import statistics
 import sys
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from control_plane.admin_client import AdminClient, wait_healthy
 from control_plane.procs import free_port, start_control_plane
+from edge_agent.control_client import RETRYABLE
 from edge_agent.device_identity import sign_call
 from slmops.manifest import manifest_for_dir
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -61,6 +63,7 @@ class SimAgent:
         self.told: dict[str, float] = {}      # version -> when the watch delivered it
         self.streaming = False
         self.error = ""
+        self.retries, self.retried = 0, 0
 
     def say(self, what: str) -> None:
         """The first errors, as they happen, on stderr (the report counts them all)."""
@@ -80,6 +83,18 @@ class SimAgent:
                                      current=common_pb2.ModelRef(name=self.current[0], version=self.current[1]))
         await self.stub.ReportStatus(req, metadata=signed_md(self.key, self.token, "ReportStatus", req), timeout=120)
 
+    async def report_retrying(self, state: str) -> None:
+        """As the real agent does (edge_agent/control_client.py RETRYABLE): a retryable failure is retried with
+        backoff and jitter, up to `retries` times."""
+        for attempt in range(self.retries + 1):
+            try:
+                return await self.report(state)
+            except grpc.aio.AioRpcError as e:
+                if attempt == self.retries or e.code() not in RETRYABLE:
+                    raise
+                self.retried += 1
+                await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt) * (0.5 + random.random()))
+
     async def watch(self) -> None:
         try:
             req = fleet_pb2.WatchRequest(device_id=self.device_id)
@@ -92,7 +107,7 @@ class SimAgent:
                 if ref[0] and ref != self.current:
                     self.current = ref
                     try:
-                        await self.report("serving")
+                        await self.report_retrying("serving")
                     except grpc.aio.AioRpcError as e:
                         self.error = f"report {e.code().name}: {e.details()}"
                         self.say(f"{self.error} {e.debug_error_string()}")
@@ -184,6 +199,8 @@ async def run(args) -> dict:
         token = admin.enroll_token(uses=args.agents, ttl_seconds=3600).token
 
         agents = [SimAgent(i, address, ca) for i in range(args.agents)]
+        for a in agents:
+            a.retries = args.report_retries
         sem = asyncio.Semaphore(args.concurrency)
 
         async def bring_up(a: SimAgent):
@@ -237,6 +254,7 @@ async def run(args) -> dict:
         out["health_during_rollout"] = probe.summary("rollout")
         out["cp_after_rollout"] = cp_stats(cp.popen.pid)
         out["streams_at_end"] = sum(a.streaming for a in agents)
+        out["report_retries"] = sum(a.retried for a in agents)
         out["agent_errors_at_end"] = {"count": sum(1 for a in agents if a.error),
                                       "kinds": sorted({a.error[:120] for a in agents if a.error})[:3]}
         admin.close()
@@ -261,6 +279,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=50, help="enrollments in flight at once")
     ap.add_argument("--max-workers", type=int, default=0,
                     help="control plane threads for store work (default: the control plane's own)")
+    ap.add_argument("--report-retries", type=int, default=0,
+                    help="retries of a status report that failed retryably, with backoff (the real agent retries)")
     ap.add_argument("--max-streams", type=int, default=0, help="control plane stream budget (default agents+100)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)   # one socket per agent here and in the control plane
