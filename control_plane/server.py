@@ -230,6 +230,12 @@ class ControlPlane:
         await self.health.enter_graceful_shutdown()
         self._liveness_task.cancel()
         await self.server.stop(grace)
+        # Streams still open (watches) end here, cancelled and awaited, rather than being destroyed mid-await
+        # when the loop closes (which logged "aclose(): asynchronous generator is already running" tracebacks).
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
 
 def serve_forever(cfg: ControlPlaneConfig) -> None:
