@@ -145,3 +145,9 @@ def cluster(tmp_path):
     c = Cluster(tmp_path)
     yield c
     c.stop()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The real-model (slow) tests first: under pytest-xdist (scripts/test.sh) their file then starts on one
+    worker while the other works through the rest, instead of running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
