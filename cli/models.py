@@ -64,39 +64,63 @@ def publish_adapter(peft_dir: pathlib.Path,
                     adapter: str = typer.Option(..., help="adapter name: requests use MODEL:ADAPTER"),
                     name: str = typer.Option(...), version: str = typer.Option(...),
                     adapter_version: str = typer.Option("1"),
+                    base_model: Optional[pathlib.Path] = typer.Option(
+                        None, help="the base's Hugging Face folder, for the merged fp32 reference of the gate "
+                                   "(default: the one the base export names)"),
+                    gate_data: Optional[pathlib.Path] = typer.Option(
+                        None, help="the gate's eval set ({input, output, answer_key} JSONL; default: "
+                                   "training/data/support_heldout.jsonl)"),
+                    gate_examples: int = typer.Option(0, help="eval examples for the gate (0 = all)"),
+                    gate_report: Optional[pathlib.Path] = typer.Option(
+                        None, help="also write the gate report here (passed or not)"),
                     control_plane: str = CP_OPT, admin_token: Optional[str] = TOKEN_OPT,
                     cp_data_dir: Optional[pathlib.Path] = CP_DATA_OPT):
-    """Publish a new LoRA adapter as an adapter-only version: a few KB-MB that names its base. Agents that hold
-    the base fetch only the adapter; the control plane refuses it if the base is not published or does not fit."""
-    import json
+    """Publish a new LoRA adapter as an adapter-only version: a few KB-MB that names its base. It is held to the
+    quality gate first, like a full model: the adapter on the base's export vs the fp32 merged model (same
+    metrics and thresholds); a failing adapter is not published. Agents that hold the base fetch only the
+    adapter; the control plane refuses it if the base is not published or does not fit."""
+    import shutil
     import tempfile
 
     from cli.common import model_ref
     from slmops.errors import ArtifactInvalid
-    from slmops.manifest import manifest_for_dir
-    from training.adapters import AdapterError, convert_adapter
+    from training.adapter_gate import REPORT, gate_adapter
+    from training.adapters import AdapterError
+    from training.export import ExportError
+    from training.publish import adapter_manifest
+    from training.quality_gate import HELDOUT, GateError, GateThresholds, load_examples
 
     base_name, base_version = model_ref(base, "--base")
-    info = base_dir / "export_info.json"
-    if not info.exists():
-        fail(f"{base_dir} has no export_info.json; pass the base's export folder")
-    exp = json.loads(info.read_text())
-    with tempfile.TemporaryDirectory(prefix="adapter-bundle-") as tmp:
-        bundle = pathlib.Path(tmp)
+    if gate_examples < 0:
+        fail("--gate-examples must be 0 (all) or more")
+    data = gate_data or HELDOUT
+    try:
+        examples = load_examples(data, limit=gate_examples)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"--gate-data {data}: not an eval set of {{input, output, answer_key}} records ({type(e).__name__}: "
+             f"{e})")
+    if not examples:
+        fail(f"--gate-data {data} has no records")
+    with tempfile.TemporaryDirectory(prefix="adapter-gate-") as tmp:
+        gated = pathlib.Path(tmp) / "gated"
         try:
-            convert_adapter(peft_dir, base_dir, bundle / f"{adapter}.onnx_adapter")
-            m = manifest_for_dir(bundle, name, version, exp["precision"],
-                                 execution_provider=exp["execution_provider"],
-                                 base={"name": base_name, "version": base_version},
-                                 adapters=({"name": adapter, "path": f"{adapter}.onnx_adapter",
-                                            "version": adapter_version},))
-        except (AdapterError, ArtifactInvalid) as e:
+            try:
+                gate_adapter(peft_dir, base_dir, gated, adapter, base_hf=base_model,
+                             thresholds=GateThresholds(max_examples=gate_examples), examples=examples,
+                             log=console.print)
+            finally:
+                if gate_report and (gated / REPORT).exists():
+                    shutil.copy(gated / REPORT, gate_report)
+            m, bundle = adapter_manifest(gated, name, version, {"name": base_name, "version": base_version},
+                                         adapter_version, peft_dir=peft_dir)
+        except (AdapterError, ArtifactInvalid, ExportError, GateError) as e:
             fail(str(e))
         c = admin(control_plane, admin_token, cp_data_dir)
         r = call(lambda: c.publish(bundle, m))
-    console.print(f"published {r.model.name}@{r.model.version}: adapter {adapter} on {base}, "
-                  f"{m.total_bytes / 1e3:.1f} KB uploaded {c.last_upload['bytes'] / 1e3:.1f} KB; "
-                  f"serve it as {name}:{adapter}")
+    console.print(f"published {r.model.name}@{r.model.version}: adapter {adapter} on {base} (passed the gate: "
+                  f"perplexity {m.metrics['quality_gate']['perplexity']:.3f} vs fp32 merged "
+                  f"{m.metrics['reference']['perplexity']:.3f}), {m.total_bytes / 1e3:.1f} KB uploaded "
+                  f"{c.last_upload['bytes'] / 1e3:.1f} KB; serve it as {name}:{adapter}")
 
 
 @models_app.command("bundle")

@@ -135,6 +135,133 @@ def test_adapter_for_another_base_is_refused_with_the_mismatch_named(tiny_hf, lo
     assert not list(tmp_path.glob("*.onnx_adapter"))
 
 
+# ---- the per-adapter quality gate -----------------------------------------------------------------------
+def gate_examples():
+    from training.quality_gate import load_examples
+
+    return load_examples(limit=6)
+
+
+def scaled_conversion(factor: float):
+    """A conversion that ships the adapter with its B weights scaled (a corrupted adapter in transit): the
+    reference is still merged from the true adapter, so the gate must see the difference."""
+    from safetensors.numpy import load_file, save_file
+
+    def convert(peft_dir, base_dir, out_file):
+        bad = pathlib.Path(out_file).parent.parent.parent / "scaled-peft"
+        shutil.copytree(peft_dir, bad)
+        t = load_file(str(bad / "adapter_model.safetensors"))
+        save_file({k: v * factor if "lora_B" in k else v for k, v in t.items()}, str(bad / "adapter_model.safetensors"))
+        return convert_adapter(bad, base_dir, out_file)
+    return convert
+
+
+def test_adapter_gate_passes_an_adapter_on_its_base_against_the_merged_reference(tiny_hf, lora, tmp_path):
+    from training.adapter_gate import gate_adapter
+    from training.publish import adapter_manifest
+    from training.quality_gate import GateThresholds, check_publishable
+
+    out = tmp_path / "gated"
+    report = gate_adapter(lora["peft"]["a"], lora["base"], out, "a", thresholds=GateThresholds(max_new_tokens=8),
+                          examples=gate_examples(), log=lambda m: None)
+    assert report["passed"] and report["reasons"] == [] and report["base_model"] == str(tiny_hf)
+    assert report["reference"]["what"].startswith("fp32 merged")
+    # on an fp32 base the adapter's LoRA branch computes what the merged weights compute
+    assert abs(report["candidate"]["perplexity"] / report["reference"]["perplexity"] - 1) < 1e-3
+    assert report["candidate"]["greedy_agreement"] == 1.0
+    verdict = check_publishable(out)
+    assert list(verdict["files"]) == ["bundle/a.onnx_adapter"]
+    assert json.loads((out / "gate_report.json").read_text()) == report
+    m, bundle = adapter_manifest(out, "tiny-a", "v1", {"name": "tiny", "version": "v1"}, "a1")
+    assert [f.path for f in m.files] == ["a.onnx_adapter"] and m.base == {"name": "tiny", "version": "v1"}
+    assert m.adapters == ({"name": "a", "path": "a.onnx_adapter", "version": "a1"},)
+    assert m.metrics["adapter_gate"]["passed"] and m.metrics["quality_gate"] == verdict["metrics"]
+    assert (bundle / "a.onnx_adapter").read_bytes() == (out / "bundle" / "a.onnx_adapter").read_bytes()
+
+
+def test_a_corrupted_adapter_fails_its_gate_and_is_never_published(lora, tmp_path):
+    from training.adapter_gate import gate_adapter
+    from training.publish import adapter_manifest
+    from training.quality_gate import GateError, GateThresholds, check_publishable
+
+    out = tmp_path / "gated"
+    with pytest.raises(GateError, match=r"adapter a failed the quality gate on its fp32 base vs the fp32 merged "
+                                        r"reference: .*(perplexity|greedy agreement)"):
+        gate_adapter(lora["peft"]["a"], lora["base"], out, "a", thresholds=GateThresholds(max_new_tokens=8),
+                     examples=gate_examples(), convert=scaled_conversion(8.0), log=lambda m: None)
+    report = json.loads((out / "gate_report.json").read_text())
+    assert report["passed"] is False and report["reasons"]
+    assert report["candidate"]["perplexity"] > report["reference"]["perplexity"]
+    with pytest.raises(GateError, match="failed the quality gate"):
+        check_publishable(out)
+    with pytest.raises(GateError, match="failed the quality gate"):
+        adapter_manifest(out, "tiny-a", "v1", {"name": "tiny", "version": "v1"})
+    # and a passing folder whose adapter file is swapped afterwards is refused as changed
+    good = tmp_path / "good"
+    gate_adapter(lora["peft"]["a"], lora["base"], good, "a", thresholds=GateThresholds(max_new_tokens=8),
+                 examples=gate_examples(), log=lambda m: None)
+    shutil.copy(out / "bundle" / "a.onnx_adapter", good / "bundle" / "a.onnx_adapter")
+    with pytest.raises(GateError, match="bundle/a.onnx_adapter changed since the quality gate ran"):
+        adapter_manifest(good, "tiny-a", "v1", {"name": "tiny", "version": "v1"})
+
+
+def test_adapter_gate_uses_the_full_model_gate_thresholds_on_a_quantized_base(tiny_hf, lora, tmp_path):
+    """On an int8 base the adapter is judged with the int8 limits, as a full int8 model is; with limits nothing can
+    meet, it is refused with the reasons."""
+    from training.adapter_gate import gate_adapter
+    from training.quality_gate import GateError, GateThresholds
+
+    base = export_base_with_slots(tiny_hf, lora["peft"]["a"], tmp_path / "int8", ExportOptions("int8"), **quiet)
+    report = gate_adapter(lora["peft"]["a"], base, tmp_path / "ok", "a",
+                          thresholds=GateThresholds(max_new_tokens=8, max_ppl_increase={"int8": 10.0},
+                                                    min_greedy_agreement=0.0, max_accuracy_drop=1.0),
+                          examples=gate_examples(), log=lambda m: None)
+    assert report["precision"] == "int8" and report["passed"]
+    assert report["thresholds"]["max_ppl_increase"]["int8"] == 10.0
+    assert report["candidate"]["perplexity"] != report["reference"]["perplexity"]   # really the quantized base
+    with pytest.raises(GateError, match=r"perplexity .* \(limit \+0%\)"):
+        gate_adapter(lora["peft"]["a"], base, tmp_path / "strict", "a",
+                     thresholds=GateThresholds(max_new_tokens=8, max_ppl_increase={"int8": 0.0},
+                                               min_greedy_agreement=0.0, max_accuracy_drop=1.0),
+                     examples=gate_examples(), log=lambda m: None)
+
+
+def test_adapter_gate_refuses_a_base_model_that_is_not_the_exported_base(tiny_hf, lora, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from training.adapter_gate import gate_adapter
+
+    other = tmp_path / "other-hf"
+    torch.manual_seed(9)
+    AutoModelForCausalLM.from_config(LlamaConfig.from_pretrained(tiny_hf)).save_pretrained(other)
+    with pytest.raises(AdapterError, match="is not the base"):
+        gate_adapter(lora["peft"]["a"], lora["base"], tmp_path / "x", "a", base_hf=other, examples=gate_examples())
+    with pytest.raises(AdapterError, match="is not there"):
+        gate_adapter(lora["peft"]["a"], lora["base"], tmp_path / "y", "a", base_hf=tmp_path / "nope",
+                     examples=gate_examples())
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_publish_adapter_cli_refuses_a_failing_adapter_and_bad_gate_data(lora, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from training import adapter_gate
+
+    args = ["models", "publish-adapter", str(lora["peft"]["a"]), "--base", "tiny@v1", "--base-dir",
+            str(lora["base"]), "--adapter", "a", "--name", "tiny-a", "--version", "v1", "--gate-examples", "4",
+            "--control-plane", "127.0.0.1:9", "--gate-report", str(tmp_path / "report.json")]
+    monkeypatch.setattr(adapter_gate, "convert_adapter", scaled_conversion(8.0))
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "adapter a failed the quality gate" in r.output and "Traceback" not in r.output
+    assert json.loads((tmp_path / "report.json").read_text())["passed"] is False
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "x"}\n')
+    r = CliRunner().invoke(app, args + ["--gate-data", str(bad)])
+    assert r.exit_code == 1 and "not an eval set" in r.output and "Traceback" not in r.output
+
+
 # ---- served per request --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served(tiny_hf, lora, tmp_path_factory):

@@ -46,6 +46,38 @@ def publishable_manifest(bundle_dir: pathlib.Path, name: str, version: str,
                             adapters=adapter_list, **extra)
 
 
+def adapter_manifest(gated_dir: pathlib.Path, name: str, version: str, base: dict, adapter_version: str = "1",
+                     chunk_bytes: int = DEFAULT_CHUNK_BYTES, peft_dir: pathlib.Path | None = None,
+                     profile_data: list | None = None, semantic: bool = False) -> tuple[Manifest, pathlib.Path]:
+    """The manifest of an adapter-only version from the folder training/adapter_gate.py gated, and the folder to
+    upload (only the adapter file). Refused like a full model: no verdict, a failed one, or a file changed since.
+    The metrics carry the gate's (candidate, fp32 merged reference, verdict), the training data profile and what
+    it learned from (from `peft_dir`'s lineage.json, or `profile_data`)."""
+    gated_dir = pathlib.Path(gated_dir)
+    verdict = check_publishable(gated_dir)
+    try:
+        report = json.loads((gated_dir / "gate_report.json").read_text())
+        base_info = json.loads((pathlib.Path(report["base_dir"]) / "export_info.json").read_text())
+        adapter, rel = report["adapter"], report["file"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ArtifactInvalid(f"{gated_dir} is not a gated adapter folder (training/adapter_gate.py): {e}") from e
+    source = {"source": str(peft_dir)} if peft_dir else {}
+    metrics = {"quality_gate": verdict["metrics"], "reference": verdict["reference"],
+               "adapter_gate": {k: report[k] for k in ("passed", "reasons", "precision") if k in report}
+               | {"reference": report["reference"]["what"]}}
+    prof = data_profile(training_files(source) if profile_data is None else profile_data, semantic)
+    if prof:
+        metrics["data_profile"] = prof
+    trained_on = training_data(source)
+    if trained_on:
+        metrics["training_data"] = trained_on
+    bundle = gated_dir / pathlib.Path(rel).parent
+    m = manifest_for_dir(bundle, name, version, base_info["precision"], chunk_bytes=chunk_bytes,
+                         execution_provider=base_info["execution_provider"], metrics=metrics, base=base,
+                         adapters=({"name": adapter, "path": pathlib.Path(rel).name, "version": adapter_version},))
+    return m, bundle
+
+
 def training_files(export_info: dict) -> list[pathlib.Path]:
     """The data files the exported model was trained on, from its source folder's lineage.json (none if the
     model has no lineage, e.g. a base model exported as it is)."""
