@@ -30,13 +30,18 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
           allow_keyless_enrollment: bool = typer.Option(
               False, "--allow-keyless-enrollment",
               help="let devices enroll without a key pair (their bearer token alone then authenticates them; "
-                   "development only)")):
+                   "development only)"),
+          state: str = typer.Option("", help="state database: a SQLite file or postgresql://USER@HOST:PORT/DB "
+                                             "(default: DATA_DIR/control_plane.db)"),
+          blobs: str = typer.Option("", help="blob store: a folder or s3://BUCKET/PREFIX (default: DATA_DIR/blobs)"),
+          s3_endpoint: str = typer.Option("", help="URL of the S3-compatible store for --blobs s3://... "
+                                                   "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")):
     """Serve the fleet, artifact, telemetry and admin APIs over gRPC (and the dashboard with --http)."""
     import datetime as dt
 
     from control_plane.server import ControlPlaneConfig, serve_forever
     from control_plane.trust_repo import Expiry
-    from slmops.errors import ConfigError
+    from slmops.errors import ConfigError, StorageUnavailable
 
     setup_logging()
     try:
@@ -46,9 +51,10 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
                                          insecure_loopback_dev=insecure_loopback_dev, max_workers=max_workers,
                                          max_streams=max_streams, streams_per_peer=streams_per_peer,
                                          pipeline_jobs=pipeline_jobs, allow_keyless_enrollment=allow_keyless_enrollment,
+                                         state=state, blobs=blobs, s3_endpoint=s3_endpoint,
                                          refresh_s=resign_interval if resign_interval >= 0
                                          else min(5.0, max(0.2, timestamp_expiry / 4))))
-    except ConfigError as e:
+    except (ConfigError, StorageUnavailable) as e:
         fail(str(e))
 
 

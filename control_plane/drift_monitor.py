@@ -134,14 +134,7 @@ class DriftMonitor:
     def __init__(self, store: Store, baseline_s: float = 7200, window_s: float = 3600,
                  th: drift.Thresholds = drift.Thresholds()):
         self.store, self.baseline_s, self.window_s, self.th = store, baseline_s, window_s, th
-        with store._lock:
-            store.db["drift_latest"].create({"model": str, "signal": str, "grp": str, "value": float,
-                                             "threshold": float, "crossed": int, "ts_ms": int},
-                                            pk=("model", "signal"), if_not_exists=True)
-            store.db["drift_versions"].create({"model": str, "first_seen_ms": int}, pk="model", if_not_exists=True)
-            store.db["drift_history"].create({"model": str, "signal": str, "ts_ms": int, "value": float,
-                                              "threshold": float}, if_not_exists=True)
-            store.db["drift_history"].create_index(["model", "ts_ms"], if_not_exists=True)
+        # its tables: control_plane/migrations.py (version 2)
 
     def check(self, now: int | None = None) -> list[str]:
         """Returns the crossings reported by this check (one event each)."""
@@ -189,9 +182,7 @@ class DriftMonitor:
         return out
 
     def _next_seq(self) -> int:
-        seq = int(self.store.get_meta("drift_event_seq") or 0) + 1
-        self.store.set_meta("drift_event_seq", str(seq))
-        return seq
+        return self.store.next_counter("drift_event_seq")   # atomic: two control planes never share a seq
 
 
 def latest(store: Store) -> list[dict]:

@@ -23,12 +23,13 @@ from grpc_health.v1.health import aio as health_aio
 
 from control_plane import tls
 from control_plane.auth import AuditInterceptor, DeviceAuth
-from control_plane.blobs import BlobStore
+from control_plane.blobs import BlobConfig, open_blobs
 from control_plane.limits import StreamGate, StreamLimitInterceptor, StreamLimits
 from control_plane.offload import Offload
 from control_plane.registry import Registry
 from control_plane.rollout_driver import RolloutDriver
 from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServicer, Liveness, TelemetryServicer
+from control_plane.sqldb import StateConfig
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryJob, TelemetryViews
 from control_plane.trust_repo import Expiry, Repository
@@ -66,8 +67,15 @@ class ControlPlaneConfig:
     keepalive_timeout_s: float = 20.0   # closes it (and ends its streams: half-open agents free their slots)
     idle_connection_s: float = 300.0    # a connection with no call open for this long is closed
     max_streams_per_connection: int = 64
+    # Where state and blobs live (docs/ARCHITECTURE.md, "Deployment shapes"). "" = embedded: DATA_DIR/control_plane.db
+    # and DATA_DIR/blobs. Else a SQLite path or postgresql://USER@HOST:PORT/DB; a folder or s3://BUCKET/PREFIX.
+    state: str = ""
+    blobs: str = ""
+    s3_endpoint: str = ""          # the S3-compatible store's URL (SeaweedFS, Garage, ...); "" = AWS's default
 
     def __post_init__(self) -> None:
+        self.state_config()
+        self.blob_config()
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ConfigError(f"--listen {self.listen!r} must be HOST:PORT")
@@ -89,6 +97,12 @@ class ControlPlaneConfig:
             from control_plane.web.server import parse_http
             parse_http(self.http)
 
+    def state_config(self) -> StateConfig:
+        return StateConfig.of(self.state or pathlib.Path(self.data_dir) / "control_plane.db")
+
+    def blob_config(self) -> BlobConfig:
+        return BlobConfig(self.blobs or str(pathlib.Path(self.data_dir) / "blobs"), endpoint_url=self.s3_endpoint)
+
     def limits(self) -> StreamLimits:
         return self.stream_limits or StreamLimits.for_total(self.max_streams, self.streams_per_peer)
 
@@ -98,8 +112,8 @@ class ControlPlane:
         self.cfg = cfg
         data = pathlib.Path(cfg.data_dir)
         data.mkdir(parents=True, exist_ok=True)
-        self.store = Store(data / "control_plane.db")
-        self.blobs = BlobStore(data / "blobs")
+        self.store = Store(cfg.state_config())
+        self.blobs = open_blobs(cfg.blob_config())
         self.repo = Repository(data / "trust", self.store, cfg.expiry)
         self.registry = Registry(self.store, self.blobs, self.repo)
         self._stop_refresh = threading.Event()
@@ -245,7 +259,8 @@ def serve_forever(cfg: ControlPlaneConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"control plane serving on {cfg.listen.rpartition(':')[0]}:{cp.port}; "
-          f"admin token in {cp.admin_token_path}", flush=True)
+          f"admin token in {cp.admin_token_path}; state {cfg.state_config().display()}; "
+          f"blobs {cfg.blob_config().describe()}", flush=True)
     if cp.http:
         print(f"dashboard on http://{cp.http.host}:{cp.http.port}/ (sign in: /login?token=ADMIN_TOKEN)", flush=True)
     stop.wait()

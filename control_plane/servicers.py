@@ -20,7 +20,7 @@ from control_plane.pipelines.servicer import PipelineAdmin
 from control_plane.registry import Registry
 from control_plane.store import Store, enroll_token_id, token_hash
 from control_plane.telemetry_views import TelemetryViews
-from slmops.errors import ArtifactInvalid
+from slmops.errors import ArtifactInvalid, StorageUnavailable
 from slmops.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -158,6 +158,8 @@ def _download_check(store: Store, blobs: BlobStore, dev: dict, request) -> tuple
         size = blobs.size(request.sha256)
     except (FileNotFoundError, ArtifactInvalid):
         return grpc.StatusCode.NOT_FOUND, f"blob {request.sha256[:12]}… is missing", 0
+    except StorageUnavailable as e:
+        return grpc.StatusCode.UNAVAILABLE, str(e), 0
     if request.offset < 0 or request.offset > size or request.length < 0:
         return (grpc.StatusCode.OUT_OF_RANGE,
                 f"offset {request.offset}/length {request.length} outside blob of {size} bytes", 0)
@@ -253,6 +255,8 @@ class AdminServicer(FleetAdmin, PipelineAdmin, admin_pb2_grpc.AdminServicer):  #
             digest, size = self.blobs.put_stream(chunks())
         except ArtifactInvalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except StorageUnavailable as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         if expected.get("sha") and expected["sha"] != digest:
             context.abort(grpc.StatusCode.DATA_LOSS, f"uploaded bytes hash to {digest}, expected {expected['sha']}")
         return admin_pb2.BlobRef(sha256=digest, size=size)
@@ -265,6 +269,8 @@ class AdminServicer(FleetAdmin, PipelineAdmin, admin_pb2_grpc.AdminServicer):  #
             missing = [sha for sha in request.sha256 if not self.blobs.has(sha)]
         except ArtifactInvalid as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except StorageUnavailable as e:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return admin_pb2.BlobList(sha256=missing)
 
     def PublishModel(self, request, context):
@@ -273,6 +279,8 @@ class AdminServicer(FleetAdmin, PipelineAdmin, admin_pb2_grpc.AdminServicer):  #
             m = self.registry.publish(request.manifest_json)
         except ArtifactInvalid as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except StorageUnavailable as e:   # nothing was published: the model row is added after every blob
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"not published: {e}")
         row = self.store.model(m.name, m.version)
         return admin_pb2.PublishResponse(model=common_pb2.ModelRef(name=m.name, version=m.version),
                                          manifest_sha256=row["manifest_sha256"])

@@ -1,6 +1,10 @@
-"""The control plane's state in one SQLite file (sqlite-utils, WAL): models, devices, enrollment tokens,
-admin tokens and telemetry. All access goes through Store, which serialises writers with a lock and wakes
-desired-state watchers when a device's desired model changes.
+"""The control plane's state: models, devices, enrollment tokens, admin tokens, rollouts, audit and telemetry,
+in one SQLite file (the embedded default: sqlite-utils, WAL) or in PostgreSQL (`--state postgresql://...`).
+The SQL is written once for both (control_plane/sqldb.py is the dialect seam); the schema is versioned and
+migrated on start (control_plane/migrations.py). All access goes through Store, which serialises this process's
+writers with a lock and wakes desired-state watchers when a device's desired model changes. What must hold
+across processes sharing one database (one-use enrollment tokens, telemetry sequence numbers, counters) is
+decided by the database itself: conditional updates and `insert or ignore` on primary keys, not the lock.
 """
 from __future__ import annotations
 
@@ -12,12 +16,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-import sqlite_utils
-
+from control_plane import migrations
+from control_plane.sqldb import StateConfig, open_state
 from slmops.errors import RequestInvalid
-from slmops.sqlite_conn import ThreadLocalDB
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = migrations.LATEST
 
 
 def now_ms() -> int:
@@ -58,13 +61,14 @@ class DesiredState:
 
 class Store:
     @property
-    def db(self) -> sqlite_utils.Database:
+    def db(self):
+        """This thread's connection: a sqlite_utils.Database, or sqldb.PgDatabase (the same calls)."""
         return self._dbs.get()
 
-    def __init__(self, path: pathlib.Path):
-        path = pathlib.Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._dbs = ThreadLocalDB(path)
+    def __init__(self, state: StateConfig | str | pathlib.Path):
+        """`state`: a SQLite file path (or sqlite:///PATH), a postgresql:// URL, or a StateConfig."""
+        self.state = StateConfig.of(state)
+        self._dbs, self.dialect = open_state(self.state)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._wakers: dict[str, set] = {}   # device id -> its watch streams' wake-ups (objects with .set())
@@ -73,43 +77,12 @@ class Store:
         self._create()
 
     def _create(self) -> None:
-        db = self.db
         with self._lock:
-            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-            db["models"].create({"name": str, "version": str, "manifest": bytes, "manifest_sha256": str,
-                                 "precision": str, "total_bytes": int, "created_ms": int},
-                                pk=("name", "version"), if_not_exists=True)
-            db["model_files"].create({"name": str, "version": str, "path": str, "sha256": str, "size": int},
-                                     pk=("name", "version", "path"), if_not_exists=True)
-            db["model_files"].create_index(["sha256"], if_not_exists=True)
-            # The chunks of files larger than one chunk (slmops/manifest.py): devices download these by sha256.
-            db["model_chunks"].create({"name": str, "version": str, "sha256": str, "size": int},
-                                      pk=("name", "version", "sha256"), if_not_exists=True)
-            db["model_chunks"].create_index(["sha256"], if_not_exists=True)
-            db["devices"].create({"device_id": str, "name": str, "token_hash": str, "hardware": str,
-                                  "agent_version": str, "desired_name": str, "desired_version": str,
-                                  "desired_rev": int, "current_name": str, "current_version": str,
-                                  "state": str, "message": str, "last_seen_ms": int, "enrolled_ms": int},
-                                 pk="device_id", if_not_exists=True)
-            db["devices"].create_index(["token_hash"], unique=True, if_not_exists=True)
-            db["enroll_tokens"].create({"token_hash": str, "uses_left": int, "expires_ms": int, "created_ms": int},
-                                       pk="token_hash", if_not_exists=True)
-            db["admin_tokens"].create({"token_hash": str, "role": str, "created_ms": int},
-                                      pk="token_hash", if_not_exists=True)
-            db["telemetry"].create({"device_id": str, "seq": int, "ts_ms": int, "kind": str, "name": str,
-                                    "model": str, "latency_ms": float, "first_token_ms": float, "tokens_in": int,
-                                    "tokens_out": int, "outcome": str, "detail": str, "received_ms": int,
-                                    "adapter": str, "vals": str},
-                                   pk=("device_id", "seq"), if_not_exists=True)
-            for col in ("adapter", "vals"):  # databases created before these columns existed
-                if col not in db["telemetry"].columns_dict:
-                    db["telemetry"].add_column(col, str)
-            db["telemetry"].create_index(["ts_ms"], if_not_exists=True)
-            # (device, minute) pairs whose per-minute rollup must be recomputed (control_plane/telemetry_views.py)
-            db["telemetry_dirty"].create({"device_id": str, "minute_ms": int}, pk=("device_id", "minute_ms"),
-                                         if_not_exists=True)
-            db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
-            self._create_fleet()
+            migrations.migrate(self.db, self.dialect)
+
+    def transaction(self):
+        """One database transaction on this thread's connection (a context manager)."""
+        return self.dialect.transaction(self.db)
 
     # ---- meta / fleet default -------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -119,6 +92,15 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
             self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    def next_counter(self, key: str) -> int:
+        """Adds one to the integer kept under `key` in meta and returns it, atomically in the database (two
+        processes never get the same number)."""
+        with self._lock:
+            row = self.db.execute("insert into meta (key, value) values (?, '1') on conflict (key) do update "
+                                  "set value = cast(cast(meta.value as integer) + 1 as text) returning value",
+                                  [key]).fetchone()
+        return int(row[0])
 
     # ---- admin tokens -----------------------------------------------------------------------------
     def create_admin_token(self, role: str = "admin") -> str:
@@ -173,21 +155,24 @@ class Store:
                 "created_by": r.get("created_by") or ""}
 
     def consume_enroll_token(self, token: str) -> str | None:
-        """Uses one use of `token`. Returns None on success, or why it was refused."""
+        """Uses one use of `token`. Returns None on success, or why it was refused. One conditional update
+        decides: two control planes redeeming the last use at once cannot both succeed (the database's row
+        lock makes the second re-read the row and find no use left)."""
+        th, now = token_hash(token), now_ms()
         with self._lock:
-            rows = list(self.db.query("select * from enroll_tokens where token_hash = ?", [token_hash(token)]))
+            if self.db.execute("update enroll_tokens set uses_left = uses_left - 1 where token_hash = ? and "
+                               "uses_left > 0 and expires_ms >= ? and coalesce(revoked_ms, 0) = 0",
+                               [th, now]).rowcount == 1:
+                return None
+            rows = list(self.db.query("select * from enroll_tokens where token_hash = ?", [th]))
             if not rows:
                 return "unknown enrollment token"
             row = rows[0]
             if row.get("revoked_ms"):
                 return "enrollment token revoked"
-            if row["expires_ms"] < now_ms():
+            if row["expires_ms"] < now:
                 return "enrollment token expired"
-            if row["uses_left"] <= 0:
-                return "enrollment token already used up"
-            self.db.execute("update enroll_tokens set uses_left = uses_left - 1 where token_hash = ?",
-                            [row["token_hash"]])
-            return None
+            return "enrollment token already used up"
 
     def add_device(self, name: str, hardware: dict, agent_version: str) -> tuple[str, str]:
         device_id = "dev_" + secrets.token_hex(6)
@@ -235,17 +220,11 @@ class Store:
         """Refreshes last_seen for many devices in one transaction (the watch streams' liveness ticks)."""
         if not device_ids:
             return
-        with self._lock:
-            self.db.execute("begin")
-            try:
-                for i in range(0, len(device_ids), 500):
-                    chunk = device_ids[i:i + 500]
-                    self.db.execute(f"update devices set last_seen_ms = ? where device_id in "
-                                    f"({','.join('?' * len(chunk))})", [now_ms(), *chunk])
-                self.db.execute("commit")
-            except Exception:
-                self.db.execute("rollback")
-                raise
+        with self._lock, self.transaction():
+            for i in range(0, len(device_ids), 500):
+                chunk = device_ids[i:i + 500]
+                self.db.execute(f"update devices set last_seen_ms = ? where device_id in "
+                                f"({','.join('?' * len(chunk))})", [now_ms(), *chunk])
 
     # ---- desired state ----------------------------------------------------------------------------
     def fleet_default(self) -> tuple[str, str] | None:
@@ -260,18 +239,15 @@ class Store:
                 self.set_meta("fleet_default_ms", str(now_ms()))  # vs completed rollouts: the newer one stands
                 device_ids = [d["device_id"] for d in self.devices() if not d.get("pin_name")]
             n = 0
-            self.db.execute("begin")  # one transaction and one statement per 500 devices: a rollout to thousands
-            try:                      # of devices holds the lock for milliseconds, not seconds
+            # one transaction and one statement per 500 devices: a rollout to thousands of devices holds the
+            # lock for milliseconds, not seconds
+            with self.transaction():
                 for i in range(0, len(device_ids), 500):
                     chunk = device_ids[i:i + 500]
                     self._remember_assigned(chunk, name, version)
                     n += self.db.execute(
                         "update devices set desired_name = ?, desired_version = ?, desired_rev = desired_rev + 1 "
                         f"where device_id in ({','.join('?' * len(chunk))})", [name, version, *chunk]).rowcount
-                self.db.execute("commit")
-            except Exception:
-                self.db.execute("rollback")
-                raise
             self._changed.notify_all()
             for did in device_ids:
                 for ev in self._wakers.get(did, ()):
@@ -339,17 +315,21 @@ class Store:
     # ---- models -----------------------------------------------------------------------------------
     def add_model(self, name: str, version: str, manifest: bytes, manifest_sha256: str,
                   precision: str, files: list[dict]) -> None:
+        """One transaction: a version is visible with all its files and chunks, or not at all."""
         with self._lock:
             if self.model(name, version) is not None:
                 raise KeyError(f"{name}@{version} is already published; versions are immutable")
-            self.db["models"].insert({"name": name, "version": version, "manifest": manifest,
-                                      "manifest_sha256": manifest_sha256, "precision": precision,
-                                      "total_bytes": sum(f["size"] for f in files), "created_ms": now_ms()})
-            self.db["model_files"].insert_all({"name": name, "version": version, "path": f["path"],
-                                               "sha256": f["sha256"], "size": f["size"]} for f in files)
-            self.db["model_chunks"].insert_all(({"name": name, "version": version, "sha256": sha, "size": size}
-                                                for f in files for sha, size in f.get("chunks", ())),
-                                               ignore=True)
+            with self.transaction():
+                self.db.execute("insert into models (name, version, manifest, manifest_sha256, precision, "
+                                "total_bytes, created_ms) values (?,?,?,?,?,?,?)",
+                                [name, version, manifest, manifest_sha256, precision,
+                                 sum(f["size"] for f in files), now_ms()])
+                self.dialect.executemany(self.db, "insert into model_files (name, version, path, sha256, size) "
+                                         "values (?,?,?,?,?)",
+                                         [(name, version, f["path"], f["sha256"], f["size"]) for f in files])
+                self.dialect.executemany(self.db, "insert or ignore into model_chunks (name, version, sha256, size) "
+                                         "values (?,?,?,?)", [(name, version, sha, size) for f in files
+                                                              for sha, size in f.get("chunks", ())])
 
     def model(self, name: str, version: str) -> dict | None:
         rows = list(self.db.query("select * from models where name = ? and version = ?", [name, version]))
@@ -374,26 +354,20 @@ class Store:
             return 0, 0
         received = now_ms()
         minutes = {(device_id, e["ts_ms"] // 60000 * 60000) for e in events}
-        with self._lock:
-            self.db.execute("begin")
-            try:
-                # total_changes, not count(*): counting a device's rows grows with its history.
-                before = self.db.conn.total_changes
-                self.db.conn.executemany(
-                    "insert or ignore into telemetry (device_id, seq, ts_ms, kind, name, model, latency_ms, "
-                    "first_token_ms, tokens_in, tokens_out, outcome, detail, received_ms, adapter, vals) "
-                    "values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    [(device_id, e["seq"], e["ts_ms"], e["kind"], e["name"], e["model"], e["latency_ms"],
-                      e["first_token_ms"], e["tokens_in"], e["tokens_out"], e["outcome"], e["detail"], received,
-                      e.get("adapter", ""), json.dumps(e["values"]) if e.get("values") else "")
-                     for e in events])
-                stored = self.db.conn.total_changes - before
-                self.db.conn.executemany("insert or ignore into telemetry_dirty (device_id, minute_ms) values (?,?)",
-                                         sorted(minutes))
-                self.db.execute("commit")
-            except Exception:
-                self.db.execute("rollback")
-                raise
+        with self._lock, self.transaction():
+            # the rows the insert changed, not count(*): counting a device's rows grows with its history; a
+            # (device, seq) already stored (a retried upload, maybe through another control plane) changes none
+            stored = self.dialect.executemany(
+                self.db,
+                "insert or ignore into telemetry (device_id, seq, ts_ms, kind, name, model, latency_ms, "
+                "first_token_ms, tokens_in, tokens_out, outcome, detail, received_ms, adapter, vals) "
+                "values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(device_id, e["seq"], e["ts_ms"], e["kind"], e["name"], e["model"], e["latency_ms"],
+                  e["first_token_ms"], e["tokens_in"], e["tokens_out"], e["outcome"], e["detail"], received,
+                  e.get("adapter", ""), json.dumps(e["values"]) if e.get("values") else "")
+                 for e in events])
+            self.dialect.executemany(self.db, "insert or ignore into telemetry_dirty (device_id, minute_ms) "
+                                     "values (?,?)", sorted(minutes))
         return stored, len(events) - stored
 
     def telemetry(self, device_id: str | None, since_ms: int) -> list[dict]:
@@ -406,25 +380,6 @@ class Store:
 
 
     # ---- fleet: labels, pins, device keys, API tokens, rollouts, audit (issue 6) -------------------
-    def _create_fleet(self) -> None:
-        db = self.db
-        for table, cols in (("devices", {"labels": str, "pin_name": str, "pin_version": str, "reported_ms": int,
-                                         "public_key": str}),
-                            ("enroll_tokens", {"labels": str, "uses": int, "created_by": str, "revoked_ms": int}),
-                            ("admin_tokens", {"name": str, "created_by": str, "revoked_ms": int})):
-            for col, typ in cols.items():  # databases created before these columns existed
-                if col not in db[table].columns_dict:
-                    db[table].add_column(col, typ)
-        db["device_assigned"].create({"device_id": str, "name": str, "version": str, "first_ms": int},
-                                     pk=("device_id", "name", "version"), if_not_exists=True)
-        db.execute("insert or ignore into device_assigned (device_id, name, version, first_ms) select device_id, "
-                   "desired_name, desired_version, ? from devices where desired_name != ''", [now_ms()])
-        db["rollouts"].create({"rollout_id": str, "status": str, "state": str, "created_by": str,
-                               "created_ms": int, "updated_ms": int}, pk="rollout_id", if_not_exists=True)
-        db["rollouts"].create_index(["status"], if_not_exists=True)
-        db.execute("create table if not exists audit (id integer primary key autoincrement, ts_ms integer, "
-                   "who text, role text, action text, target text, result text, detail text)")
-
     def finish_enrollment(self, device_id: str, enroll_token: str, public_key: str) -> None:
         """Applies the enrollment token's labels to the new device and records the key made on the device."""
         rows = list(self.db.query("select labels from enroll_tokens where token_hash = ?", [token_hash(enroll_token)]))

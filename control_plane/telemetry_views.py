@@ -36,14 +36,12 @@ def _row_event(r: dict) -> dict:
 
 class TelemetryViews:
     def __init__(self, store: Store, retention: Retention = Retention()):
-        self.store, self.db, self.retention = store, store.db, retention
+        self.store, self.retention = store, retention   # telemetry_minutes: control_plane/migrations.py
         self._refresh_lock = threading.Lock()
-        with store._lock:
-            self.db["telemetry_minutes"].create(
-                {"device_id": str, "minute_ms": int, "requests": int, "errors": int, "p50_latency_ms": float,
-                 "p95_latency_ms": float, "tokens_out": int, "tokens_per_s": float, "cpu_percent": float,
-                 "rss_bytes": float, "golden_failed": int}, pk=("device_id", "minute_ms"), if_not_exists=True)
-            self.db["telemetry_minutes"].create_index(["minute_ms"], if_not_exists=True)
+
+    @property
+    def db(self):
+        return self.store.db   # the calling thread's connection
 
     # ---- maintenance ------------------------------------------------------------------------------
     def refresh(self, limit: int = 5000) -> int:

@@ -5,6 +5,8 @@
     ├── ArtifactInvalid      bytes, size, signature or manifest do not match what is trusted
     │                        -> never installed; the serving model is untouched; reported as an event
     ├── TransportError       the other side could not be reached or broke off -> retried with backoff
+    │   └── StorageUnavailable   the control plane's state database or blob store could not be reached
+    │                            (the message names which, and where)
     ├── RequestInvalid       a client request is malformed (HTTP 4xx / gRPC INVALID_ARGUMENT)
     └── ModelLoadError       an installed model could not be loaded or failed its smoke test
 
@@ -26,6 +28,10 @@ class ArtifactInvalid(SlmopsError):
 
 
 class TransportError(SlmopsError):
+    pass
+
+
+class StorageUnavailable(TransportError):
     pass
 
 

@@ -151,3 +151,9 @@ def pytest_collection_modifyitems(session, config, items):
     """The real-model (slow) tests first: under pytest-xdist (scripts/test.sh) their file then starts on one
     worker while the other works through the rest, instead of running alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+# PostgreSQL and S3-protocol servers and the backend parameters (pg_url, s3_blob_config, state_url, blob_config,
+# cp_backend): tests/pg_fixtures.py. Tests marked `pg` use them; `pytest -m pg` runs only those.
+from tests.pg_fixtures import (blob_config, cp_backend, pg_server, pg_url, s3_blob_config,  # noqa: E402,F401
+                               s3_server, state_url)

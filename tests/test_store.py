@@ -1,14 +1,16 @@
+"""The store and blob store, each test on both implementations: SQLite and PostgreSQL (`-m pg`), the local folder
+and S3 (tests/pg_fixtures.py starts the servers)."""
 import pytest
 
-from control_plane.blobs import BlobStore
+from control_plane.blobs import BlobStore, open_blobs
 from control_plane.rollups import percentile, summarize
 from control_plane.store import Store
 from slmops.errors import ArtifactInvalid
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Store(tmp_path / "cp.db")
+def store(state_url):
+    return Store(state_url)
 
 
 def test_enroll_token_uses_and_expiry(store):
@@ -57,16 +59,21 @@ def test_devices_identified_by_token_hash_only(store):
     assert token not in str(store.db.execute("select * from devices").fetchall())
 
 
-def test_blob_store_is_content_addressed_and_checks_expected_hash(tmp_path):
-    blobs = BlobStore(tmp_path)
+def test_blob_store_is_content_addressed_and_checks_expected_hash(blob_config, tmp_path):
+    blobs = open_blobs(blob_config)
     sha, size = blobs.put_stream([b"hello ", b"world"])
     assert size == 11 and blobs.has(sha) and b"".join(blobs.read(sha, 6)) == b"world"
-    assert b"".join(blobs.read(sha, 0, 5)) == b"hello"
+    assert b"".join(blobs.read(sha, 0, 5)) == b"hello" and blobs.size(sha) == 11
+    assert b"".join(blobs.read(sha, 0, 0, chunk_size=4)) == b"hello world"
     with pytest.raises(ArtifactInvalid, match="expected"):
         blobs.put_stream([b"x"], expected_sha256="0" * 64)
-    assert not list(tmp_path.glob(".upload-*"))
+    assert not blobs.has("2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881")   # sha256("x")
+    assert not list(tmp_path.rglob(".upload-*"))
     with pytest.raises(ArtifactInvalid):
-        blobs.path("../../etc/passwd")
+        blobs.has("../../etc/passwd")
+    if isinstance(blobs, BlobStore):
+        with pytest.raises(ArtifactInvalid):
+            blobs.path("../../etc/passwd")
 
 
 def test_percentiles_and_summary():

@@ -1,0 +1,331 @@
+"""The state database seam: one SQL text, two databases.
+
+The control plane's SQL is written once (control_plane/store.py, telemetry_views.py, drift_monitor.py,
+cp_metrics.py, migrations.py), in the subset SQLite and PostgreSQL share, with `?` placeholders and SQLite's
+`insert or ignore`. The embedded default is one SQLite file (sqlite-utils over WAL, one connection per thread,
+slmops/sqlite_conn.py); `--state postgresql://...` puts the same tables in PostgreSQL through psycopg 3.
+`PgDatabase` answers the part of sqlite-utils' Database/Table API the code uses (query, execute, db[table].create,
+insert, insert_all, upsert, update, create_index, table_names) and rewrites each statement once:
+`?` -> `%s`, a literal `%` -> `%%`, `insert or ignore into ...` -> `insert into ... on conflict do nothing`,
+and SQLite's DDL types to PostgreSQL's (integer -> bigint: times are milliseconds).
+
+What differs beyond the text lives in a Dialect (transactions, executemany's row count, the lock that lets
+one of several control planes starting at once apply the migrations). Later: LISTEN/NOTIFY for watch wake-ups
+across replicas and a leader lease hang off the PostgreSQL dialect (`Dialect.notify`/`lease` are the seams).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import pathlib
+import re
+import threading
+import urllib.parse
+from dataclasses import dataclass
+
+from slmops.errors import ConfigError, StorageUnavailable
+
+PG_SCHEMES = ("postgresql", "postgres")
+MIGRATION_LOCK = 0x534C4D4F   # pg_advisory_xact_lock key ("SLMO"): one control plane migrates at a time
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Where the control plane keeps its state: a SQLite file (the default, DATA_DIR/control_plane.db) or a
+    PostgreSQL URL (`postgresql://USER[:PASSWORD]@HOST:PORT/DB`; libpq's PG* environment variables fill gaps)."""
+    url: str
+    connect_timeout_s: int = 5
+
+    def __post_init__(self) -> None:
+        if not self.url or len(self.url) > 2000:
+            raise ConfigError("--state must be a SQLite file path or a postgresql:// URL (at most 2000 chars)")
+        if not 1 <= self.connect_timeout_s <= 300:
+            raise ConfigError("the state connect timeout must be 1..300 s")
+        if self.kind == "postgresql":
+            u = urllib.parse.urlsplit(self.url)
+            if not u.path.strip("/") and not u.hostname:
+                raise ConfigError(f"--state {self.display()!r}: name the host and database "
+                                  "(postgresql://USER@HOST:PORT/DB)")
+
+    @classmethod
+    def of(cls, value: "StateConfig | str | pathlib.Path") -> "StateConfig":
+        return value if isinstance(value, StateConfig) else cls(str(value))
+
+    @property
+    def kind(self) -> str:
+        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
+        if scheme in PG_SCHEMES:
+            return "postgresql"
+        if scheme not in ("", "sqlite"):
+            raise ConfigError(f"--state {self.url[:80]!r}: unknown scheme {scheme!r} (a path, sqlite:///PATH "
+                              "or postgresql://...)")
+        return "sqlite"
+
+    @property
+    def sqlite_path(self) -> pathlib.Path:
+        return pathlib.Path(self.url[len("sqlite://"):] if self.url.startswith("sqlite://") else self.url)
+
+    def display(self) -> str:
+        """The URL without its password (for messages and logs)."""
+        if self.kind != "postgresql":
+            return str(self.sqlite_path)
+        u = urllib.parse.urlsplit(self.url)
+        netloc = u.netloc.rsplit("@", 1)
+        if len(netloc) == 2 and ":" in netloc[0]:
+            return urllib.parse.urlunsplit(u._replace(netloc=netloc[0].split(":", 1)[0] + ":***@" + netloc[1]))
+        return self.url
+
+    def where(self) -> str:
+        """HOST:PORT/DB, the part of an unreachable-database message an operator acts on."""
+        u = urllib.parse.urlsplit(self.url)
+        return f"{u.hostname or 'localhost'}:{u.port or 5432}/{u.path.strip('/') or '(default database)'}"
+
+
+# ---- SQLite -------------------------------------------------------------------------------------------------
+class SqliteDialect:
+    name = "sqlite"
+
+    @contextlib.contextmanager
+    def transaction(self, db):
+        """One transaction on this thread's connection (isolation_level=None: statements autocommit otherwise)."""
+        db.execute("begin")
+        try:
+            yield
+        except BaseException:
+            db.execute("rollback")
+            raise
+        db.execute("commit")
+
+    def executemany(self, db, sql: str, rows) -> int:
+        """Runs `sql` once per row; returns the rows changed (an ignored insert changes none)."""
+        return db.conn.executemany(sql, rows).rowcount
+
+    def lock_migrations(self, db) -> None:
+        pass   # the transaction's write lock on the file already serialises migrating processes
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------------------------
+class PostgresDialect:
+    name = "postgresql"
+
+    @contextlib.contextmanager
+    def transaction(self, db):
+        with db.conn.transaction():
+            yield
+
+    def executemany(self, db, sql: str, rows) -> int:
+        rows = [_clean_params(r) for r in rows]
+        if not rows:
+            return 0
+        with db.conn.cursor() as cur:
+            cur.executemany(pg_sql(sql, True), rows)
+            return cur.rowcount
+
+    def lock_migrations(self, db) -> None:
+        db.execute("select pg_advisory_xact_lock(?)", [MIGRATION_LOCK])
+
+
+_TYPES = {str: "text", int: "bigint", float: "double precision", bytes: "bytea", bool: "bigint"}
+_DDL_TYPES = ((re.compile(r"\binteger primary key autoincrement\b", re.I),
+               "bigint generated by default as identity primary key"),
+              (re.compile(r"\binteger\b", re.I), "bigint"), (re.compile(r"\breal\b", re.I), "double precision"),
+              (re.compile(r"\bblob\b", re.I), "bytea"))
+_IGNORE = re.compile(r"^\s*insert\s+or\s+ignore\s+into\b", re.I)
+
+
+@functools.lru_cache(maxsize=2048)
+def pg_sql(sql: str, has_params: bool) -> str:
+    """The PostgreSQL text of one statement written for both databases."""
+    if re.match(r"\s*create\s+table\b", sql, re.I):
+        for pat, repl in _DDL_TYPES:
+            sql = pat.sub(repl, sql)
+    ignore = bool(_IGNORE.match(sql))
+    if ignore:
+        sql = _IGNORE.sub("insert into", sql, count=1)
+    if has_params:
+        out, quoted = [], False
+        for ch in sql:   # placeholders and percent signs outside string literals
+            if ch == "'":
+                quoted = not quoted
+                out.append(ch)
+            elif ch == "?" and not quoted:
+                out.append("%s")
+            elif ch == "%":
+                out.append("%%")
+            else:
+                out.append(ch)
+        sql = "".join(out)
+    return sql + " on conflict do nothing" if ignore else sql
+
+
+def _clean_params(params) -> list:
+    # PostgreSQL text cannot hold NUL; device-sent strings could. U+FFFD keeps the rest of the text.
+    return [p.replace("\x00", "\ufffd") if isinstance(p, str) and "\x00" in p else p for p in params]
+
+
+def _q(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+        raise ValueError(f"not a plain SQL name: {name!r}")
+    return f'"{name}"'
+
+
+class NotFoundError(KeyError):
+    """An update named a row that is not there (sqlite_utils.db.NotFoundError's twin)."""
+
+
+class PgDatabase:
+    """One PostgreSQL connection (autocommit; `Dialect.transaction` groups statements) behind the sqlite-utils
+    calls the control plane makes."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self._pks: dict[str, tuple[str, ...]] = {}
+
+    def execute(self, sql: str, params=None):
+        """A cursor with tuple rows (fetchone/fetchall/rowcount), as sqlite3's execute returns."""
+        if params:
+            return self.conn.execute(pg_sql(sql, True), _clean_params(params))
+        return self.conn.execute(pg_sql(sql, False))
+
+    def query(self, sql: str, params=None):
+        """Rows as dicts, like sqlite-utils' Database.query."""
+        from psycopg.rows import dict_row
+
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            if params:
+                cur.execute(pg_sql(sql, True), _clean_params(params))
+            else:
+                cur.execute(pg_sql(sql, False))
+            return iter(cur.fetchall() if cur.description else [])
+
+    def table_names(self) -> list[str]:
+        return [r[0] for r in self.execute("select table_name from information_schema.tables where "
+                                           "table_schema = current_schema() order by table_name").fetchall()]
+
+    def __getitem__(self, name: str) -> "PgTable":
+        return PgTable(self, name)
+
+    def pks(self, table: str) -> tuple[str, ...]:
+        if table not in self._pks:
+            rows = self.execute(
+                "select a.attname from pg_index i join pg_attribute a on a.attrelid = i.indrelid and "
+                "a.attnum = any(i.indkey) where i.indrelid = cast(? as regclass) and i.indisprimary "
+                "order by array_position(i.indkey, a.attnum)", [table]).fetchall()
+            self._pks[table] = tuple(r[0] for r in rows)
+        return self._pks[table]
+
+
+class PgTable:
+    def __init__(self, db: PgDatabase, name: str):
+        self.db, self.name, self.q = db, name, _q(name)
+
+    def create(self, columns: dict, pk=None, if_not_exists: bool = False, **_) -> "PgTable":
+        pks = (pk,) if isinstance(pk, str) else tuple(pk or ())
+        cols = []
+        for col, typ in columns.items():
+            if pks == (col,) and typ is int:   # sqlite's INTEGER PRIMARY KEY numbers rows itself: so does this
+                cols.append(f"{_q(col)} bigint generated by default as identity")
+            else:
+                cols.append(f"{_q(col)} {_TYPES[typ]}")
+        if pks:
+            cols.append(f"primary key ({', '.join(map(_q, pks))})")
+        self.db.execute(f"create table {'if not exists ' if if_not_exists else ''}{self.q} ({', '.join(cols)})")
+        return self
+
+    def create_index(self, columns, unique: bool = False, if_not_exists: bool = False, **_) -> "PgTable":
+        name = _q(f"idx_{self.name}_{'_'.join(columns)}"[:63])
+        self.db.execute(f"create {'unique ' if unique else ''}index {'if not exists ' if if_not_exists else ''}"
+                        f"{name} on {self.q} ({', '.join(map(_q, columns))})")
+        return self
+
+    @property
+    def columns_dict(self) -> dict:
+        rows = self.db.execute("select column_name, data_type from information_schema.columns where "
+                               "table_schema = current_schema() and table_name = ?", [self.name]).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def add_column(self, name: str, typ) -> "PgTable":
+        self.db.execute(f"alter table {self.q} add column if not exists {_q(name)} {_TYPES[typ]}")
+        return self
+
+    def insert(self, row: dict, ignore: bool = False, **_) -> "PgTable":
+        return self.insert_all([row], ignore=ignore)
+
+    def insert_all(self, rows, ignore: bool = False, **_) -> "PgTable":
+        groups: dict[tuple, list] = {}
+        for r in rows:
+            groups.setdefault(tuple(r), []).append(list(r.values()))
+        for cols, values in groups.items():
+            sql = (f"insert into {self.q} ({', '.join(map(_q, cols))}) values ({', '.join(['%s'] * len(cols))})"
+                   + (" on conflict do nothing" if ignore else ""))
+            with self.db.conn.cursor() as cur:
+                cur.executemany(sql, [_clean_params(v) for v in values])
+        return self
+
+    def upsert(self, row: dict, pk, **_) -> "PgTable":
+        pks = (pk,) if isinstance(pk, str) else tuple(pk)
+        cols = list(row)
+        rest = [c for c in cols if c not in pks]
+        action = ("do update set " + ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in rest)) if rest else "do nothing"
+        self.db.conn.execute(f"insert into {self.q} ({', '.join(map(_q, cols))}) values "
+                             f"({', '.join(['%s'] * len(cols))}) on conflict ({', '.join(map(_q, pks))}) {action}",
+                             _clean_params(row.values()))
+        return self
+
+    def update(self, pk_values, updates: dict, **_) -> "PgTable":
+        pks = self.db.pks(self.name)
+        vals = list(pk_values) if isinstance(pk_values, (list, tuple)) else [pk_values]
+        if len(vals) != len(pks):
+            raise ValueError(f"{self.name}: primary key is {pks}, got {vals!r}")
+        if not updates:
+            return self
+        sets = ", ".join(f"{_q(c)} = %s" for c in updates)
+        where = " and ".join(f"{_q(c)} = %s" for c in pks)
+        cur = self.db.conn.execute(f"update {self.q} set {sets} where {where}",
+                                   _clean_params([*updates.values(), *vals]))
+        if cur.rowcount == 0:
+            raise NotFoundError(f"{self.name}: no row {vals!r}")
+        return self
+
+
+class PgThreadLocal:
+    """One PostgreSQL connection per thread, like ThreadLocalDB for SQLite; a broken one (the server restarted)
+    is replaced on the next call. The store's threads are bounded (control_plane/offload.py), so are these."""
+
+    def __init__(self, cfg: StateConfig):
+        self.cfg = cfg
+        self._local = threading.local()
+        self.get()   # an unreachable server is reported at start, by name
+
+    def get(self) -> PgDatabase:
+        db = getattr(self._local, "db", None)
+        if db is None or db.conn.closed or db.conn.broken:
+            db = self._local.db = PgDatabase(self._connect())
+        return db
+
+    def _connect(self):
+        try:
+            import psycopg
+        except ImportError as e:
+            raise ConfigError("--state postgresql:// needs psycopg 3 (pip install 'psycopg[binary]'; "
+                              "scripts/setup.sh installs it)") from e
+        try:
+            return psycopg.connect(self.cfg.url, autocommit=True, connect_timeout=self.cfg.connect_timeout_s,
+                                   application_name="slmops-control-plane")
+        except psycopg.OperationalError as e:
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise StorageUnavailable(f"cannot reach the state database PostgreSQL at {self.cfg.where()}: "
+                                     f"{reason[:300]}") from e
+        except psycopg.ProgrammingError as e:   # a malformed URL
+            raise ConfigError(f"--state {self.cfg.display()!r}: {str(e)[:300]}") from e
+
+
+def open_state(cfg: StateConfig):
+    """(per-thread database getter, dialect) for this config."""
+    if cfg.kind == "postgresql":
+        return PgThreadLocal(cfg), PostgresDialect()
+    from slmops.sqlite_conn import ThreadLocalDB
+
+    path = cfg.sqlite_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return ThreadLocalDB(path), SqliteDialect()
