@@ -63,8 +63,9 @@ class SimDevice:
 
 
 @pytest.fixture
-def cp(tmp_path):
-    c = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", rollout_interval_s=0.1))
+def cp(tmp_path, cp_backend):   # embedded, then PostgreSQL + S3 (-m pg)
+    c = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", rollout_interval_s=0.1,
+                                        **cp_backend))
     port = c.start()
     for v in ("v1", "v2", "v3-gpu"):
         c.store.db["models"].insert({"name": "m", "version": v, "manifest": b"{}", "precision": "int4",

@@ -26,8 +26,9 @@ def ev(seq, ts=None, **kw):
 
 
 @pytest.fixture
-def cp(tmp_path):
+def cp(tmp_path, cp_backend):   # embedded, then PostgreSQL + S3 (-m pg)
     c = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", http=str(free_port()),
+                                        **cp_backend,
                                         insecure_loopback_dev=True))
     c.start()
     yield c

@@ -45,8 +45,8 @@ def test_health_words():
 
 
 @pytest.fixture
-def views(tmp_path):
-    store = Store(tmp_path / "cp.db")
+def views(state_url):   # SQLite, then PostgreSQL (-m pg)
+    store = Store(state_url)
     return store, TelemetryViews(store, Retention(raw_days=1, rollup_days=30))
 
 
