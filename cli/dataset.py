@@ -25,6 +25,9 @@ def from_captures(out: pathlib.Path = typer.Argument(..., help="folder for train
                   min_chars: int = typer.Option(1, help="shortest prompt kept (characters)"),
                   max_chars: int = typer.Option(4000, help="longest prompt kept (characters)"),
                   script: str = typer.Option("any", help="any, or latin: prompts mostly in Latin letters"),
+                  language: str = typer.Option("any", help="any, or en/de/fr/es/it/nl/pt: drop prompts identified "
+                                                           "as another language (function-word heuristic, "
+                                                           "slmops/language.py; undetermined ones are kept)"),
                   heldout: float = typer.Option(0.2, help="share held out (by prompt hash, repeatable)"),
                   seed: int = typer.Option(0, help="changes which prompts are held out"),
                   min_records: int = typer.Option(2, help="refuse fewer distinct records than this"),
@@ -55,7 +58,8 @@ def from_captures(out: pathlib.Path = typer.Argument(..., help="folder for train
     group = labels(label)
     devices = tuple(devices_labelled(store, group)) if group else None
     try:
-        f = cd.Filters(since_ms, until_ms, model, devices, min_chars, max_chars, script, heldout, seed, min_records)
+        f = cd.Filters(since_ms, until_ms, model, devices, min_chars, max_chars, script, language, heldout, seed,
+                       min_records)
         known = cd.known_prompts(exclude_data)
         res = cd.from_store(store, f, known)
     except ValueError as e:   # a line of --exclude-data that is not JSON

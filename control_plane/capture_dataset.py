@@ -2,9 +2,12 @@
 
 `build` is pure over capture rows and the fleet's consent: it keeps a capture only if its device's latest resource
 sample says capture is on (consent withdrawn, or never reported, means none of that device's captures leave), it
-is inside the time window and the selector, it parses, its answer is not empty, its redaction holds (the default
-redaction is applied again; what it still finds is masked and counted), its prompt length and script pass the
-filters, and its prompt was not seen before (normalised text). Survivors are split deterministically by a hash
+is inside the time window and the selector, it parses, its answer is not empty (an answer that is only a tool
+call is kept: the call becomes the assistant's text as the chat format writes it, `<tool_call>{"name",
+"arguments"}</tool_call>`, counted as "tool-call answers"), its redaction holds (the default redaction is applied
+again; what it still finds is masked and counted), its prompt length, script and language pass the filters
+(slmops/language.py: a function-word heuristic; an undetermined language is kept and counted), and its prompt was
+not seen before (normalised text). Survivors are split deterministically by a hash
 of the prompt into train and held-out, each record carrying its provenance. Every refusal is counted by reason;
 an empty result, one that is all duplicates (of each other or of the training data given), or one with fewer
 than `min_records` distinct records, is refused with the counts. `write` puts the files down atomically
@@ -16,15 +19,16 @@ import hashlib
 import json
 import os
 import pathlib
-import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from slmops import text_profile
+from slmops import language, text_profile
+from slmops.chat_format import CHATML, ChatFormat
 from slmops.errors import ConfigError
 from slmops.redact import redact_default
 
 SCRIPTS = ("any", "latin")
+CHAT = ChatFormat.from_dict(CHATML)   # the recipes' chat template (training/dataset.py renders records with it)
 
 
 class DatasetRefused(ConfigError):
@@ -40,6 +44,7 @@ class Filters:
     min_chars: int = 1                # prompt length bounds, in characters
     max_chars: int = 4000
     script: str = "any"               # "latin": at least 80% of the prompt's letters are Latin
+    language: str = "any"             # a code of slmops/language.py's LANGUAGES: drop prompts identified as another
     heldout_fraction: float = 0.2
     seed: int = 0
     min_records: int = 2              # fewer distinct records than this is refused
@@ -49,6 +54,8 @@ class Filters:
             raise ConfigError(f"length filter {self.min_chars}..{self.max_chars} characters is empty")
         if self.script not in SCRIPTS:
             raise ConfigError(f"script {self.script!r} is not one of {', '.join(SCRIPTS)}")
+        if self.language != "any" and self.language not in language.LANGUAGES:
+            raise ConfigError(f"language {self.language!r} is not one of any, {', '.join(language.LANGUAGES)}")
         if not 0 <= self.heldout_fraction < 1:
             raise ConfigError(f"held-out fraction {self.heldout_fraction} must be within 0 (none) and 1")
         if self.min_records < 1:
@@ -72,14 +79,6 @@ def consenting(samples: dict[str, dict]) -> set[str]:
     return {d for d, v in samples.items() if float((v or {}).get("capture_rate", 0) or 0) > 0}
 
 
-def _latin(text: str) -> bool:
-    letters = [c for c in text if c.isalpha()]
-    if not letters:
-        return True
-    latin = sum(1 for c in letters if "LATIN" in unicodedata.name(c, ""))
-    return latin / len(letters) >= 0.8
-
-
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -98,6 +97,19 @@ def _redact_again(pair: dict) -> tuple[dict, bool]:
         return out
     msgs = [{"role": m["role"], "content": r(m["content"])} for m in pair["messages"]]
     return {"messages": msgs, "response": r(pair["response"])}, changed
+
+
+def _tool_call_answer(pair: dict) -> str | None:
+    """The text of a capture's tool calls as the model writes them (the shape the recipes learn), None when it
+    has none, "" when they cannot be read back (arguments that are no longer JSON)."""
+    calls = pair.get("tool_calls")
+    if not calls:
+        return None
+    try:
+        return CHAT.tool_calls_text([{"name": str(c["name"]), "arguments": json.loads(c["arguments"])}
+                                     for c in calls])
+    except (TypeError, KeyError, ValueError):
+        return ""
 
 
 def _as_chat(pair: dict) -> dict | None:
@@ -141,17 +153,31 @@ def build(rows, consent: set[str], f: Filters, known: frozenset[str] = frozenset
             res.counts["dropped: unreadable capture"] += 1
             continue
         if not pair["response"].strip():
-            res.counts["dropped: empty answer"] += 1
-            continue
+            call = _tool_call_answer(json.loads(row["detail"]))
+            if call is None:
+                res.counts["dropped: empty answer"] += 1
+                continue
+            if not call:
+                res.counts["dropped: unreadable tool call"] += 1
+                continue
+            pair["response"] = call
+            res.counts["tool-call answers"] += 1
         pair, changed = _redact_again(pair)
         res.counts["redacted again"] += changed
         prompt = text_profile.prompt_text({"messages": pair["messages"], "response": ""})
         if not f.min_chars <= len(prompt) <= f.max_chars:
             res.counts["dropped: prompt length"] += 1
             continue
-        if f.script == "latin" and not _latin(prompt):
+        if f.script == "latin" and language.script_of(prompt) != "latin":
             res.counts["dropped: script"] += 1
             continue
+        if f.language != "any":
+            lang = language.language_of(prompt)
+            if lang is None:
+                res.counts["language undetermined (kept)"] += 1
+            elif lang != f.language:
+                res.counts["dropped: language"] += 1
+                continue
         key = prompt_key(prompt)
         if key in seen:
             res.counts["dropped: duplicate"] += 1

@@ -60,7 +60,11 @@ class ChatFormat:
         if m["role"] == "tool":
             return {"role": self.tool_result_role, "content": self.tool_result.format(content=m["content"])}
         if m.get("tool_calls"):
-            calls = "\n".join(self.tool_call.format(call=json.dumps({"name": c["name"], "arguments": c["arguments"]}))
-                              for c in m["tool_calls"])
+            calls = self.tool_calls_text(m["tool_calls"])
             return {"role": m["role"], "content": (m["content"] + "\n" if m["content"] else "") + calls}
         return {"role": m["role"], "content": m["content"]}
+
+    def tool_calls_text(self, calls: list[dict]) -> str:
+        """An assistant's calls ([{"name", "arguments"}]) as the text the model writes for them."""
+        return "\n".join(self.tool_call.format(call=json.dumps({"name": c["name"], "arguments": c["arguments"]}))
+                         for c in calls)

@@ -48,6 +48,50 @@ def test_build_keeps_only_consenting_in_window_distinct_readable_captures():
     assert len(prov["capture_sha256"]) == 64
 
 
+def test_tool_call_answers_are_kept_as_the_call_the_recipes_learn():
+    from slmops.chat_format import CHATML, ChatFormat
+
+    def tool_cap(seq, prompt, calls):
+        return {"device_id": "a", "seq": seq, "ts_ms": T0 + seq, "model": "support@v1", "adapter": "",
+                "detail": json.dumps({"messages": [{"role": "user", "content": prompt}], "response": "",
+                                      "finish_reason": "tool_calls", "tool_calls": calls})}
+    rows = [tool_cap(1, "Open a ticket for the K2", [{"name": "open_ticket", "arguments": '{"device": "K2"}'}]),
+            tool_cap(2, "Call me on 555 123 4567", [{"name": "call", "arguments": '{"to": "555 123 4567"}'}]),
+            tool_cap(3, "Broken call?", [{"name": "x", "arguments": "{not json"}]),
+            cap("a", 4, T0 + 4, "Empty?", response="")]
+    res = cd.build(rows, {"a"}, cd.Filters(heldout_fraction=0.0))
+    c = res.counts
+    assert c["kept"] == 2 and c["tool-call answers"] == 2 and c["dropped: unreadable tool call"] == 1
+    assert c["dropped: empty answer"] == 1
+    answer = res.train[0]["messages"][-1]
+    assert answer == {"role": "assistant", "content": ChatFormat.from_dict(CHATML).tool_calls_text(
+        [{"name": "open_ticket", "arguments": {"device": "K2"}}])}
+    assert answer["content"] == '<tool_call>\n{"name": "open_ticket", "arguments": {"device": "K2"}}\n</tool_call>'
+    assert "555" not in json.dumps(res.train[1])   # redaction holds inside the call too
+
+
+def test_language_filter_drops_other_languages_and_keeps_undetermined_prompts():
+    from slmops.language import language_of
+
+    assert [language_of(t) for t in (
+        "How do I reset the pump on my K3?", "Was bedeutet die Warnleuchte W5 an meinem K3?",
+        "Que signifie le voyant W5 sur mon K3 ?", "¿Qué significa la luz W5 en mi K3?",
+        "Как испечь хлеб?", "Kestrel K3 W5?")] == ["en", "de", "fr", "es", "script:cyrillic", None]
+    rows = [cap("a", 1, T0, "How do I reset the pump on my K3?"),
+            cap("a", 2, T0 + 1, "Was bedeutet die Warnleuchte W5 an meinem K3?"),
+            cap("a", 3, T0 + 2, "Kestrel K3 W5?"),
+            cap("a", 4, T0 + 3, "Как испечь хлеб?")]
+    res = cd.build(rows, {"a"}, cd.Filters(language="en", heldout_fraction=0.0))
+    assert [r["messages"][0]["content"] for r in res.train] == ["How do I reset the pump on my K3?", "Kestrel K3 W5?"]
+    assert res.counts["dropped: language"] == 2 and res.counts["language undetermined (kept)"] == 1
+    de = cd.build(rows, {"a"}, cd.Filters(language="de", heldout_fraction=0.0, min_records=1))
+    assert [r["messages"][0]["content"] for r in de.train] == ["Was bedeutet die Warnleuchte W5 an meinem K3?",
+                                                                "Kestrel K3 W5?"]
+    assert len(cd.build(rows, {"a"}, cd.Filters(heldout_fraction=0.0)).train) == 4   # "any": no filter
+    with pytest.raises(cd.ConfigError, match="language 'klingon' is not one of any, en, de"):
+        cd.Filters(language="klingon")
+
+
 def test_held_out_split_is_repeatable_and_never_empty():
     rows = [cap("a", i, T0 + i, f"question number {i} about bread") for i in range(40)]
     one = cd.build(rows, {"a"}, cd.Filters(heldout_fraction=0.25))
@@ -119,6 +163,11 @@ def test_from_captures_writes_what_the_recipes_read_and_honours_withdrawn_consen
                                           str(tmp_path / "x"), ok=False)
     assert "script 'greek'" in run("dataset", "from-captures", str(out), "--cp-data-dir", str(cp), "--script",
                                    "greek", ok=False)
+    assert "language 'xx'" in run("dataset", "from-captures", str(out), "--cp-data-dir", str(cp), "--language",
+                                  "xx", ok=False)
+    english = json.loads(run("dataset", "from-captures", str(tmp_path / "en"), "--cp-data-dir", str(cp),
+                             "--language", "en", "--json"))
+    assert english["filters"]["language"] == "en" and english["counts"]["kept"] == 10
     assert "--exclude-data" in run("dataset", "from-captures", str(out), "--cp-data-dir", str(cp),
                                    "--exclude-data", str(tmp_path / "missing.jsonl"), ok=False)
 
