@@ -52,3 +52,91 @@ def test_gate_of_a_cpu_target_measures_the_shipped_builds(tiny_hf, tmp_path):
     assert metrics["evaluated_on"] == "cpu" and all(t["evaluated_on"] == "cpu" for t in metrics["tried"])
     assert metrics["tried"][0]["evaluated"] == out["variants"]["int4"]
     assert json.loads((pathlib.Path(got["bundle_dir"]) / "gate.json").read_text())["evaluated_on"] == "cpu"
+
+
+# ---- a held-out slice of captured traffic: scored against a reference model's answers, compared, gated ---------
+def random_model(like: pathlib.Path, out: pathlib.Path, seed: int) -> pathlib.Path:
+    """A model of the same shape with other (random) weights: answers nothing like `like`."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(LlamaConfig.from_pretrained(like)).save_pretrained(out)
+    for n in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(like / n, out / n)
+    return out
+
+
+def captured_slice(path: pathlib.Path) -> pathlib.Path:
+    """Chat records as `dataset from-captures` writes them: the answer is only what the old version said."""
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "v1 said this"}],
+             "provenance": {"device_id": "d", "seq": i}}
+            for i, q in enumerate(["Kestrel K2 error code E17?", "How do I reset the filter?", "What is E42?"])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_evaluate_scores_against_the_reference_models_answers_compares_and_the_gate_measures_both_sets(
+        tiny_hf, tmp_path):
+    other = random_model(tiny_hf, tmp_path / "other-hf", seed=3)
+    heldout = captured_slice(tmp_path / "heldout.jsonl")
+    d = {"name": "loop", "stages": [
+        {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
+        {"evaluate": {"heldout": str(heldout), "reference_model": str(tiny_hf), "compare_model": str(other),
+                      "min_gain_over_compare": 0.2, "min_rouge_l": 0.5, "max_new_tokens": 8}},
+        {"evaluate": {"max_examples": 2, "max_new_tokens": 8}},
+        {"export": {"precisions": ["int4"]}},
+        {"gate": {"order": ["int4", "fp32"], "max_examples": 2, "sets": "evaluated",
+                  "thresholds": {"max_new_tokens": 4, "max_ppl_increase": {"int4": 10.0},
+                                 "max_accuracy_drop": 1.0, "min_greedy_agreement": 0.0}}}]}
+    p = parse(d, ROOT)
+    assert str(tiny_hf / "model.safetensors") in p.stages[1].data_files   # the reference's weights key the stage
+    inputs = {"model_dir": str(tiny_hf), "template": "chatml"}
+    out, m = stages.evaluate(p.stages[1].config, inputs, tmp_path / "eval-captured", print, "")
+    assert m["references"] == f"the answers of {tiny_hf}" and m["examples"] == 3
+    scored = [json.loads(ln) for ln in (tmp_path / "eval-captured" / "scored.jsonl").read_text().splitlines()]
+    assert all(r["messages"][-1]["content"] != "v1 said this" for r in scored)   # the reference's, not v1's
+    assert m["rouge_l"] > 0.9                               # the model scored is the reference model itself
+    assert m["compared"]["model"] == str(other) and m["rouge_l_gain"] == m["rouge_l"] - m["compared"]["rouge_l"] > 0.2
+    out, _ = stages.evaluate(p.stages[2].config, out, tmp_path / "eval-original", print, "")
+    assert list(out["scored_sets"]) == [str(heldout), p.stages[2].config["heldout"]]
+
+    exported, _ = stages.export(p.stages[3].config, out, tmp_path / "export", print, "")
+    got, gm = stages.gate(p.stages[4].config, {**out, **exported}, tmp_path / "gate", print, "")
+    assert gm["sets"] == list(out["scored_sets"]) and got["precision"] == "int4"
+    assert set(gm["tried"][0]["sets"]) == set(out["scored_sets"])
+    report = json.loads((tmp_path / "gate" / "gate_report.json").read_text())
+    assert set(report["sets"]) == set(out["scored_sets"])
+
+
+def test_evaluate_refuses_a_model_no_better_than_the_one_it_replaces(tiny_hf, tmp_path):
+    from control_plane.pipelines.recipe import PipelineInvalid
+
+    worse = random_model(tiny_hf, tmp_path / "worse-hf", seed=4)
+    heldout = captured_slice(tmp_path / "heldout.jsonl")
+    d = {"name": "loop", "stages": [
+        {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
+        {"evaluate": {"heldout": str(heldout), "reference_model": str(tiny_hf), "compare_model": str(tiny_hf),
+                      "min_gain_over_compare": 0.05, "max_new_tokens": 8}}]}
+    cfg = parse(d, ROOT).stages[1].config
+    import pytest
+
+    with pytest.raises(stages.StageFailed, match=r"ROUGE-L 0\.\d+ against the answers of .* is not 0.05 above the "
+                                                 r"compared model's"):
+        stages.evaluate(cfg, {"model_dir": str(worse), "template": "chatml"}, tmp_path / "e", print, "")
+    bad = {"name": "x", "stages": [
+        {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
+        {"evaluate": {"heldout": str(heldout), "reference_model": str(tmp_path / "nope"),
+                      "min_gain_over_compare": 0.1}},
+        {"export": {}}, {"gate": {"sets": "sometimes"}}]}
+    with pytest.raises(PipelineInvalid) as e:
+        parse(bad, ROOT)
+    text = str(e.value)
+    assert "stages[1].evaluate.reference_model: no Hugging Face model at" in text
+    assert "stages[1].evaluate.min_gain_over_compare: needs compare_model" in text
+    assert "stages[3].gate.sets: 'sometimes' must be original" in text
+    with pytest.raises(PipelineInvalid, match="no evaluate stage comes before the gate"):
+        parse({"name": "y", "stages": [{"train": {"recipe": "training/recipes/lora_tiny.yaml"}}, {"export": {}},
+                                       {"gate": {"sets": "evaluated"}}]}, ROOT)

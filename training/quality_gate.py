@@ -3,7 +3,7 @@ be published, and the precision actually shipped is the first in a fallback orde
 
 Measured per variant through onnxruntime-genai (the runtime the device uses):
 - perplexity of the reference answers (teacher-forced, answer tokens only);
-- task accuracy: the greedy answer contains the example's answer_key;
+- task accuracy: the greedy answer contains the example's answer_key (one without a key counts as right);
 - greedy agreement: share of positions where the variant's argmax equals the reference's greedy token, fed the
   reference's greedy continuation (teacher-forced, so one early divergence does not count every later token).
 
@@ -89,14 +89,20 @@ class Metrics:
 
 def load_examples(path: pathlib.Path = HELDOUT, chat: ChatFormat = ChatFormat.from_dict(CHATML),
                   limit: int = 0) -> list[Example]:
+    """{input, output, answer_key} records, or chat records ({messages}, the last one the answer). A record without
+    an answer_key counts as right for every variant alike, so such a set (the teacher's answers to captured
+    traffic) is gated on perplexity and greedy agreement only."""
     out = []
+    end = chat.stop[0] if chat.stop else ""
     for line in pathlib.Path(path).read_text().splitlines():
         if not line.strip():
             continue
         r = json.loads(line)
-        prompt = chat.render([{"role": "user", "content": r["input"]}])
-        end = chat.stop[0] if chat.stop else ""
-        out.append(Example(prompt, r["output"] + end, r["answer_key"]))
+        if "messages" in r:
+            prompt, answer = chat.render(r["messages"][:-1]), r["messages"][-1]["content"]
+        else:
+            prompt, answer = chat.render([{"role": "user", "content": r["input"]}]), r["output"]
+        out.append(Example(prompt, answer + end, r.get("answer_key") or ""))
     return out[:limit] if limit else out
 
 

@@ -188,14 +188,41 @@ def _train(d: dict, where: str, base: pathlib.Path, errors: _Errors, chained: bo
 
 
 def _evaluate(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
-    d = _mapping(d, where, errors, ("heldout", "max_examples", "max_new_tokens", "min_task_accuracy", "resources"))
+    d = _mapping(d, where, errors, ("heldout", "max_examples", "max_new_tokens", "min_task_accuracy", "resources",
+                                    "reference_model", "compare_model", "min_rouge_l", "min_gain_over_compare"))
     heldout = d.get("heldout", str(pathlib.Path(__file__).parents[2] / "training" / "data" / "support_heldout.jsonl"))
     p = _path(base, heldout, f"{where}.heldout", errors)
     cfg = {"heldout": str(p) if p else None,
            "max_examples": _number(d, "max_examples", where, errors, 0, 0, 100000),
            "max_new_tokens": _number(d, "max_new_tokens", where, errors, 32, 1, 512),
            "min_task_accuracy": _number(d, "min_task_accuracy", where, errors, 0.0, 0.0, 1.0, float)}
-    return cfg, ((str(p),) if p else ())
+    if "min_rouge_l" in d:   # the new keys only when given, so the stage keys of older recipes stay as they were
+        cfg["min_rouge_l"] = _number(d, "min_rouge_l", where, errors, 0.0, 0.0, 1.0, float)
+    files = [str(p)] if p else []
+    for key in ("reference_model", "compare_model"):   # Hugging Face folders; their weights key the stage
+        if key not in d:
+            continue
+        folder = _model_folder(base, d[key], f"{where}.{key}", errors)
+        if folder:
+            cfg[key] = str(folder)
+            files += sorted(str(f) for f in folder.iterdir() if f.name == "config.json" or f.suffix == ".safetensors")
+    if "min_gain_over_compare" in d:
+        if "compare_model" not in d:
+            errors.add(f"{where}.min_gain_over_compare", "needs compare_model (the model to be better than)")
+        cfg["min_gain_over_compare"] = _number(d, "min_gain_over_compare", where, errors, 0.0, -1.0, 1.0, float)
+    return cfg, tuple(files)
+
+
+def _model_folder(base: pathlib.Path, value, where: str, errors: _Errors) -> pathlib.Path | None:
+    if not isinstance(value, str) or not value:
+        errors.add(where, f"{value!r} must be a Hugging Face model folder")
+        return None
+    p = pathlib.Path(value)
+    p = p if p.is_absolute() else base / p
+    if not (p / "config.json").is_file():
+        errors.add(where, f"no Hugging Face model at {p} (no config.json)")
+        return None
+    return p
 
 
 def _export(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
@@ -228,7 +255,11 @@ def _gate(d: dict, where: str, base: pathlib.Path, errors: _Errors, exported: li
     from training.export import RUNNABLE
     from training.quality_gate import GateThresholds
 
-    d = _mapping(d, where, errors, ("order", "thresholds", "max_examples", "resources"))
+    d = _mapping(d, where, errors, ("order", "thresholds", "max_examples", "sets", "resources"))
+    sets = d.get("sets", "original")
+    if sets not in ("original", "evaluated"):
+        errors.add(f"{where}.sets", f"{sets!r} must be original (the original held-out set) or evaluated (every "
+                                    f"set the evaluate stages scored, with their references)")
     order = d.get("order") or [p for p in ("int4", "int8", "fp16", "fp32") if p in exported]
     if not isinstance(order, list):
         errors.add(f"{where}.order", "must be a list of exported precisions, best first")
@@ -250,7 +281,10 @@ def _gate(d: dict, where: str, base: pathlib.Path, errors: _Errors, exported: li
     max_examples = _number(d, "max_examples", where, errors, t.max_examples, 0, 100000)
     from dataclasses import asdict
 
-    return {"order": order, "thresholds": {**asdict(t), "max_examples": max_examples}}, ()
+    cfg = {"order": order, "thresholds": {**asdict(t), "max_examples": max_examples}}
+    if sets == "evaluated":   # absent otherwise, so the keys of recipes without it stay as they were
+        cfg["sets"] = sets
+    return cfg, ()
 
 
 def _publish(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple]:
@@ -375,6 +409,8 @@ def parse(d, base_dir: str | pathlib.Path, text: str = "") -> Pipeline:
             errors.add(where, f"must be a mapping of settings, got {type(body).__name__}")
             continue
         if kind == "gate":
+            if (body.get("sets") == "evaluated") and "evaluate" not in seen:
+                errors.add(f"{where}.sets", "evaluated, but no evaluate stage comes before the gate")
             exp = next((s for s in stages if s.kind == "export"), None)
             config, files = _gate(body, where, base, errors, exp.config.get("precisions", []) if exp else [],
                                   exp.config.get("execution_provider", "cpu") if exp else "cpu")

@@ -40,25 +40,79 @@ def train(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tu
 
 
 def evaluate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tuple[dict, dict]:
+    """The trained model on a held-out set. References: the records' own answers, or with `reference_model` that
+    model's greedy answers to the same prompts (the teacher's, for a slice of captured traffic whose answers are
+    only what the old version said). With `compare_model` (the version in service) that model is scored on the
+    same set against the same references. Floors (min_task_accuracy, min_rouge_l, min_gain_over_compare: ROUGE-L
+    above the compared model's) fail the stage, so nothing after it (gate, publish) runs. The scored set is
+    written to scored.jsonl and handed on (outputs `scored_sets`), so a gate with `sets: evaluated` measures on
+    it too."""
     from training.dataset import Template, load_jsonl
     from training.evaluate import evaluate as run_eval
     from training.evaluate import write_report
     from training.loader import load_model
 
-    model, tokenizer, _ = load_model({"source": "hf", "path": inputs["model_dir"]}, cache_dir)
     template = Template.parse(inputs.get("template"))
     examples = load_jsonl(cfg["heldout"])
     examples = examples[:cfg["max_examples"]] if cfg["max_examples"] else examples
+    references = "the records' answers"
+    if cfg.get("reference_model"):
+        examples = reference_answers(cfg["reference_model"], template, examples, cfg["max_new_tokens"], cache_dir)
+        references = f"the answers of {cfg['reference_model']}"
+        log(f"references: {references} to the {len(examples)} held-out prompts")
+    out.mkdir(parents=True, exist_ok=True)
+    scored = out / "scored.jsonl"
+    scored.write_text("".join(json.dumps({"messages": list(ex.messages),
+                                          **({"answer_key": ex.answer_key} if ex.answer_key else {})}) + "\n"
+                              for ex in examples))
+    model, tokenizer, _ = load_model({"source": "hf", "path": inputs["model_dir"]}, cache_dir)
     log(f"evaluating {inputs['model_dir']} on {len(examples)} held-out examples")
     r = run_eval("trained", model, tokenizer, template, examples, cfg["max_new_tokens"], latency_prompts=1)
-    write_report(out, [r])
+    results = [r]
     metrics = {"task_accuracy": r.task_accuracy, "perplexity": r.perplexity, "rouge_l": r.rouge_l,
-               "latency_ms": r.latency_ms, "tokens_per_s": r.tokens_per_s, "params": r.params, "examples": r.n}
+               "latency_ms": r.latency_ms, "tokens_per_s": r.tokens_per_s, "params": r.params, "examples": r.n,
+               "heldout": cfg["heldout"], "references": references}
     log(f"task accuracy {r.task_accuracy}, perplexity {r.perplexity:.2f}, ROUGE-L {r.rouge_l:.3f}")
+    if cfg.get("compare_model"):
+        cm, ct, _ = load_model({"source": "hf", "path": cfg["compare_model"]}, cache_dir)
+        c = run_eval("compared", cm, ct, template, examples, cfg["max_new_tokens"], latency_prompts=0)
+        results.append(c)
+        metrics["compared"] = {"model": cfg["compare_model"], "task_accuracy": c.task_accuracy,
+                               "perplexity": c.perplexity, "rouge_l": c.rouge_l}
+        metrics["rouge_l_gain"] = r.rouge_l - c.rouge_l
+        log(f"compared model {cfg['compare_model']}: task accuracy {c.task_accuracy}, perplexity "
+            f"{c.perplexity:.2f}, ROUGE-L {c.rouge_l:.3f} (gain {r.rouge_l - c.rouge_l:+.3f})")
+    write_report(out, results, [("trained", "compared")] if len(results) > 1 else [])
     if cfg["min_task_accuracy"] and (r.task_accuracy or 0.0) < cfg["min_task_accuracy"]:
         raise StageFailed(f"task accuracy {r.task_accuracy or 0.0:.1%} is below min_task_accuracy "
                           f"{cfg['min_task_accuracy']:.1%}")
-    return {"model_dir": inputs["model_dir"], "template": inputs.get("template")}, metrics
+    if cfg.get("min_rouge_l") and r.rouge_l < cfg["min_rouge_l"]:
+        raise StageFailed(f"ROUGE-L {r.rouge_l:.3f} against {references} is below min_rouge_l {cfg['min_rouge_l']}")
+    if cfg.get("min_gain_over_compare") is not None and cfg.get("compare_model") \
+            and metrics["rouge_l_gain"] < cfg["min_gain_over_compare"]:
+        raise StageFailed(f"ROUGE-L {r.rouge_l:.3f} against {references} is not {cfg['min_gain_over_compare']} "
+                          f"above the compared model's ({cfg['compare_model']}) {metrics['compared']['rouge_l']:.3f}")
+    sets = {**(inputs.get("scored_sets") or {}), cfg["heldout"]: str(scored)}
+    return {"model_dir": inputs["model_dir"], "template": inputs.get("template"), "scored_sets": sets}, metrics
+
+
+def reference_answers(model_dir: str, template, examples: list, max_new_tokens: int, cache_dir: str) -> list:
+    """`examples` with their answers replaced by `model_dir`'s greedy answers to the same prompts (answer keys
+    kept); an empty answer is dropped (nothing to score against)."""
+    from training.dataset import Example
+    from training.generation import generate
+    from training.loader import load_model
+
+    model, tokenizer, _ = load_model({"source": "hf", "path": model_dir}, cache_dir)
+    answers = generate(model, tokenizer, [template.prompt(ex) for ex in examples], max_new_tokens=max_new_tokens)
+    out = []
+    for ex, a in zip(examples, answers):
+        if a.text.strip():
+            msgs = ex.messages[:-1] + ({"role": "assistant", "content": a.text.strip()},)
+            out.append(Example(msgs, {**ex.fields, "output": a.text.strip()}, ex.source))
+    if not out:
+        raise StageFailed(f"the reference model {model_dir} gave no answer to any held-out prompt")
+    return out
 
 
 def export(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tuple[dict, dict]:
@@ -84,42 +138,59 @@ def export(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> t
 
 
 def gate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tuple[dict, dict]:
-    """fp32 is the reference; the first precision of `order` within the thresholds is copied to bundle/ with its
-    gate.json. Everything is measured on the CPU: for a cpu target the shipped builds themselves, for cuda/dml
-    their CPU twins (fp16 has none, so it cannot pass here), and the verdict says so (evaluated_on)."""
+    """fp32 is the reference; the first precision of `order` within the thresholds on every eval set is copied to
+    bundle/ with its gate.json. The eval set is the original held-out set, or with `sets: evaluated` every set the
+    evaluate stages scored (scored.jsonl: their records with the references they were scored against, e.g. the
+    teacher's answers to a held-out slice of captured traffic), each judged apart. Everything is measured on the
+    CPU: for a cpu target the shipped builds themselves, for cuda/dml their CPU twins (fp16 has none, so it cannot
+    pass here), and the verdict says so (evaluated_on)."""
     from training import quality_gate as qg
 
     t = qg.GateThresholds(**cfg["thresholds"])
-    examples = qg.load_examples(limit=t.max_examples)
+    sets = {str(qg.HELDOUT): qg.HELDOUT}
+    if cfg.get("sets") == "evaluated":
+        sets = {name: pathlib.Path(f) for name, f in (inputs.get("scored_sets") or {}).items()}
+        if not sets:
+            raise StageFailed("gate sets: evaluated, but no evaluate stage before it scored a set")
+    examples = {name: qg.load_examples(path, limit=t.max_examples) for name, path in sets.items()}
     target = inputs.get("execution_provider", "cpu")
     variants = {p: pathlib.Path(d) for p, d in inputs["variants"].items()}
     measured = variants if target == "cpu" else {p: pathlib.Path(d) for p, d in inputs["cpu_twins"].items()}
     evaluated_on = "cpu" if target == "cpu" else "cpu twin"
-    log(f"gate: measuring the fp32 reference on {len(examples)} examples"
-        + ("" if target == "cpu" else f" (CPU twins of the {target} builds)"))
-    ref, ref_greedy = qg.evaluate(measured["fp32"], examples, t.max_new_tokens)
+    ref, ref_greedy = {}, {}
+    for name, ex in examples.items():
+        log(f"gate: measuring the fp32 reference on {len(ex)} examples of {name}"
+            + ("" if target == "cpu" else f" (CPU twins of the {target} builds)"))
+        ref[name], ref_greedy[name] = qg.evaluate(measured["fp32"], ex, t.max_new_tokens)
+    first = next(iter(examples))
     tried = []
     for p in cfg["order"]:
-        got = None
+        got = {}
         if p not in measured:
             reasons = [f"{p} has no CPU twin, so it cannot be evaluated on the CPU where the gate runs"]
         else:
-            got = ref if p == "fp32" else qg.evaluate(measured[p], examples, t.max_new_tokens, ref_greedy)[0]
-            reasons = qg.judge(p, ref, got, t)
+            got = {name: ref[name] if p == "fp32" else
+                   qg.evaluate(measured[p], ex, t.max_new_tokens, ref_greedy[name])[0] for name, ex in examples.items()}
+            reasons = [f"{name}: {r}" if len(examples) > 1 else r
+                       for name in examples for r in qg.judge(p, ref[name], got[name], t)]
         tried.append({"precision": p, "passed": not reasons, "reasons": reasons,
-                      "metrics": asdict(got) if got else None, "evaluated_on": evaluated_on,
-                      "evaluated": str(measured[p]) if p in measured else None})
+                      "metrics": asdict(got[first]) if got else None, "evaluated_on": evaluated_on,
+                      "evaluated": str(measured[p]) if p in measured else None,
+                      "sets": {name: asdict(m) for name, m in got.items()}})
         log(f"gate: {p} {'PASSED' if not reasons else 'failed: ' + '; '.join(reasons)} ({evaluated_on})")
         if not reasons:
             bundle = out / "bundle"
             shutil.copytree(variants[p], bundle)   # the target's build is what ships
-            verdict = qg.write_verdict(bundle, p, True, ["fp32 is the reference"] if p == "fp32" else [], got,
-                                       ref, t, evaluated_on=evaluated_on)
-            report = {"chosen": p, "execution_provider": target, "evaluated_on": evaluated_on, "tried": tried}
+            verdict = qg.write_verdict(bundle, p, True, ["fp32 is the reference"] if p == "fp32" else [],
+                                       got[first], ref[first], t, evaluated_on=evaluated_on)
+            report = {"chosen": p, "execution_provider": target, "evaluated_on": evaluated_on, "tried": tried,
+                      "sets": {name: {"file": str(path), "reference": asdict(ref[name])}
+                               for name, path in sets.items()}}
             (out / "gate_report.json").write_text(json.dumps(report, indent=1))
             return ({"bundle_dir": str(bundle), "precision": p, "execution_provider": target},
                     {"chosen": p, "execution_provider": target, "evaluated_on": evaluated_on,
-                     "reference": asdict(ref), "tried": tried, "metrics": verdict["metrics"]})
+                     "reference": asdict(ref[first]), "tried": tried, "metrics": verdict["metrics"],
+                     "sets": list(sets)})
     raise StageFailed("no precision passed the quality gate: "
                       + "; ".join(f"{x['precision']}: {', '.join(x['reasons'])}" for x in tried))
 
