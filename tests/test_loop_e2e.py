@@ -71,6 +71,8 @@ def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(clust
     (work / "runs").mkdir(parents=True)
     for name in (".venv", "training"):   # the recipe's relative paths resolve under the submit folder
         (work / name).symlink_to(ROOT / name)
+    (work / "runs" / "v1").mkdir()
+    (work / "runs" / "v1" / "model").symlink_to(tiny_hf)   # v1's Hugging Face folder (tiny_int4 is its export)
     teacher_data(tmp_path / "k3.jsonl")
     subprocess.run([sys.executable, "-m", "cli", "train", "training/recipes/full_tiny_text_template.yaml",
                     "--set", "base.source=hf", "--set", f"base.path={tiny_hf}", "--set",
@@ -112,6 +114,15 @@ def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(clust
     job = wait_status(cluster, job.job_id, ("succeeded", "failed"), timeout=1200)
     assert job.status == "succeeded", job.reason
     assert [s.kind for s in job.stages].count("evaluate") == 2   # the captured slice and the original held-out set
+    captured, original, gate = (json.loads(job.stages[i].metrics_json) for i in (1, 2, 4))
+    # the slice is scored against the teacher's answers (its records hold only v1's), v2 and v1 alike
+    assert captured["references"] == f"the answers of {work / 'runs' / 'teacher' / 'model'}"
+    assert captured["examples"] == len(heldout) and captured["compared"]["model"] == str(work / "runs/v1/model")
+    assert captured["rouge_l_gain"] >= 0.05 and "compared" in original
+    print(f"captured slice vs the teacher's answers: v2 ROUGE-L {captured['rouge_l']:.2f}, "
+          f"v1 {captured['compared']['rouge_l']:.2f}; original set: v2 {original['rouge_l']:.2f}, "
+          f"v1 {original['compared']['rouge_l']:.2f}")
+    assert len(gate["sets"]) == 2 and all(len(t["sets"]) == 2 for t in gate["tried"] if t["metrics"])
     v2 = job.published
     assert v2.startswith("support@v-")
     from control_plane.store import Store
