@@ -1,0 +1,193 @@
+"""The storage seams under the conditions only real servers show: two connections redeeming one enrollment token at
+the same moment, the same telemetry sequence numbers uploaded twice at once, migrations applied once and a newer
+schema refused, an old SQLite file adopted, an unreachable PostgreSQL named in one line, a publish while the S3
+store is down (a clear error, nothing half-published) and the documented PostgreSQL + S3 deployment run as written.
+Each state test runs on SQLite and on PostgreSQL (tests/pg_fixtures.py; `-m pg` selects the PostgreSQL ones)."""
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from control_plane import migrations
+from control_plane.procs import free_port
+from control_plane.sqldb import StateConfig
+from control_plane.store import Store
+from slmops.errors import ConfigError, StorageUnavailable
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def at_once(n: int, fn) -> list:
+    """Runs fn(i) on n threads released together; returns the results in order."""
+    gate, out = threading.Barrier(n), [None] * n
+
+    def run(i):
+        gate.wait()
+        out[i] = fn(i)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return out
+
+
+def test_two_connections_redeeming_one_use_token_at_once_exactly_one_succeeds(state_url):
+    a, b = Store(state_url), Store(state_url)   # two stores: two connections, no shared in-process lock
+    for _ in range(10):
+        token, _ = a.create_enroll_token(uses=1)
+        got = at_once(2, lambda i: (a, b)[i].consume_enroll_token(token))
+        assert sorted(got, key=str) == [None, "enrollment token already used up"], got
+    token, _ = a.create_enroll_token(uses=3)
+    got = at_once(8, lambda i: (a, b)[i % 2].consume_enroll_token(token))
+    assert got.count(None) == 3 and got.count("enrollment token already used up") == 5
+
+
+def test_the_same_sequence_numbers_uploaded_twice_at_once_are_stored_once(state_url):
+    a, b = Store(state_url), Store(state_url)
+    did, _ = a.add_device("d", {}, "test")
+    events = [{"seq": s, "ts_ms": 1_000 + s, "kind": "request", "name": "chat", "model": "m@v1", "latency_ms": 1.0,
+               "first_token_ms": 1.0, "tokens_in": 1, "tokens_out": 1, "outcome": "ok", "detail": "50% done?"}
+              for s in range(1, 301)]
+    got = at_once(2, lambda i: (a, b)[i].add_telemetry(did, events))
+    assert sum(stored for stored, _ in got) == 300 and sum(dup for _, dup in got) == 300
+    assert len(a.telemetry(did, 0)) == 300 and a.telemetry(did, 0)[0]["detail"] == "50% done?"
+    seqs = at_once(8, lambda i: [(a, b)[i % 2].next_counter("drift_event_seq") for _ in range(10)])
+    flat = [s for chunk in seqs for s in chunk]
+    assert sorted(flat) == list(range(1, 81))   # no number handed out twice
+
+
+def test_migrations_are_recorded_applied_once_and_a_newer_schema_is_refused(state_url):
+    s = Store(state_url)
+    rows = s.db.execute("select version from schema_version order by version").fetchall()
+    assert [r[0] for r in rows] == [m.version for m in migrations.MIGRATIONS]
+    assert migrations.migrate(s.db, s.dialect) == []   # a second start applies nothing
+    s.db.execute("insert into schema_version (version, description, applied_ms) values (?, ?, ?)",
+                 [migrations.LATEST + 1, "from a newer control plane", 0])
+    with pytest.raises(ConfigError, match=f"schema version {migrations.LATEST + 1}"):
+        Store(state_url)
+
+
+def test_a_sqlite_file_from_before_migrations_is_adopted_with_its_rows(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as c:   # the shape of the first schema: later columns missing, no schema_version
+        c.execute("create table meta (key text primary key, value text)")
+        c.execute("create table devices (device_id text primary key, name text, token_hash text, hardware text, "
+                  "agent_version text, desired_name text, desired_version text, desired_rev integer, "
+                  "current_name text, current_version text, state text, message text, last_seen_ms integer, "
+                  "enrolled_ms integer)")
+        c.execute("insert into devices values ('dev_1', 'a', 'h', '{}', '0', 'm', 'v1', 3, '', '', 'serving', '', "
+                  "1, 1)")
+        c.execute("create table telemetry (device_id text, seq integer, ts_ms integer, kind text, name text, "
+                  "model text, latency_ms real, first_token_ms real, tokens_in integer, tokens_out integer, "
+                  "outcome text, detail text, received_ms integer, primary key (device_id, seq))")
+    s = Store(path)
+    assert s.device("dev_1")["desired_rev"] == 3 and "labels" in s.db["devices"].columns_dict
+    assert "vals" in s.db["telemetry"].columns_dict
+    assert s.downloadable(s.device("dev_1")) == [("m", "v1")]
+    assert s.db.execute("select count(*) from device_assigned").fetchone()[0] == 1
+
+
+def test_an_unreachable_postgresql_is_one_clear_error_naming_the_host(tmp_path):
+    port = free_port()
+    url = f"postgresql://slmops:secret@127.0.0.1:{port}/fleet"
+    with pytest.raises(StorageUnavailable, match=f"PostgreSQL at 127.0.0.1:{port}/fleet"):
+        Store(StateConfig(url, connect_timeout_s=2))
+    assert StateConfig(url).display() == f"postgresql://slmops:***@127.0.0.1:{port}/fleet"
+    with pytest.raises(ConfigError, match="unknown scheme"):
+        Store("mysql://x@y/z")
+    r = subprocess.run([sys.executable, "-m", "cli", "control-plane", "serve", "--data-dir", str(tmp_path / "cp"),
+                        "--insecure-loopback-dev", "--listen", "127.0.0.1:0", "--state", url],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and f"127.0.0.1:{port}/fleet" in out and "Traceback" not in out, out
+    assert "secret" not in out
+
+
+@pytest.mark.pg
+def test_publish_while_the_s3_store_is_down_fails_naming_it_and_publishes_nothing(tmp_path, s3_server, pg_url):
+    from control_plane.admin_client import AdminClient, AdminError
+    from control_plane.server import ControlPlane, ControlPlaneConfig
+    from slmops.manifest import manifest_for_dir
+    from tests.pg_fixtures import S3Server
+
+    own = S3Server()   # this test's own S3 server, so stopping it leaves the session's alone
+    try:
+        bucket = own.new_bucket()
+        cp = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", insecure_loopback_dev=True,
+                                             state=pg_url, blobs=f"s3://{bucket}/fleet", s3_endpoint=own.endpoint))
+        port = cp.start()
+        admin = AdminClient(f"127.0.0.1:{port}", cp.admin_token_path.read_text().strip())
+        try:
+            bundle = tmp_path / "bundle"
+            bundle.mkdir()
+            (bundle / "model.onnx").write_bytes(os.urandom(300_000))
+            (bundle / "genai_config.json").write_text("{}")
+            (bundle / "tokenizer.json").write_text("{}")
+            admin.publish(bundle, manifest_for_dir(bundle, "m", "v1", "int4", chunk_bytes=100_000))
+            (bundle / "model.onnx").write_bytes(os.urandom(300_000))
+            own.stop()
+            with pytest.raises(AdminError) as e:
+                admin.publish(bundle, manifest_for_dir(bundle, "m", "v2", "int4", chunk_bytes=100_000))
+            assert e.value.code.name == "UNAVAILABLE"
+            assert f"blob store s3://{bucket}/fleet at {own.endpoint}" in str(e.value)
+            from slmops.v1 import admin_pb2   # the blobs' check inside PublishModel itself fails the same way
+            m3 = manifest_for_dir(bundle, "m", "v3", "int4", chunk_bytes=100_000)
+            with pytest.raises(AdminError, match=f"not published: blob store s3://{bucket}/fleet"):
+                admin._call(admin.stub.PublishModel, admin_pb2.PublishRequest(manifest_json=m3.to_json()))
+            assert [m.model.version for m in admin.models()] == ["v1"]
+            assert cp.store.model("m", "v2") is None
+            assert cp.store.db.execute("select count(*) from model_files where version = 'v2'").fetchone()[0] == 0
+        finally:
+            admin.close()
+            cp.stop(0)
+    finally:
+        own.stop()
+
+
+def deployment_block() -> str:
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    start = text.index("## Deployment shapes\n")
+    nxt = text.find("\n## ", start + 3)
+    blocks = re.findall(r"^```bash\n(.*?)^```", text[start:nxt], flags=re.S | re.M)
+    assert len(blocks) == 1, "docs/ARCHITECTURE.md's Deployment shapes has one shell block (run here)"
+    return blocks[0]
+
+
+@pytest.mark.pg
+@pytest.mark.timeout(300)
+def test_the_documented_postgresql_and_s3_deployment_runs_as_written(tmp_path, pg_url, s3_server):
+    """docs/ARCHITECTURE.md, "Deployment shapes": only the database URL, the S3 endpoint, the bucket and the port
+    are replaced by this test's own."""
+    bucket, port = s3_server.new_bucket(), free_port()
+    script = (deployment_block().replace("postgresql://slmops@127.0.0.1:5432/slmops", pg_url)
+              .replace("http://127.0.0.1:8333", s3_server.endpoint).replace("s3://slmops-blobs/", f"s3://{bucket}/")
+              .replace("127.0.0.1:50061", f"127.0.0.1:{port}"))
+    assert pg_url in script and s3_server.endpoint in script and bucket in script
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    (tmp_path / "deploy.sh").write_text("set -euo pipefail -x\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n"
+                                        + script)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLMOPS_")}
+    proc = subprocess.Popen(["bash", "deploy.sh"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    assert "Traceback" not in text and "slm_enroll_" in text and "tok_" in text
+    assert len(Store(pg_url).enroll_tokens()) == 1                # the state went to PostgreSQL,
+    assert not (tmp_path / "cp-one" / "control_plane.db").exists()   # not to a SQLite file
+    assert not (tmp_path / "cp-one" / "blobs").exists()
