@@ -28,4 +28,12 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null \
     || echo "warning: could not install chromium; the dashboard browser test will be skipped" >&2
 fi
+# PostgreSQL's server binaries (initdb, pg_ctl) for the storage tests (tests/pg_fixtures.py starts a throwaway
+# server; they are skipped without it): Debian's package, only when missing and apt-get exists.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+    && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null \
+    || echo "warning: could not install postgresql; the PostgreSQL storage tests will be skipped" >&2
+fi
 echo "setup done: $(.venv/bin/slmops --version)"
