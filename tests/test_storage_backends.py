@@ -188,6 +188,7 @@ def test_the_documented_postgresql_and_s3_deployment_runs_as_written(tmp_path, p
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-4000:]
     assert "Traceback" not in text and "slm_enroll_" in text and "tok_" in text
+    assert "no version served in the last 1h" in text   # slmops drift --state read the PostgreSQL state
     assert len(Store(pg_url).enroll_tokens()) == 1                # the state went to PostgreSQL,
     assert not (tmp_path / "cp-one" / "control_plane.db").exists()   # not to a SQLite file
     assert not (tmp_path / "cp-one" / "blobs").exists()
