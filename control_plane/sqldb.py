@@ -117,7 +117,7 @@ class PostgresDialect:
         rows = [_clean_params(r) for r in rows]
         if not rows:
             return 0
-        with db.conn.cursor() as cur:
+        with _lost(db.where), db.conn.cursor() as cur:
             cur.executemany(pg_sql(sql, True), rows)
             return cur.rowcount
 
@@ -173,25 +173,39 @@ class NotFoundError(KeyError):
     """An update named a row that is not there (sqlite_utils.db.NotFoundError's twin)."""
 
 
+@contextlib.contextmanager
+def _lost(where: str):
+    """A connection lost mid-call (the server restarted or went away) is StorageUnavailable naming the server;
+    the broken connection is replaced on this thread's next call (PgThreadLocal.get)."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.OperationalError as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StorageUnavailable(f"lost the state database PostgreSQL at {where}: {reason[:300]}") from e
+
+
 class PgDatabase:
     """One PostgreSQL connection (autocommit; `Dialect.transaction` groups statements) behind the sqlite-utils
     calls the control plane makes."""
 
-    def __init__(self, conn):
-        self.conn = conn
+    def __init__(self, conn, where: str = "?"):
+        self.conn, self.where = conn, where
         self._pks: dict[str, tuple[str, ...]] = {}
 
     def execute(self, sql: str, params=None):
         """A cursor with tuple rows (fetchone/fetchall/rowcount), as sqlite3's execute returns."""
-        if params:
-            return self.conn.execute(pg_sql(sql, True), _clean_params(params))
-        return self.conn.execute(pg_sql(sql, False))
+        with _lost(self.where):
+            if params:
+                return self.conn.execute(pg_sql(sql, True), _clean_params(params))
+            return self.conn.execute(pg_sql(sql, False))
 
     def query(self, sql: str, params=None):
         """Rows as dicts, like sqlite-utils' Database.query."""
         from psycopg.rows import dict_row
 
-        with self.conn.cursor(row_factory=dict_row) as cur:
+        with _lost(self.where), self.conn.cursor(row_factory=dict_row) as cur:
             if params:
                 cur.execute(pg_sql(sql, True), _clean_params(params))
             else:
@@ -258,7 +272,7 @@ class PgTable:
         for cols, values in groups.items():
             sql = (f"insert into {self.q} ({', '.join(map(_q, cols))}) values ({', '.join(['%s'] * len(cols))})"
                    + (" on conflict do nothing" if ignore else ""))
-            with self.db.conn.cursor() as cur:
+            with _lost(self.db.where), self.db.conn.cursor() as cur:
                 cur.executemany(sql, [_clean_params(v) for v in values])
         return self
 
@@ -267,9 +281,10 @@ class PgTable:
         cols = list(row)
         rest = [c for c in cols if c not in pks]
         action = ("do update set " + ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in rest)) if rest else "do nothing"
-        self.db.conn.execute(f"insert into {self.q} ({', '.join(map(_q, cols))}) values "
-                             f"({', '.join(['%s'] * len(cols))}) on conflict ({', '.join(map(_q, pks))}) {action}",
-                             _clean_params(row.values()))
+        with _lost(self.db.where):
+            self.db.conn.execute(f"insert into {self.q} ({', '.join(map(_q, cols))}) values "
+                                 f"({', '.join(['%s'] * len(cols))}) on conflict ({', '.join(map(_q, pks))}) "
+                                 f"{action}", _clean_params(row.values()))
         return self
 
     def update(self, pk_values, updates: dict, **_) -> "PgTable":
@@ -281,8 +296,9 @@ class PgTable:
             return self
         sets = ", ".join(f"{_q(c)} = %s" for c in updates)
         where = " and ".join(f"{_q(c)} = %s" for c in pks)
-        cur = self.db.conn.execute(f"update {self.q} set {sets} where {where}",
-                                   _clean_params([*updates.values(), *vals]))
+        with _lost(self.db.where):
+            cur = self.db.conn.execute(f"update {self.q} set {sets} where {where}",
+                                       _clean_params([*updates.values(), *vals]))
         if cur.rowcount == 0:
             raise NotFoundError(f"{self.name}: no row {vals!r}")
         return self
@@ -300,7 +316,7 @@ class PgThreadLocal:
     def get(self) -> PgDatabase:
         db = getattr(self._local, "db", None)
         if db is None or db.conn.closed or db.conn.broken:
-            db = self._local.db = PgDatabase(self._connect())
+            db = self._local.db = PgDatabase(self._connect(), self.cfg.where())
         return db
 
     def _connect(self):

@@ -61,15 +61,18 @@ class PgServer:
         self.demote = demote
         if pw is not None:
             os.chown(root, pw.pw_uid, pw.pw_gid)
-        env = {**os.environ, "LC_ALL": "C"}
+        self.env = {**os.environ, "LC_ALL": "C"}
         subprocess.run([initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                        "--no-instructions"], check=True, capture_output=True, preexec_fn=demote, env=env,
+                        "--no-instructions"], check=True, capture_output=True, preexec_fn=demote, env=self.env,
                        timeout=120)
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {root} -c fsync=off -c synchronous_commit=off "
-                "-c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB")
-        subprocess.run([self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(root / "log"), "-w", "-t", "60",
-                        "start"], check=True, capture_output=True, preexec_fn=demote, env=env, timeout=90)
+        self.start()
         self.admin_url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB")
+        subprocess.run([self.pg_ctl, "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "-t", "60",
+                        "start"], check=True, capture_output=True, preexec_fn=self.demote, env=self.env, timeout=90)
 
     def new_database(self) -> str:
         import psycopg
@@ -86,8 +89,10 @@ class PgServer:
         with psycopg.connect(self.admin_url, autocommit=True) as c:
             c.execute(f"drop database if exists {name} with (force)")
 
-    def stop(self) -> None:
-        subprocess.run([self.pg_ctl, "-D", str(self.data), "-m", "immediate", "stop"], capture_output=True,
+    def stop(self, mode: str = "immediate") -> None:
+        """"fast": a clean shutdown (a restart keeps every commit); "immediate": like a crash (with this test
+        server's fsync and synchronous_commit off, the last commits may be lost)."""
+        subprocess.run([self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"], capture_output=True,
                        preexec_fn=self.demote, timeout=60)
 
 

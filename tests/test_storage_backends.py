@@ -192,3 +192,29 @@ def test_the_documented_postgresql_and_s3_deployment_runs_as_written(tmp_path, p
     assert len(Store(pg_url).enroll_tokens()) == 1                # the state went to PostgreSQL,
     assert not (tmp_path / "cp-one" / "control_plane.db").exists()   # not to a SQLite file
     assert not (tmp_path / "cp-one" / "blobs").exists()
+
+
+@pytest.mark.pg
+def test_a_restarted_postgresql_is_named_while_down_and_reconnected_after():
+    import shutil
+    import tempfile
+
+    from tests.pg_fixtures import PgServer
+
+    pytest.importorskip("psycopg")
+    root = pathlib.Path(tempfile.mkdtemp(prefix="slmops-pg-"))   # not under tmp_path: the postgres user reads it
+    own = PgServer(root)   # its own server: the session's stays up for the other tests
+    try:
+        url = own.new_database()
+        store = Store(url)
+        did, _ = store.add_device("a", {}, "test")
+        own.stop("fast")
+        with pytest.raises(StorageUnavailable, match=f"PostgreSQL at 127.0.0.1:{own.port}/"):
+            store.device(did)
+        with pytest.raises(StorageUnavailable, match=f"127.0.0.1:{own.port}/"):   # still down: named again
+            store.device(did)
+        own.start()
+        assert store.device(did)["name"] == "a"   # the same Store, a new connection
+    finally:
+        own.stop()
+        shutil.rmtree(root, ignore_errors=True)
