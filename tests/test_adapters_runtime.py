@@ -260,6 +260,12 @@ def test_publish_adapter_cli_refuses_a_failing_adapter_and_bad_gate_data(lora, t
     bad.write_text('{"input": "x"}\n')
     r = CliRunner().invoke(app, args + ["--gate-data", str(bad)])
     assert r.exit_code == 1 and "not an eval set" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, args + ["--base-model", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "is not there" in r.output and "--base-model" in r.output
+    good = tmp_path / "good.jsonl"   # a valid --gate-data reaches the gate (which the scaled adapter still fails)
+    good.write_text('{"input": "Kestrel K2 error code E17?", "output": "Replace the filter.", "answer_key": "filter"}\n')
+    r = CliRunner().invoke(app, args + ["--gate-data", str(good)])
+    assert r.exit_code == 1 and "on 1 examples" in r.output and "failed the quality gate" in r.output
 
 
 # ---- served per request --------------------------------------------------------------------------------
