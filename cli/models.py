@@ -125,16 +125,22 @@ def publish_adapter(peft_dir: pathlib.Path,
 
 @models_app.command("bundle")
 def bundle(name: str, version: str, out: pathlib.Path = typer.Option(..., help="FILE.slmops.tar"),
-           cp_data_dir: pathlib.Path = typer.Option(..., help="the control plane's data folder")):
+           cp_data_dir: pathlib.Path = typer.Option(..., help="the control plane's data folder"),
+           state: str = typer.Option("", help="the control plane's --state (default: the data folder's SQLite)"),
+           blobs: str = typer.Option("", help="the control plane's --blobs (default: the data folder's blobs/)"),
+           s3_endpoint: str = typer.Option("", help="the control plane's --s3-endpoint")):
     """Write an offline bundle for air-gapped devices: drop it into an agent's sideload folder."""
+    from control_plane.blobs import BlobConfig
     from control_plane.bundle_export import export_bundle
-    from slmops.errors import ArtifactInvalid
+    from control_plane.sqldb import StateConfig
+    from slmops.errors import ArtifactInvalid, ConfigError, StorageUnavailable
 
     if not out.name.endswith(".slmops.tar"):
         fail("the bundle file name must end in .slmops.tar (agents watch for that suffix)")
     try:
-        export_bundle(cp_data_dir, name, version, out)
-    except ArtifactInvalid as e:
+        export_bundle(cp_data_dir, name, version, out, StateConfig(state) if state else None,
+                      BlobConfig(blobs, endpoint_url=s3_endpoint) if blobs or s3_endpoint else None)
+    except (ArtifactInvalid, ConfigError, StorageUnavailable) as e:
         fail(str(e))
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 

@@ -1,5 +1,6 @@
 """Writes an offline bundle (see edge_agent/bundle.py) for NAME@VERSION from a control plane data folder:
-the signed metadata chain as it is now, the manifest and every blob. `slmops models bundle`."""
+the signed metadata chain as it is now, the manifest and every blob. `slmops models bundle`. State and blobs are
+read where the control plane keeps them (its --state / --blobs; the data folder's by default)."""
 from __future__ import annotations
 
 import io
@@ -7,16 +8,38 @@ import json
 import pathlib
 import tarfile
 
-from control_plane.blobs import BlobStore
+from control_plane.blobs import BlobConfig, open_blobs
+from control_plane.sqldb import StateConfig
 from control_plane.store import Store
 from slmops.errors import ArtifactInvalid
 from slmops.manifest import Manifest
 
 
-def export_bundle(data_dir: pathlib.Path, name: str, version: str, out: pathlib.Path) -> pathlib.Path:
+class _BlobReader(io.RawIOBase):
+    """A blob's byte stream as the file object tarfile reads from (works for the folder and for S3)."""
+
+    def __init__(self, chunks):
+        self.chunks, self.rest = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self.rest:
+            self.rest = next(self.chunks, None)
+            if self.rest is None:
+                self.rest = b""
+                return 0
+        n = min(len(buf), len(self.rest))
+        buf[:n], self.rest = self.rest[:n], self.rest[n:]
+        return n
+
+
+def export_bundle(data_dir: pathlib.Path, name: str, version: str, out: pathlib.Path,
+                  state: StateConfig | None = None, blob_config: BlobConfig | None = None) -> pathlib.Path:
     data_dir = pathlib.Path(data_dir)
-    store = Store(data_dir / "control_plane.db")
-    blobs = BlobStore(data_dir / "blobs")
+    store = Store(state or data_dir / "control_plane.db")
+    blobs = open_blobs(blob_config or BlobConfig(str(data_dir / "blobs")))
     row = store.model(name, version)
     if row is None:
         raise ArtifactInvalid(f"no published model {name}@{version} in {data_dir}")
@@ -37,8 +60,12 @@ def export_bundle(data_dir: pathlib.Path, name: str, version: str, out: pathlib.
             if not raw:
                 raise ArtifactInvalid(f"{data_dir} has no signed {role} metadata yet")
             add_bytes(tar, f"metadata/{role}.json", bytes.fromhex(raw))
-        tar.add(blobs.path(row["manifest_sha256"]), f"blobs/{row['manifest_sha256']}")
-        for sha in sorted({sha for f in m.files for sha, _, _ in f.chunk_spans()}):
-            tar.add(blobs.path(sha), f"blobs/{sha}")
+        for sha in [row["manifest_sha256"], *sorted({sha for f in m.files for sha, _, _ in f.chunk_spans()})]:
+            try:
+                info = tarfile.TarInfo(f"blobs/{sha}")
+                info.size = blobs.size(sha)
+            except FileNotFoundError as e:
+                raise ArtifactInvalid(f"blob {sha[:12]}… of {name}@{version} is missing from the blob store") from e
+            tar.addfile(info, _BlobReader(blobs.read(sha)))
     tmp.rename(out)
     return out

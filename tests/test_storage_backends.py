@@ -218,3 +218,59 @@ def test_a_restarted_postgresql_is_named_while_down_and_reconnected_after():
     finally:
         own.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_state_and_blob_settings_are_checked_when_the_config_is_made(tmp_path):
+    from control_plane.blobs import BlobStore
+    from control_plane.server import ControlPlaneConfig
+
+    cfg = ControlPlaneConfig(data_dir=tmp_path / "cp", state=f"sqlite://{tmp_path}/elsewhere/state.db",
+                             blobs=str(tmp_path / "blob-folder"))
+    assert cfg.state_config().kind == "sqlite" and cfg.state_config().sqlite_path == tmp_path / "elsewhere/state.db"
+    Store(cfg.state_config()).set_meta("k", "v")
+    assert (tmp_path / "elsewhere" / "state.db").is_file()
+    from control_plane.blobs import open_blobs
+    assert isinstance(open_blobs(cfg.blob_config()), BlobStore) and (tmp_path / "blob-folder").is_dir()
+    assert ControlPlaneConfig(data_dir=tmp_path / "cp").state_config().sqlite_path == tmp_path / "cp/control_plane.db"
+    for kw, words in (({"s3_endpoint": "http://127.0.0.1:9"}, "--s3-endpoint is for --blobs s3://"),
+                      ({"blobs": "s3://"}, "name the bucket"),
+                      ({"blobs": "s3://b", "s3_endpoint": "ftp://x"}, "http:// or https://"),
+                      ({"state": "postgresql://"}, "name the host and database"),
+                      ({"state": "redis://x"}, "unknown scheme")):
+        with pytest.raises(ConfigError, match=words):
+            ControlPlaneConfig(data_dir=tmp_path / "cp", **kw)
+
+
+@pytest.mark.pg
+def test_an_offline_bundle_is_written_from_postgresql_and_s3(tmp_path, pg_url, s3_blob_config):
+    import hashlib
+    import tarfile
+
+    from control_plane.admin_client import AdminClient
+    from control_plane.server import ControlPlane, ControlPlaneConfig
+    from slmops.manifest import manifest_for_dir
+
+    blobs = ["--blobs", s3_blob_config.url, "--s3-endpoint", s3_blob_config.endpoint_url]
+    cp = ControlPlane(ControlPlaneConfig(data_dir=tmp_path / "cp", listen="127.0.0.1:0", insecure_loopback_dev=True,
+                                         state=pg_url, blobs=blobs[1], s3_endpoint=blobs[3]))
+    port = cp.start()
+    admin = AdminClient(f"127.0.0.1:{port}", cp.admin_token_path.read_text().strip())
+    try:
+        bundle = tmp_path / "bundle"
+        bundle.mkdir()
+        (bundle / "model.onnx").write_bytes(os.urandom(250_000))
+        (bundle / "genai_config.json").write_text("{}")
+        (bundle / "tokenizer.json").write_text("{}")
+        admin.publish(bundle, manifest_for_dir(bundle, "m", "v1", "int4", chunk_bytes=100_000))
+    finally:
+        admin.close()
+        cp.stop(0)
+    out = tmp_path / "m-v1.slmops.tar"
+    r = subprocess.run([sys.executable, "-m", "cli", "models", "bundle", "m", "v1", "--out", str(out),
+                        "--cp-data-dir", str(tmp_path / "cp"), "--state", pg_url, *blobs],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with tarfile.open(out) as tar:
+        got = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.startswith("blobs/")}
+    assert len(got) == 1 + 3 + 1   # the manifest, 3 chunks of model.onnx, the two "{}" files (one blob)
+    assert all(hashlib.sha256(data).hexdigest() == name.split("/")[1] for name, data in got.items())
