@@ -109,6 +109,9 @@ def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(clust
     heldout = [json.loads(ln)["messages"][0]["content"]
                for ln in (work / "runs" / "captured" / "heldout.jsonl").read_text().splitlines()]
     assert len(heldout) >= 4
+    trained_on = {json.loads(ln)["messages"][0]["content"]
+                  for ln in (work / "runs" / "captured" / "train.jsonl").read_text().splitlines()}
+    assert trained_on and not trained_on & set(heldout)   # the held-out slice is never trained on
 
     job = cluster.admin.submit_pipeline(RECIPE.read_text(), str(work))
     job = wait_status(cluster, job.job_id, ("succeeded", "failed"), timeout=1200)
