@@ -91,8 +91,8 @@ def _events(prompts, t0, seq0=1):
     return out
 
 
-def test_monitor_reports_a_topic_shift_once_and_the_gauges_show_it(tmp_path):
-    store = Store(tmp_path / "cp.db")
+def test_monitor_reports_a_topic_shift_once_and_the_gauges_show_it(tmp_path, state_url):
+    store = Store(state_url)
     _publish_row(store, tmp_path, "v1", tp.profile(SUPPORT))
     now = drift_monitor.now_ms()
     store.add_telemetry("dev1", _events(SUPPORT[:20], now - 60_000))
@@ -109,8 +109,8 @@ def test_monitor_reports_a_topic_shift_once_and_the_gauges_show_it(tmp_path):
     assert 'slmops_cp_drift_threshold{group="input",model="support@v1",signal="input_lexical_js"} 0.2' in text
 
 
-def test_a_drift_query_for_an_unknown_version_names_what_is_published(tmp_path):
-    store = Store(tmp_path / "cp.db")
+def test_a_drift_query_for_an_unknown_version_names_what_is_published(tmp_path, state_url):
+    store = Store(state_url)
     _publish_row(store, tmp_path, "v1", None)
     with pytest.raises(drift_monitor.UnknownVersion, match=r"no published version support@v9 \(published: v1\)"):
         drift_monitor.evaluate(store, "support", "v9", 0)
@@ -211,8 +211,8 @@ def test_a_version_names_the_captures_dataset_it_learned_from(tmp_path):
     assert "dataset" not in training_data({"source": str(src)})[0]
 
 
-def test_the_baseline_stays_anchored_at_the_rollout_and_the_recent_window_is_always_read(tmp_path, monkeypatch):
-    store = Store(tmp_path / "cp.db")
+def test_the_baseline_stays_anchored_at_the_rollout_and_the_recent_window_is_always_read(tmp_path, state_url, monkeypatch):
+    store = Store(state_url)
     _publish_row(store, tmp_path, "v1", tp.profile(SUPPORT))
     now = drift_monitor.now_ms()
     rollout = now - 5 * 3600_000
