@@ -15,6 +15,7 @@ and every enrollment are audited too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import heapq
@@ -337,39 +338,35 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 await record(req, code, details, None)
             return AsyncCallContext(context, on_abort), done
 
+        @contextlib.asynccontextmanager
+        async def guarded(request, context, streaming: bool):
+            """Checks the caller, hands the handler its audited context, records the outcome unless an abort
+            already did (a stream the client left is not an outcome: nothing to record)."""
+            req = request if one_request else None
+            token = await check(req, context)
+            ctx, done = audited(req, context)
+            err = None
+            try:
+                yield ctx
+            except BaseException as e:
+                err = e
+                raise
+            finally:
+                if token is not None:
+                    _DEVICE.reset(token)
+                left = streaming and isinstance(err, (GeneratorExit, asyncio.CancelledError))
+                if not done and not left:
+                    await record(req, context.code(), context.details(), err)
+
         if not handler.response_streaming:
             async def wrapped(request, context):
-                req = request if one_request else None
-                token = await check(req, context)
-                ctx, done = audited(req, context)
-                err = None
-                try:
+                async with guarded(request, context, False) as ctx:
                     return await behavior(request, ctx)
-                except BaseException as e:
-                    err = e
-                    raise
-                finally:
-                    if token is not None:
-                        _DEVICE.reset(token)
-                    if not done:
-                        await record(req, context.code(), context.details(), err)
         else:
             async def wrapped(request, context):
-                req = request if one_request else None
-                token = await check(req, context)
-                ctx, done = audited(req, context)
-                err = None
-                try:
+                async with guarded(request, context, True) as ctx:
                     async for msg in behavior(request, ctx):
                         yield msg
-                except BaseException as e:
-                    err = e
-                    raise
-                finally:
-                    if token is not None:
-                        _DEVICE.reset(token)
-                    if not done and not isinstance(err, (GeneratorExit, asyncio.CancelledError)):
-                        await record(req, context.code(), context.details(), err)
         return handler._replace(**{kind: wrapped})
 
     def _wrap_admin(self, handler, method: str, metadata):
