@@ -84,11 +84,14 @@ class StateConfig:
 # ---- SQLite -------------------------------------------------------------------------------------------------
 class SqliteDialect:
     name = "sqlite"
+    for_update = ""   # the transaction already holds the file's write lock
 
     @contextlib.contextmanager
     def transaction(self, db):
-        """One transaction on this thread's connection (isolation_level=None: statements autocommit otherwise)."""
-        db.execute("begin")
+        """One write transaction on this thread's connection (isolation_level=None: statements autocommit
+        otherwise). `immediate`: the write lock is taken at the start, so what it reads stays true until it
+        commits (two processes never both act on the same read)."""
+        db.execute("begin immediate")
         try:
             yield
         except BaseException:
@@ -107,6 +110,7 @@ class SqliteDialect:
 # ---- PostgreSQL ---------------------------------------------------------------------------------------------
 class PostgresDialect:
     name = "postgresql"
+    for_update = " for update"   # appended to a select inside a transaction: lock the rows it read
 
     @contextlib.contextmanager
     def transaction(self, db):

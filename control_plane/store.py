@@ -418,7 +418,9 @@ class Store:
 
     def revoke_api_token(self, token_id: str) -> dict | None:
         """Marks the API token revoked; None when no token has this id. Raises LastAdminToken rather than
-        leave the control plane without a live admin token."""
+        leave the control plane without a live admin token. The live admin tokens are locked while they are
+        counted (SQLite: the write transaction; PostgreSQL: `for update`), so two control planes revoking the last
+        two at once cannot both succeed."""
         h = _hash_prefix(token_id, API_ID_PREFIX)
         with self._lock:
             rows = list(self.db.query("select * from admin_tokens where substr(token_hash, 1, ?) = ?",
@@ -427,15 +429,16 @@ class Store:
                 return None
             row = rows[0]
             if not row.get("revoked_ms"):
-                if row["role"] == "admin":
-                    live = next(iter(self.db.query(
-                        "select count(*) as n from admin_tokens where role = 'admin' and "
-                        "coalesce(revoked_ms, 0) = 0 and token_hash != ?", [row["token_hash"]])))["n"]
-                    if live == 0:
-                        raise LastAdminToken(f"{token_id} is the last live admin token; create another admin "
-                                             "token before revoking it")
-                self.db.execute("update admin_tokens set revoked_ms = ? where token_hash = ?",
-                                [now_ms(), row["token_hash"]])
+                with self.transaction():
+                    if row["role"] == "admin":
+                        live = [r[0] for r in self.db.execute(
+                            "select token_hash from admin_tokens where role = 'admin' and coalesce(revoked_ms, 0) = 0"
+                            + self.dialect.for_update).fetchall()]
+                        if not set(live) - {row["token_hash"]}:
+                            raise LastAdminToken(f"{token_id} is the last live admin token; create another admin "
+                                                 "token before revoking it")
+                    self.db.execute("update admin_tokens set revoked_ms = ? where token_hash = ? and "
+                                    "coalesce(revoked_ms, 0) = 0", [now_ms(), row["token_hash"]])
             return self._api_info(self._one("admin_tokens", row["token_hash"]))
 
     @staticmethod

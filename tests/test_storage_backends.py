@@ -274,3 +274,18 @@ def test_an_offline_bundle_is_written_from_postgresql_and_s3(tmp_path, pg_url, s
         got = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.startswith("blobs/")}
     assert len(got) == 1 + 3 + 1   # the manifest, 3 chunks of model.onnx, the two "{}" files (one blob)
     assert all(hashlib.sha256(data).hexdigest() == name.split("/")[1] for name, data in got.items())
+
+
+def test_two_connections_revoking_the_last_two_admin_tokens_at_once_leave_one(state_url):
+    from control_plane.store import LastAdminToken, api_token_id, token_hash
+
+    a, b = Store(state_url), Store(state_url)
+    ids = [api_token_id(token_hash(a.create_api_token("admin", f"admin-{i}"))) for i in range(2)]
+
+    def revoke(i):
+        try:
+            return (a, b)[i].revoke_api_token(ids[i])["revoked"]
+        except LastAdminToken:
+            return "refused"
+    assert sorted(at_once(2, revoke), key=str) == [True, "refused"]
+    assert sum(not t["revoked"] for t in a.api_tokens() if t["role"] == "admin") == 1
