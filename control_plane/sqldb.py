@@ -9,9 +9,11 @@ insert, insert_all, upsert, update, create_index, table_names) and rewrites each
 `?` -> `%s`, a literal `%` -> `%%`, `insert or ignore into ...` -> `insert into ... on conflict do nothing`,
 and SQLite's DDL types to PostgreSQL's (integer -> bigint: times are milliseconds).
 
-What differs beyond the text lives in a Dialect (transactions, executemany's row count, the lock that lets
-one of several control planes starting at once apply the migrations). Later: LISTEN/NOTIFY for watch wake-ups
-across replicas and a leader lease hang off the PostgreSQL dialect (`Dialect.notify`/`lease` are the seams).
+What differs beyond the text lives in a Dialect (transactions, `for update`, executemany's row count, the lock
+that lets one of several control planes starting at once apply the migrations). Not built yet (issue 16 part 3),
+and where it goes: LISTEN/NOTIFY for watch wake-ups across replicas is a PostgresDialect listener thread feeding
+Store.subscribe's wakers (SQLite, one process, needs none); the leader lease for the rollout driver and rollups is
+a session advisory lock (pg_try_advisory_lock on a dedicated connection, like MIGRATION_LOCK), always held on SQLite.
 """
 from __future__ import annotations
 
