@@ -90,11 +90,11 @@ LATEST = MIGRATIONS[-1].version
 def migrate(db, dialect) -> list[int]:
     """Applies the migrations this database has not had; returns their versions. Refuses a database that a
     newer control plane has migrated past what this one knows."""
-    db.execute("create table if not exists schema_version (version integer primary key, description text, "
-               "applied_ms integer)")
     applied = []
     with dialect.transaction(db):
-        dialect.lock_migrations(db)
+        dialect.lock_migrations(db)   # first: even `create table if not exists` races on PostgreSQL
+        db.execute("create table if not exists schema_version (version integer primary key, description text, "
+                   "applied_ms integer)")
         done = {r[0] for r in db.execute("select version from schema_version").fetchall()}
         if done and max(done) > LATEST:
             raise ConfigError(f"the state database is at schema version {max(done)}; this control plane knows "

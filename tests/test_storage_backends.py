@@ -289,3 +289,10 @@ def test_two_connections_revoking_the_last_two_admin_tokens_at_once_leave_one(st
             return "refused"
     assert sorted(at_once(2, revoke), key=str) == [True, "refused"]
     assert sum(not t["revoked"] for t in a.api_tokens() if t["role"] == "admin") == 1
+
+
+def test_control_planes_starting_at_once_on_a_new_database_migrate_it_once(state_url):
+    stores = at_once(3, lambda i: Store(state_url))
+    assert all(isinstance(s, Store) for s in stores)
+    rows = stores[0].db.execute("select version from schema_version order by version").fetchall()
+    assert [r[0] for r in rows] == [m.version for m in migrations.MIGRATIONS]
