@@ -35,15 +35,23 @@ def publishable_manifest(bundle_dir: pathlib.Path, name: str, version: str,
         raise ArtifactInvalid(f"{bundle_dir}: {e}") from e
     verdict = check_publishable(bundle_dir)
     metrics = {"quality_gate": verdict["metrics"], "reference": verdict["reference"]}
-    prof = data_profile(training_files(exp) if profile_data is None else profile_data, semantic)
-    if prof:
-        metrics["data_profile"] = prof
-    trained_on = training_data(exp)
-    if trained_on:
-        metrics["training_data"] = trained_on
+    metrics |= learned_from(exp, profile_data, semantic)
     return manifest_for_dir(bundle_dir, name, version, exp["precision"], chunk_bytes=chunk_bytes,
                             execution_provider=exp["execution_provider"], metrics=metrics,
                             adapters=adapter_list, **extra)
+
+
+def learned_from(source: dict, profile_data: list | None, semantic: bool) -> dict:
+    """The manifest metrics about the training data: its profile (from `source`'s files, or `profile_data`) and
+    what the model learned from (lineage), each only when known."""
+    out = {}
+    prof = data_profile(training_files(source) if profile_data is None else profile_data, semantic)
+    if prof:
+        out["data_profile"] = prof
+    trained_on = training_data(source)
+    if trained_on:
+        out["training_data"] = trained_on
+    return out
 
 
 def adapter_manifest(gated_dir: pathlib.Path, name: str, version: str, base: dict, adapter_version: str = "1",
@@ -65,12 +73,7 @@ def adapter_manifest(gated_dir: pathlib.Path, name: str, version: str, base: dic
     metrics = {"quality_gate": verdict["metrics"], "reference": verdict["reference"],
                "adapter_gate": {k: report[k] for k in ("passed", "reasons", "precision") if k in report}
                | {"reference": report["reference"]["what"]}}
-    prof = data_profile(training_files(source) if profile_data is None else profile_data, semantic)
-    if prof:
-        metrics["data_profile"] = prof
-    trained_on = training_data(source)
-    if trained_on:
-        metrics["training_data"] = trained_on
+    metrics |= learned_from(source, profile_data, semantic)
     bundle = gated_dir / pathlib.Path(rel).parent
     m = manifest_for_dir(bundle, name, version, base_info["precision"], chunk_bytes=chunk_bytes,
                          execution_provider=base_info["execution_provider"], metrics=metrics, base=base,
