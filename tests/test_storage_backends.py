@@ -296,3 +296,18 @@ def test_control_planes_starting_at_once_on_a_new_database_migrate_it_once(state
     assert all(isinstance(s, Store) for s in stores)
     rows = stores[0].db.execute("select version from schema_version order by version").fetchall()
     assert [r[0] for r in rows] == [m.version for m in migrations.MIGRATIONS]
+
+
+def test_the_pipeline_tables_work_on_both_databases(state_url):
+    """control_plane/pipelines/jobs.py makes its own tables through the sqlite-utils calls PgDatabase answers."""
+    from control_plane.pipelines.jobs import Jobs
+
+    jobs = Jobs(Store(state_url))
+    job_id = jobs.add("nightly", "stages: []", "/tmp", ["train", "export"], "alice")
+    jobs.set_stage(job_id, 1, status="running", message="50% done")
+    jobs.log(job_id, 0, ["one", "two"])
+    jobs.log(job_id, 1, ["three"])
+    assert [s["message"] for s in jobs.stages(job_id)][1] == "50% done"
+    assert [r["line"] for r in jobs.logs(job_id)] == ["one", "two", "three"]
+    assert [r["line"] for r in jobs.logs(job_id, after_id=jobs.logs(job_id)[0]["id"])] == ["two", "three"]
+    assert Jobs(Store(state_url)).job(job_id)["name"] == "nightly"   # a second start keeps them
