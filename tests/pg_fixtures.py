@@ -3,7 +3,8 @@
 port), each started once per test session and stopped at its end. Tests get a fresh database / bucket each.
 
 Import the fixtures where needed: `from tests.pg_fixtures import pg_url, s3_blob_config  # noqa: F401`.
-Without initdb (scripts/setup.sh installs the `postgresql` package) or moto, these tests are skipped.
+scripts/setup.sh installs what they need (the `postgresql` package, psycopg, boto3, moto[server]): a missing piece
+fails these tests, naming it, so that CI never passes without them; SLMOPS_ALLOW_MISSING_SERVERS=1 skips instead.
 """
 from __future__ import annotations
 
@@ -20,6 +21,20 @@ import urllib.request
 import pytest
 
 from control_plane.procs import free_port
+
+def missing(what: str):
+    """What these tests need is not installed: a failure (CI must run them), or a skip where allowed."""
+    if os.environ.get("SLMOPS_ALLOW_MISSING_SERVERS") == "1":
+        pytest.skip(what)
+    pytest.fail(f"{what}; run scripts/setup.sh, or set SLMOPS_ALLOW_MISSING_SERVERS=1 to skip these tests")
+
+
+def need(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        missing(f"the Python package {module!r} is not installed")
+
 
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
 
@@ -43,7 +58,7 @@ def _as_postgres_user():
     try:
         pw = pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("running as root and there is no `postgres` user to run the PostgreSQL server as")
+        missing("running as root and there is no `postgres` user to run the PostgreSQL server as")
 
     def demote():
         os.setgid(pw.pw_gid)
@@ -55,7 +70,7 @@ class PgServer:
     def __init__(self, root: pathlib.Path):
         initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
         if not initdb or not self.pg_ctl:
-            pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (scripts/setup.sh installs them)")
+            missing("PostgreSQL's initdb/pg_ctl are not installed")
         self.root, self.data, self.port = root, root / "data", free_port()
         demote, pw = _as_postgres_user()
         self.demote = demote
@@ -98,7 +113,7 @@ class PgServer:
 
 @pytest.fixture(scope="session")
 def pg_server():
-    pytest.importorskip("psycopg")
+    need("psycopg")
     root = pathlib.Path(tempfile.mkdtemp(prefix="slmops-pg-"))
     server = PgServer(root)
     try:
@@ -120,7 +135,7 @@ class S3Server:
     def __init__(self):
         exe = pathlib.Path(sys.executable).with_name("moto_server")
         if not exe.exists():
-            pytest.skip("moto's server is not installed (pip install 'moto[server]'; scripts/setup.sh does)")
+            missing("moto's server (moto_server, from moto[server]) is not installed")
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
@@ -153,7 +168,7 @@ class S3Server:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    pytest.importorskip("boto3")
+    need("boto3")
     # moto accepts any credentials; boto3 wants some to sign with
     for k, v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
         os.environ.setdefault(k, v)

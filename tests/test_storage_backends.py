@@ -199,9 +199,9 @@ def test_a_restarted_postgresql_is_named_while_down_and_reconnected_after():
     import shutil
     import tempfile
 
-    from tests.pg_fixtures import PgServer
+    from tests.pg_fixtures import PgServer, need
 
-    pytest.importorskip("psycopg")
+    need("psycopg")
     root = pathlib.Path(tempfile.mkdtemp(prefix="slmops-pg-"))   # not under tmp_path: the postgres user reads it
     own = PgServer(root)   # its own server: the session's stays up for the other tests
     try:
