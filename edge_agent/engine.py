@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import threading
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
@@ -153,13 +154,14 @@ class OgaEngine:
         if batch_key(params, adapter) is None:
             steps = self._steps([job], self._start([job]))
             left = [n]   # the rows still read: the generation is closed when the last reader stops
+            stepping = threading.Lock()   # rows may be read on several threads (a stream of n > 1): one steps
 
             def release() -> None:
                 left[0] -= 1
                 if not left[0]:
                     steps.close()
             for g, m in zip(gens, job.members):
-                g.pieces = self._drain(m, steps, release)
+                g.pieces = self._drain(m, steps, release, stepping)
         else:
             self.batcher.submit(job)
             for g, m in zip(gens, job.members):
@@ -168,14 +170,16 @@ class OgaEngine:
 
     @staticmethod
     def _drain(member: Member, steps: Iterator[None] | None = None,
-               release: Callable[[], None] = lambda: None) -> Iterator[str]:
-        """A member's pieces. With `steps` the generation runs on this thread (one token step per pull);
-        without, the batcher's worker fills the member's queue."""
+               release: Callable[[], None] = lambda: None, stepping: threading.Lock | None = None) -> Iterator[str]:
+        """A member's pieces. With `steps` the generation runs on the reading thread (one token step per pull,
+        under `stepping`: the step another row's reader takes may be the one this row waits for); without, the
+        batcher's worker fills the member's queue."""
         try:
             while True:
                 while steps is not None and member.out.empty():   # a step may add no piece (partial UTF-8)
-                    if next(steps, END) is END:
-                        break
+                    with stepping:
+                        if member.out.empty() and next(steps, END) is END:
+                            break
                 item = member.out.get()
                 if item is END:
                     return

@@ -111,20 +111,26 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
         cancelled = threading.Event()
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
         framer = []
+        sent: dict = {}   # choice index -> how many of its tokens' logprobs went out
 
         def frame(piece: str) -> bytes:  # on the generating thread, between tokens: the event loop only writes
             if outcome.logprobs is not None:   # the logprobs of the tokens this piece came from ride with it
-                c = chunk(kind, cid, piece, outcome, None)
-                new, offset = outcome.logprobs[len(framer):], sum(len(t["token"]) for t in outcome.logprobs[:len(framer)])
-                c["choices"][0]["logprobs"] = {"content": new} if kind == "chat" else legacy_logprobs(new, offset)
-                framer[:] = [None] * len(outcome.logprobs)
-                return sse(c)
+                return sse(with_logprobs(kind, chunk(kind, cid, piece, outcome, None), outcome, sent))
             if not framer:
                 framer.append(sse_framer(kind, cid, outcome))  # the model's name is known once a piece exists
             return framer[0](piece)
 
-        pump = Pump(map(frame, serving.run(req, kind, outcome, cancelled=cancelled.is_set)),
-                    asyncio.get_running_loop())
+        def frame_choice(item: tuple[int, str]) -> bytes:   # n > 1: each piece names its choice
+            i, piece = item
+            o = outcome.more[i - 1] if i else outcome
+            c = chunk(kind, cid, piece, outcome, None, index=i)
+            return sse(with_logprobs(kind, c, o, sent, i) if o.logprobs is not None else c)
+
+        if req.n > 1:
+            pieces = map(frame_choice, serving.run(req, kind, outcome, cancelled=cancelled.is_set, choices=True))
+        else:
+            pieces = map(frame, serving.run(req, kind, outcome, cancelled=cancelled.is_set))
+        pump = Pump(pieces, asyncio.get_running_loop())
         try:
             # Wait for the first piece before answering, so errors (404, 413, 429, 503) are real HTTP statuses.
             first = await pump.take()
@@ -142,12 +148,16 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
                     yield b"".join(batch)
                     pump.first_sent()
                     batch = await pump.take()
-                if outcome.tool_calls:   # a call is sent whole in one delta (clients concatenate the pieces)
-                    c = chunk(kind, cid, "", outcome, None)
-                    c["choices"][0]["delta"] = {"role": "assistant", "content": None, "tool_calls": [
-                        dict(call, index=i) for i, call in enumerate(outcome.tool_calls)]}
-                    yield sse(c)
-                yield sse(chunk(kind, cid, "", outcome, outcome.finish_reason or "stop", usage_=True))
+                every = [outcome] + outcome.more
+                for i, o in enumerate(every):
+                    if o.tool_calls:   # a call is sent whole in one delta (clients concatenate the pieces)
+                        c = chunk(kind, cid, "", outcome, None, index=i)
+                        c["choices"][0]["delta"] = {"role": "assistant", "content": None, "tool_calls": [
+                            dict(call, index=k) for k, call in enumerate(o.tool_calls)]}
+                        yield sse(c)
+                for i, o in enumerate(every):   # usage (all choices) rides with the last choice's end
+                    yield sse(chunk(kind, cid, "", outcome, o.finish_reason or "stop", usage_=i == len(every) - 1,
+                                    index=i))
                 yield b"data: [DONE]\n\n"
             finally:
                 cancelled.set()  # client gone or done: the generation stops within a token and frees its slot
@@ -299,7 +309,7 @@ def usage(o: Outcome) -> dict:
 
 def body(kind: str, text: str, o: Outcome, final: bool) -> dict:
     created = int(time.time())
-    choices = [choice(kind, i, t, c) for i, (t, c) in enumerate([(text, o)] + o.more)]
+    choices = [choice(kind, i, t, c) for i, (t, c) in enumerate([(text, o)] + [(m.text, m) for m in o.more])]
     if kind == "chat":
         return {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": created,
                 "model": o.model, "choices": choices, "usage": usage(o)}
@@ -330,15 +340,24 @@ def legacy_logprobs(entries: list, offset: int = 0) -> dict:
             "text_offset": offsets}
 
 
-def chunk(kind: str, cid: str, text: str, o: Outcome, finish, usage_: bool = False) -> dict:
+def with_logprobs(kind: str, c: dict, o: Outcome, sent: dict, index: int = 0) -> dict:
+    """A stream chunk with the logprobs of the choice's tokens not sent yet (they came with this piece)."""
+    done = sent.get(index, 0)
+    new, offset = o.logprobs[done:], sum(len(t["token"]) for t in o.logprobs[:done])
+    c["choices"][0]["logprobs"] = {"content": new} if kind == "chat" else legacy_logprobs(new, offset)
+    sent[index] = len(o.logprobs)
+    return c
+
+
+def chunk(kind: str, cid: str, text: str, o: Outcome, finish, usage_: bool = False, index: int = 0) -> dict:
     created = int(time.time())
     if kind == "chat":
         d = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": o.model,
-             "choices": [{"index": 0, "delta": {"content": text} if text or finish is None else {},
+             "choices": [{"index": index, "delta": {"content": text} if text or finish is None else {},
                           "finish_reason": finish}]}
     else:
         d = {"id": cid, "object": "text_completion", "created": created, "model": o.model,
-             "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+             "choices": [{"index": index, "text": text, "finish_reason": finish, "logprobs": None}]}
     if usage_:
         d["usage"] = usage(o)
     return d

@@ -110,8 +110,6 @@ def _common(body, max_new_tokens: int) -> dict:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("'stream' must be a boolean", "stream")
-    if stream and n > 1:
-        raise BadRequest("'n' above 1 is answered whole: send it without 'stream'", "n")
     max_tokens = _number(body, "max_tokens", 1, max_new_tokens, integer=True)
     if max_tokens is None:
         max_tokens = _number(body, "max_completion_tokens", 1, max_new_tokens, integer=True)

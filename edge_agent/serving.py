@@ -4,6 +4,8 @@ limits, admit, generate, record telemetry. Front ends only translate shapes and 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +29,8 @@ class Outcome:
     # OpenAI-shaped tool calls ({"id", "type", "function": {"name", "arguments": JSON text}}) when the answer is one
     tool_calls: list = field(default_factory=list)
     logprobs: list | None = None    # per token (engine.Generation.logprobs), when the request asked for them
-    more: list = field(default_factory=list)   # n > 1: (text, Outcome) of choices 1..n-1 (usage counts them all)
+    more: list = field(default_factory=list)   # n > 1: the Outcomes of choices 1..n-1 (usage counts them all)
+    text: str = ""                  # choices 1..n-1: the answer (choice 0's text is what run() yielded)
 
 
 class StructuredOutputBroken(Exception):
@@ -75,6 +78,35 @@ def resolve_model(requested: str, name: str, ref: str, adapters: dict) -> str | 
     return adapter or None
 
 
+def interleaved(answers: list) -> Iterator[tuple[int, str]]:
+    """(choice index, piece) of several choices as their pieces come. One choice is read here; more (rows of one
+    batch, n > 1) are each drained by a short-lived thread that waits on its row, so a slow row never holds back
+    another's pieces. A choice's error is raised here; the threads end with their rows (the caller cancels them)."""
+    if len(answers) == 1:
+        yield from ((0, p) for p in answers[0])
+        return
+    q: queue.SimpleQueue = queue.SimpleQueue()
+
+    def drain(i: int, it) -> None:
+        try:
+            for piece in it:
+                q.put((i, piece, None))
+            q.put((i, None, None))
+        except BaseException as e:   # handed to the reader, raised there
+            q.put((i, None, e))
+    for i, it in enumerate(answers):
+        threading.Thread(target=drain, args=(i, it), name=f"choice-{i}", daemon=True).start()
+    open_ = len(answers)
+    while open_:
+        i, piece, error = q.get()
+        if error is not None:
+            raise error
+        if piece is None:
+            open_ -= 1
+        else:
+            yield i, piece
+
+
 class Serving:
     def __init__(self, runtime: Runtime, state: AgentState, max_prompt_tokens: int, max_new_tokens: int,
                  request_timeout_s: float):
@@ -88,12 +120,15 @@ class Serving:
         slot = self.runtime.slot
         return slot.manifest.name if slot else ""
 
-    def run(self, req: GenRequest, endpoint: str, outcome: Outcome, cancelled=lambda: False) -> Iterator[str]:
-        """Yields text pieces; fills `outcome` as it goes. Raises BadRequest/QueueFull/NotReady before the
-        first piece, never after."""
+    def run(self, req: GenRequest, endpoint: str, outcome: Outcome, cancelled=lambda: False,
+            choices: bool = False) -> Iterator:
+        """Yields choice 0's text pieces, or with `choices` (a stream of n > 1) (choice index, piece) of every
+        choice as they come; fills `outcome` (and outcome.more) as it goes. Raises BadRequest/QueueFull/NotReady
+        before the first piece, never after."""
         t0 = time.monotonic()
         first = None
         status, detail = "ok", ""
+        done = threading.Event()   # the consumer stopped or an error ended the request: the other rows stop too
         try:
             with self.runtime.admit(wait_s=self.timeout) as slot:
                 m = slot.manifest
@@ -127,20 +162,26 @@ class Serving:
                 deadline = t0 + self.timeout
                 try:
                     gens = engine.generate_n(prompt, params, req.n,
-                                             cancelled=lambda: cancelled() or time.monotonic() > deadline,
+                                             cancelled=lambda: cancelled() or done.is_set()
+                                             or time.monotonic() > deadline,
                                              **({"adapter": adapter} if adapter else {}))
                 except GrammarRefused as e:
                     what = "tools" if mode == "call" else "response_format"
                     raise BadRequest(f"'{what}': the grammar engine cannot build this schema: {e}", what) from None
-                for piece in self._answer(gens[0], req, mode, schema, callable_tools, outcome):
+                outcome.more = [Outcome(model=outcome.model, prompt_tokens=n_prompt, adapter=outcome.adapter)
+                                for _ in gens[1:]]
+                answers = [self._answer(g, req, mode, schema, callable_tools, o)
+                           for g, o in zip(gens, [outcome] + outcome.more)]
+                for i, piece in interleaved(answers):
                     if first is None:
                         first = time.monotonic()
-                    yield piece
-                for gen in gens[1:]:   # n > 1: the other rows of the same batch, each its own choice
-                    other = Outcome(model=outcome.model, prompt_tokens=n_prompt, adapter=outcome.adapter)
-                    text = "".join(self._answer(gen, req, mode, schema, callable_tools, other))
-                    outcome.more.append((text, other))
-                outcome.completion_tokens += sum(o.completion_tokens for _, o in outcome.more)
+                    if i:
+                        outcome.more[i - 1].text += piece
+                    if choices:
+                        yield i, piece
+                    elif i == 0:
+                        yield piece
+                outcome.completion_tokens += sum(o.completion_tokens for o in outcome.more)
                 if any(g.finish_reason == "cancelled" for g in gens):
                     status = "timeout" if time.monotonic() > deadline else "cancelled"
         except BadRequest as e:
@@ -153,6 +194,7 @@ class Serving:
             status, detail = "error", f"{type(e).__name__}: {e}"
             raise
         finally:
+            done.set()
             total = (time.monotonic() - t0) * 1000
             self.state.record("request", endpoint, model=outcome.model, latency_ms=total,
                               first_token_ms=((first or time.monotonic()) - t0) * 1000,

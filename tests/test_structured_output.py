@@ -510,7 +510,53 @@ def test_n_choices_with_a_schema_and_logprobs_each_validate(server):
         assert "".join(t.token for t in ch.logprobs.content) == ch.message.content
 
 
-def test_n_above_one_with_stream_is_a_400(server):
-    with pytest.raises(openai.BadRequestError) as e:
-        server.client().chat.completions.create(model="tiny", messages=ask(), n=2, stream=True)
-    assert "'n'" in str(e.value) and "stream" in str(e.value)
+def streamed_choices(chunks) -> dict:
+    """index -> {"text", "finish", "tool_calls", "logprobs"} from a stream's chunks; the last chunk's usage."""
+    got, usage = {}, None
+    for ch in chunks:
+        usage = ch.usage or usage
+        for c in ch.choices:
+            g = got.setdefault(c.index, {"text": "", "finish": [], "tool_calls": [], "logprobs": []})
+            g["text"] += (c.delta.content or "") if hasattr(c, "delta") else (c.text or "")
+            if c.finish_reason:
+                g["finish"].append(c.finish_reason)
+            if hasattr(c, "delta"):
+                g["tool_calls"] += c.delta.tool_calls or []
+            if c.logprobs is not None and getattr(c.logprobs, "content", None):
+                g["logprobs"] += c.logprobs.content
+    return got, usage
+
+
+def test_n_choices_stream_each_with_its_index(server):
+    """A stream of n = 3 carries every choice's pieces under its index, each ends once, the usage of all at the
+    end: the same texts as the whole answer with the same seed."""
+    c = server.client()
+    kw = dict(model="tiny", messages=ask(), max_tokens=12, n=3, temperature=1.0, seed=5)
+    whole = c.chat.completions.create(**kw)
+    got, usage = streamed_choices(c.chat.completions.create(stream=True, **kw))
+    assert sorted(got) == [0, 1, 2]
+    assert [got[i]["text"] for i in range(3)] == [ch.message.content for ch in whole.choices]
+    assert [got[i]["finish"] for i in range(3)] == [[ch.finish_reason] for ch in whole.choices]
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    legacy = dict(model="tiny", prompt="The device", max_tokens=8, n=2, temperature=1.0, seed=2)
+    got, _ = streamed_choices(c.completions.create(stream=True, **legacy))
+    assert [got[i]["text"] for i in range(2)] == [ch.text for ch in c.completions.create(**legacy).choices]
+
+
+def test_n_choices_stream_tool_calls_and_logprobs_per_choice(server):
+    c = server.client()
+    kw = dict(model="tiny", messages=ask("Weather?"), max_tokens=64, n=2, temperature=1.0, seed=4, tools=[WEATHER],
+              tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    got, _ = streamed_choices(c.chat.completions.create(stream=True, **kw))
+    for i in (0, 1):
+        calls = got[i]["tool_calls"]
+        if got[i]["finish"] == ["tool_calls"]:
+            assert calls and calls[0].function.name == "get_weather"
+            check_weather(json.loads("".join(t.function.arguments or "" for t in calls)))
+        else:
+            assert got[i]["finish"] == ["length"] and not calls
+    kw = dict(model="tiny", messages=ask(), max_tokens=10, n=2, temperature=1.0, seed=8, logprobs=True,
+              top_logprobs=2)
+    got, _ = streamed_choices(c.chat.completions.create(stream=True, **kw))
+    for i in (0, 1):
+        assert "".join(t.token for t in got[i]["logprobs"]) == got[i]["text"] and got[i]["logprobs"]
