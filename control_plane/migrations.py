@@ -80,9 +80,24 @@ def _views_and_drift(db) -> None:
     db["drift_history"].create_index(["model", "ts_ms"], if_not_exists=True)
 
 
+def _pipelines(db) -> None:
+    """Tables control_plane/pipelines/jobs.py used to create for itself (outside this lock: two control planes
+    starting at once on one PostgreSQL could race there): jobs (the persisted queue), stages, log lines."""
+    _table(db, "pipeline_jobs", {"job_id": str, "name": str, "status": str, "reason": str, "recipe": str,
+                                 "base_dir": str, "submitted_by": str, "created_ms": int, "updated_ms": int,
+                                 "resumes": int, "published": str, "rollout_id": str}, "job_id")
+    _table(db, "pipeline_stages", {"job_id": str, "idx": int, "kind": str, "key": str, "status": str, "inputs": str,
+                                   "outputs": str, "metrics": str, "message": str, "started_ms": int,
+                                   "finished_ms": int, "worker_pid": int, "attempts": int, "cached": int},
+           ("job_id", "idx"), indexes=[("key",)])
+    _table(db, "pipeline_logs", {"id": int, "job_id": str, "idx": int, "ts_ms": int, "line": str}, "id",
+           indexes=[("job_id", "id")])
+
+
 MIGRATIONS = (
     Migration(1, "baseline: models, devices, tokens, telemetry, rollouts, audit", _baseline),
     Migration(2, "telemetry minute rollups and drift tables", _views_and_drift),
+    Migration(3, "pipeline jobs, stages and log lines", _pipelines),
 )
 LATEST = MIGRATIONS[-1].version
 

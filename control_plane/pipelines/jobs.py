@@ -1,5 +1,6 @@
-"""The pipeline tables in the control plane's SQLite file: jobs (the persisted queue), stages (inputs, outputs,
-metrics, message, worker pid) and log lines. Created from here, so the shared store.py is not touched."""
+"""The pipeline tables in the control plane's state (SQLite or PostgreSQL): jobs (the persisted queue), stages
+(inputs, outputs, metrics, message, worker pid) and log lines. Their schema is migration 3
+(control_plane/migrations.py)."""
 from __future__ import annotations
 
 import json
@@ -14,19 +15,6 @@ class Jobs:
     def __init__(self, store: Store):
         self.store = store
         self.lock = threading.RLock()   # one status change at a time (manager threads vs Admin RPCs)
-        db = store.db
-        db["pipeline_jobs"].create({"job_id": str, "name": str, "status": str, "reason": str, "recipe": str,
-                                    "base_dir": str, "submitted_by": str, "created_ms": int, "updated_ms": int,
-                                    "resumes": int, "published": str, "rollout_id": str},
-                                   pk="job_id", if_not_exists=True)
-        db["pipeline_stages"].create({"job_id": str, "idx": int, "kind": str, "key": str, "status": str,
-                                      "inputs": str, "outputs": str, "metrics": str, "message": str,
-                                      "started_ms": int, "finished_ms": int, "worker_pid": int, "attempts": int,
-                                      "cached": int}, pk=("job_id", "idx"), if_not_exists=True)
-        db["pipeline_stages"].create_index(["key"], if_not_exists=True)
-        db["pipeline_logs"].create({"id": int, "job_id": str, "idx": int, "ts_ms": int, "line": str},
-                                   pk="id", if_not_exists=True)
-        db["pipeline_logs"].create_index(["job_id", "id"], if_not_exists=True)
 
     @property
     def db(self):
