@@ -17,18 +17,26 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
            int4_block_size: Optional[int] = typer.Option(None), int4_symmetric: Optional[bool] = typer.Option(None),
            int4_accuracy_level: Optional[int] = typer.Option(None),
            int4_algo: Optional[str] = typer.Option(None, help="default (RTN), rtn, k_quant, k_quant_last (lm_head "
-                                                             "int8), k_quant_mixed"),
-           fallback: bool = typer.Option(True, help="when the precision fails the quality gate, try the next "
-                                                    "(int4 -> int8 -> fp16 -> fp32)"),
+                                                             "int8), k_quant_mixed; int4 is then tried with this "
+                                                             "one setting (recipe 'options')"),
+           int4_recipes: Optional[str] = typer.Option(None, help="int4 recipes the gate tries, in order, comma-"
+                                                                "separated [rtn,rtn_mixed,k_quant_mixed]; see "
+                                                                "training/quant_recipes.py"),
+           max_attempts: Optional[int] = typer.Option(None, help="the most variants the gate builds and measures "
+                                                                "(int4 recipes and fallbacks) [6]"),
+           fallback: bool = typer.Option(True, help="when every int4 recipe fails the quality gate, try the next "
+                                                    "precision (int8 -> fp16 -> fp32)"),
            gate_examples: int = typer.Option(0, help="eval examples for the gate (0 = all)"),
            adapter: List[str] = typer.Option([], help="NAME=PEFT_DIR (repeat): export the base with LoRA slots "
                                                       "and each adapter as adapters/NAME.onnx_adapter")):
     """Export to ONNX (onnxruntime-genai builder), run the quality gate against fp32 and keep the first
-    precision that passes; writes gate.json (needed by `models publish`) and gate_report.json."""
+    variant of the search (int4 recipes smallest first, then int8, fp16, fp32) that passes; writes gate.json
+    (needed by `models publish`) and gate_report.json (every attempt with its verdict and reasons)."""
     from rich.table import Table as _Table
 
     from training.export import ExportError, ExportOptions
     from training.quality_gate import GateError, GateThresholds, from_recipe, select_precision
+    from training.quant_recipes import plan
 
     try:
         if source.is_file():
@@ -39,6 +47,7 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
                      int4_symmetric=int4_symmetric, int4_accuracy_level=int4_accuracy_level, int4_algo=int4_algo)
         opts.update({k: v for k, v in given.items() if v is not None})
         first = opts.pop("precision", "int4")
+        search = _search_settings(opts, int4_recipes, int4_algo, max_attempts)
         base = ExportOptions(**{**opts, "precision": "fp32"})
         ExportOptions(**{**opts, "precision": first})  # refuse a bad precision/target before any work
         if gate_examples:
@@ -52,7 +61,10 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
             if any(not n or not d for n, _, d in pairs):
                 fail("--adapter takes NAME=PEFT_DIR")
             build = {"build": slotted_build({n: pathlib.Path(d) for n, _, d in pairs})}
-        report = select_precision(model_dir, out_dir, first, base, thresholds, log=console.print, **build)
+        if not fallback:   # only the requested precision's own variants
+            search["max_attempts"] = min(search["max_attempts"], sum(
+                r.precision == first for r in plan(first, base.execution_provider, search["int4_recipes"], 32)))
+        report = select_precision(model_dir, out_dir, first, base, thresholds, log=console.print, **build, **search)
         if not fallback and report["chosen"] != first:
             import shutil
 
@@ -60,18 +72,36 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
             fail(f"{first} failed the quality gate and --no-fallback was given: {report['why']}")
     except (ExportError, GateError) as e:
         fail(str(e))
-    t = _Table("precision", "size MB", "vs fp32", "perplexity", "accuracy", "greedy agreement", "gate")
+    t = _Table("variant", "size MB", "vs fp32", "perplexity", "accuracy", "greedy agreement", "gate")
     ref_bytes = report["reference_bytes"]
     t.add_row("fp32 (reference)", f"{ref_bytes / 1e6:.2f}", "100%", f"{report['reference']['perplexity']:.3f}",
               f"{report['reference']['accuracy']:.1%}", "-", "reference")
     for row in report["tried"]:
         mt = row["metrics"] or {}
         size = row["bytes"]  # None when the variant could not even be built here
-        t.add_row(row["precision"], f"{size / 1e6:.2f}" if size else "-", f"{size / ref_bytes:.0%}" if size else "-",
+        label = row["precision"] if row["recipe"] == row["precision"] else f"{row['precision']} ({row['recipe']})"
+        t.add_row(label, f"{size / 1e6:.2f}" if size else "-", f"{size / ref_bytes:.0%}" if size else "-",
                   f"{mt.get('perplexity', float('nan')):.3f}", f"{mt.get('accuracy', float('nan')):.1%}",
-                  f"{mt.get('greedy_agreement', float('nan')):.1%}", "passed" if row["passed"] else "failed")
+                  f"{mt.get('greedy_agreement', float('nan')):.1%}", row["verdict"])
     console.print(t)
-    console.print(f"chose {report['chosen']} ({report['why']}) -> {out_dir} in {time.monotonic() - t0:.1f} s")
+    console.print(f"chose {report['chosen']}, recipe {report['chosen_recipe']} ({report['why']}) -> {out_dir} in "
+                  f"{time.monotonic() - t0:.1f} s")
+
+
+def _search_settings(opts: dict, int4_recipes: str | None, int4_algo: str | None, max_attempts: int | None) -> dict:
+    """select_precision's int4_recipes/max_attempts from the CLI, else the recipe file's export section (taken
+    out of `opts`), else the defaults; an explicit --int4-algo alone means int4 is tried with that one setting."""
+    from training.quant_recipes import MAX_ATTEMPTS
+
+    names, bound = opts.pop("int4_recipes", None), opts.pop("max_attempts", MAX_ATTEMPTS)
+    if int4_recipes is not None:
+        names = int4_recipes
+    elif int4_algo is not None and names is None:
+        names = ["options"]
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    return {"int4_recipes": tuple(names) if names is not None else None,
+            "max_attempts": max_attempts if max_attempts is not None else bound}
 
 
 def demo(tiny: bool = typer.Option(False, "--tiny", help="tiny models trained in seconds (the CI path)"),

@@ -74,3 +74,16 @@ def test_publish_puts_the_training_data_profile_into_the_manifest(tiny_hf, tmp_p
                             "--semantic-profile", "--admin-token", "x", "--control-plane", "127.0.0.1:1"],
                       env={"SLMOPS_CA_CERT": ""})
     assert r.exit_code == 1 and "TLS needs the control plane's CA" in r.output, r.output   # profiled, then the CA
+
+
+def test_export_takes_an_int4_recipe_list_and_names_a_bad_one(tiny_hf, tmp_path):
+    r = runner.invoke(app, ["export", str(tiny_hf), str(tmp_path / "bad"), "--int4-recipes", "rtn,bogus"])
+    assert r.exit_code == 1 and "unknown int4 recipe 'bogus'" in r.output
+    assert not (tmp_path / "bad").exists()
+    out = tmp_path / "mixed"
+    r = runner.invoke(app, ["export", str(tiny_hf), str(out), "--int4-recipes", "rtn_mixed", "--max-attempts", "2",
+                            "--gate-examples", "3"])
+    assert r.exit_code == 0, r.output
+    assert "chose int4, recipe rtn_mixed" in r.output and "variant" in r.output
+    report = json.loads((out / "gate_report.json").read_text())
+    assert report["order"] == ["rtn_mixed", "int8"] and report["max_attempts"] == 2

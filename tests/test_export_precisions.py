@@ -164,9 +164,10 @@ def test_gate_rejects_a_damaged_int4_and_falls_back_to_int8(tiny_hf, tmp_path, e
 
     report = select_precision(tiny_hf, tmp_path / "out", "int4", examples=examples[:10], build=build, **quiet)
     assert report["chosen"] == "int8"
-    tried = {t["precision"]: t for t in report["tried"]}
-    assert not tried["int4"]["passed"] and tried["int4"]["reasons"]
-    assert "int4 failed" in report["why"] and "int8 is the first" in report["why"]
+    int4 = [t for t in report["tried"] if t["precision"] == "int4"]
+    assert [t["recipe"] for t in int4] == ["rtn", "rtn_mixed", "k_quant_mixed"]   # every int4 recipe, in order
+    assert all(t["verdict"] == "failed" and t["reasons"] for t in int4)
+    assert "int4 (rtn) failed" in report["why"] and "int8 is the first" in report["why"]
     verdict = check_publishable(tmp_path / "out")
     assert verdict["precision"] == "int8" and verdict["passed"]
     assert json.loads((tmp_path / "out" / "gate_report.json").read_text())["chosen"] == "int8"

@@ -1,5 +1,7 @@
 """The quality gate: a quantized variant is compared with the fp32 ONNX reference on an eval set before it may
-be published, and the precision actually shipped is the first in a fallback order that passes.
+be published, and the variant actually shipped is the first of a search order that passes: several int4
+recipes, smallest first, then int8, fp16, fp32 (training/quant_recipes.py), every attempt's verdict and reasons
+kept in gate_report.json.
 
 Measured per variant through onnxruntime-genai (the runtime the device uses):
 - perplexity of the reference answers (teacher-forced, answer tokens only);
@@ -9,7 +11,7 @@ Measured per variant through onnxruntime-genai (the runtime the device uses):
 
 The verdict is written into the variant's folder as gate.json together with the sha256 of its model files;
 `check_publishable` refuses a folder whose verdict is missing, failed, or no longer matches its files.
-`judge` and `choose` are pure; `evaluate` and `select_precision` do the I/O.
+`judge` and `quant_recipes.plan` are pure; `evaluate` and `select_precision` do the I/O.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from slmops.chat_format import CHATML, ChatFormat
 from slmops.yaml_text import load_yaml
-from training.export import RUNNABLE, ExportError, ExportOptions, dir_size, export_onnx
+from training import quant_recipes
+from training.export import ExportError, ExportOptions, dir_size, export_onnx
 
 GATE_FILE = "gate.json"
 HELDOUT = pathlib.Path(__file__).parent / "data" / "support_heldout.jsonl"
@@ -120,7 +123,7 @@ def judge(precision: str, ref: Metrics, got: Metrics, t: GateThresholds) -> list
     increase = got.perplexity / ref.perplexity - 1
     if increase > limit:
         reasons.append(f"perplexity {got.perplexity:.3f} is {increase:+.2%} vs fp32 {ref.perplexity:.3f} "
-                       f"(limit +{limit:.0%})")
+                       f"(limit +{limit * 100:g}%)")
     drop = ref.accuracy - got.accuracy
     if drop > t.max_accuracy_drop:
         reasons.append(f"accuracy {got.accuracy:.1%} dropped {drop:.1%} from fp32 {ref.accuracy:.1%} "
@@ -128,13 +131,6 @@ def judge(precision: str, ref: Metrics, got: Metrics, t: GateThresholds) -> list
     if got.greedy_agreement < t.min_greedy_agreement:
         reasons.append(f"greedy agreement {got.greedy_agreement:.1%} is below {t.min_greedy_agreement:.0%}")
     return reasons
-
-
-def fallback_order(first: str, execution_provider: str) -> tuple[str, ...]:
-    """int4 -> int8 -> fp16 -> fp32, from `first` on, keeping only what the target runs."""
-    chain = ("int4", "int8", "fp16", "fp32")
-    runnable = RUNNABLE[execution_provider]
-    return tuple(p for p in chain[chain.index(first):] if p in runnable)
 
 
 # ---- measurement (onnxruntime-genai) -----------------------------------------------------------------
@@ -252,8 +248,8 @@ def _file_hashes(variant_dir: pathlib.Path) -> dict:
 
 def write_verdict(variant_dir: pathlib.Path, precision: str, passed: bool, reasons: list[str],
                   metrics: Metrics | None, reference: Metrics | None, thresholds: GateThresholds,
-                  evaluated_on: str = "cpu") -> dict:
-    verdict = {"precision": precision, "passed": passed, "reasons": reasons, "evaluated_on": evaluated_on,
+                  evaluated_on: str = "cpu", recipe: str | None = None) -> dict:
+    verdict = {"precision": precision, "recipe": recipe or precision, "passed": passed, "reasons": reasons, "evaluated_on": evaluated_on,
                "metrics": asdict(metrics) if metrics else None,
                "reference": asdict(reference) if reference else None,
                "thresholds": asdict(thresholds), "files": _file_hashes(variant_dir)}
@@ -287,58 +283,74 @@ def check_publishable(variant_dir: pathlib.Path) -> dict:
 # ---- orchestration -----------------------------------------------------------------------------------
 def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "int4",
                      options: ExportOptions = ExportOptions("fp32"), thresholds: GateThresholds = GateThresholds(),
-                     examples: list[Example] | None = None, build=export_onnx, log=print) -> dict:
-    """Exports fp32 (the reference) and then each precision of the fallback order from `first`, until one
-    passes; that one is moved to `out_dir` with its gate.json. Returns the gate report (also written to
-    out_dir/gate_report.json). `build(hf_dir, dest, options, log=)` is the export seam.
+                     examples: list[Example] | None = None, build=export_onnx, log=print,
+                     int4_recipes: tuple[str, ...] | None = None, max_attempts: int = quant_recipes.MAX_ATTEMPTS
+                     ) -> dict:
+    """Exports fp32 (the reference) and then each recipe of the search from `first` — the int4 recipes
+    (`int4_recipes`, default quant_recipes.DEFAULT_INT4, smallest first), then int8, fp16, fp32, at most
+    `max_attempts` — until one passes; that one is moved to `out_dir` with its gate.json. Returns the gate report
+    (also written to out_dir/gate_report.json), whose `tried` lists every attempt: recipe, precision, bytes,
+    metrics, verdict and reasons. A recipe the builder cannot honour is refused before anything is built.
+    `build(hf_dir, dest, options, log=)` is the export seam.
 
-    The gate measures on the CPU. For a cuda/dml target each precision is measured on its CPU twin (same
+    The gate measures on the CPU. For a cuda/dml target each recipe is measured on its CPU twin (same
     weights and quantization, CPU graph; a GPU graph may not even load on a CPU) and the target build is
-    made only for the precision that passed; fp16 has no CPU twin, so it cannot pass here."""
+    made only for the recipe that passed; fp16 has no CPU twin, so it cannot pass here."""
     hf_dir, out_dir = pathlib.Path(hf_dir), pathlib.Path(out_dir)
     if out_dir.exists():
         raise ExportError(f"{out_dir} already exists; refusing to overwrite an export")
     target = options.execution_provider
-    order = fallback_order(first, target)
+    order = quant_recipes.plan(first, target, int4_recipes, max_attempts)
+    tied = quant_recipes.ties_embeddings(hf_dir)
+    # every recipe's options are made (and a bad one refused) before any work; fp32 is always the reference
+    recipe_options = {"fp32": quant_recipes.RECIPES["fp32"].options(options, tied)}
+    recipe_options.update({r.name: r.options(options, tied) for r in order})
     examples = examples if examples is not None else load_examples(limit=thresholds.max_examples)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.gate.", dir=out_dir.parent))
     tried, chosen, shipped = [], None, None
     try:
-        def variant(precision: str, ep: str) -> pathlib.Path:
-            opts = ExportOptions(**{**options.__dict__, "precision": precision, "execution_provider": ep})
-            return build(hf_dir, work / f"{precision}-{ep}", opts, log=log)
+        def variant(name: str, ep: str) -> pathlib.Path:
+            opts = ExportOptions(**{**recipe_options[name].__dict__, "execution_provider": ep})
+            return build(hf_dir, work / f"{name}-{ep}", opts, log=log)
 
         ref_dir = variant("fp32", "cpu")
         log(f"  gate: measuring the fp32 reference on {len(examples)} examples")
         ref, ref_greedy = evaluate(ref_dir, examples, thresholds.max_new_tokens)
         log(f"  gate: fp32 perplexity {ref.perplexity:.3f}, accuracy {ref.accuracy:.1%}")
-        for precision in order:
-            vdir, got = None, None
+        for recipe in order:
+            precision = recipe.precision
+            vdir, got, verdict = None, None, "failed"
             try:
-                vdir = ref_dir if precision == "fp32" else variant(precision, "cpu")
+                vdir = ref_dir if precision == "fp32" else variant(recipe.name, "cpu")
                 got = ref if precision == "fp32" else evaluate(vdir, examples, thresholds.max_new_tokens,
                                                                ref_greedy)[0]
                 reasons = judge(precision, ref, got, thresholds)
             except Exception as e:  # a variant that cannot even be built or run here fails, with the reason
-                reasons = [f"could not be evaluated on the CPU: {type(e).__name__}: {e}"]
+                reasons, verdict = [f"could not be evaluated on the CPU: {type(e).__name__}: {e}"], "error"
             passed = not reasons
-            tried.append({"precision": precision, "passed": passed, "reasons": reasons,
+            tried.append({"recipe": recipe.name, "precision": precision, "passed": passed,
+                          "verdict": "passed" if passed else verdict, "reasons": reasons,
+                          "options": recipe_options[recipe.name].describe()["builder_options"],
                           "metrics": asdict(got) if got else None, "bytes": dir_size(vdir) if vdir else None})
-            log(f"  gate: {precision} {'PASSED' if passed else 'failed: ' + '; '.join(reasons)}")
+            log(f"  gate: {_label(recipe)} {'PASSED' if passed else 'failed: ' + '; '.join(reasons)}")
+            if precision != "fp32" and vdir is not None and not passed:
+                shutil.rmtree(vdir, ignore_errors=True)   # a search of several 100 MB variants: keep one at a time
             if passed:
-                chosen = precision
-                shipped = vdir if target == "cpu" else variant(precision, target)
+                chosen = recipe
+                shipped = vdir if target == "cpu" else variant(recipe.name, target)
                 tried[-1]["bytes"] = dir_size(shipped)
                 write_verdict(shipped, precision, True, ["fp32 is the reference"] if precision == "fp32" else [],
-                              got, ref, thresholds, evaluated_on="cpu" if target == "cpu" else "cpu twin")
+                              got, ref, thresholds, evaluated_on="cpu" if target == "cpu" else "cpu twin",
+                              recipe=recipe.name)
                 break
-        report = {"chosen": chosen, "requested": first, "execution_provider": target, "order": list(order),
-                  "reference": asdict(ref), "reference_bytes": dir_size(ref_dir),
+        report = {"chosen": chosen.precision if chosen else None, "chosen_recipe": chosen.name if chosen else None,
+                  "requested": first, "execution_provider": target, "order": [r.name for r in order],
+                  "max_attempts": max_attempts, "reference": asdict(ref), "reference_bytes": dir_size(ref_dir),
                   "tried": tried, "thresholds": asdict(thresholds),
                   "why": _why(first, chosen, tried)}
         if chosen is None:
-            raise GateError(f"no precision passed the quality gate: {report['why']}")
+            raise GateError(f"nothing passed the quality gate in {len(order)} attempts: {report['why']}")
         (shipped / "gate_report.json").write_text(json.dumps(report, indent=1))
         shipped.rename(out_dir)
         return report
@@ -346,12 +358,17 @@ def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _why(first: str, chosen: str | None, tried: list[dict]) -> str:
-    failed = [f"{t['precision']} failed ({'; '.join(t['reasons'])})" for t in tried if not t["passed"]]
-    if chosen == first:
-        return f"{chosen} was requested and passed the gate"
+def _label(recipe: quant_recipes.Recipe) -> str:
+    return recipe.precision if recipe.name == recipe.precision else f"{recipe.precision} ({recipe.name})"
+
+
+def _why(first: str, chosen: quant_recipes.Recipe | None, tried: list[dict]) -> str:
+    failed = [f"{_label(quant_recipes.RECIPES[t['recipe']])} failed ({'; '.join(t['reasons'])})"
+              for t in tried if not t["passed"]]
+    if chosen is not None and chosen.precision == first and not failed:
+        return f"{_label(chosen)} was requested and passed the gate"
     head = ", ".join(failed) if failed else f"{first} was skipped"
-    return f"{head}; {chosen} is the first in the fallback order that passed" if chosen else head
+    return f"{head}; {_label(chosen)} is the first in the search order that passed" if chosen else head
 
 
 def from_recipe(path: pathlib.Path) -> tuple[pathlib.Path, dict, GateThresholds]:
@@ -367,7 +384,9 @@ def from_recipe(path: pathlib.Path) -> tuple[pathlib.Path, dict, GateThresholds]
     if not isinstance(d, dict) or "model_dir" not in d:
         raise ExportError(f"recipe {path} needs a 'model_dir' (the Hugging Face folder to export)")
     export = dict(d.get("export") or {})
-    allowed = {f.name for f in fields(ExportOptions)} - {"adapter_path", "nodes_to_exclude", "extra"}
+    # plus the gate's search settings (training/quant_recipes.py), which the caller takes out again
+    allowed = ({f.name for f in fields(ExportOptions)} - {"adapter_path", "nodes_to_exclude", "extra"}
+               | {"int4_recipes", "max_attempts"})
     unknown = set(export) - allowed
     if unknown:
         raise ExportError(f"recipe {path}: export has unknown keys {', '.join(sorted(unknown))}")

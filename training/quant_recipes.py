@@ -1,0 +1,127 @@
+"""Named int4-class quantization recipes and the quality gate's search order over them.
+
+A recipe is a set of ExportOptions overrides on top of the options the user gave (block size, accuracy level,
+LoRA slots...). The gate tries the recipes in the order given, which by default is smallest first as measured
+on SmolLM2-135M (docs/BENCHMARKS.md, "int4 recipes"), then int8, fp16 and fp32; the first that passes ships, so
+with a size-ordered list the shipped variant is the smallest that passes.
+
+    rtn            builder default: symmetric RTN, block 32; a tied embedding/head is shared at int4  (~90 MB)
+    rtn_mixed      RTN body, head and the sensitive layers (llama.cpp's mixed set) int8, embedding int4,
+                   not shared                                                                           (~140 MB)
+    k_quant_mixed  k-quant body, head and the sensitive layers int8; the embedding stays float (the builder's
+                   k-quant path does not quantize Gather), not shared                                   (~230 MB)
+    options        int4 exactly as the export options say (today's single setting; what `--int4-algo` means)
+
+`check` refuses, before any build, a combination the onnxruntime-genai 0.18 builder cannot honour or honours
+silently otherwise (measured): an int8 embedding (GatherBlockQuantized is 4-bit only), an int4 embedding with a
+k-quant base (left float without a word), an int8 head with a shared embedding (the builder unshares it), and
+asymmetric int4 with a shared embedding (builds a graph that fails to load: uint8 Reshape type error).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass, field
+
+from training.export import RUNNABLE, ExportError, ExportOptions
+
+# The gate tries at most this many variants (int4 recipes and the fallbacks after them) unless told otherwise:
+# each one on a 135M model is minutes of export and evaluation on 2 cores.
+MAX_ATTEMPTS = 6
+_MIXED = "last_matmul:int8,mixed_layers:int8"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    precision: str
+    algo: str | None = None                          # ExportOptions.int4_algo, None = as given
+    extra: dict = field(default_factory=dict)        # builder extra options, merged over the given ones
+    about: str = ""
+
+    def options(self, base: ExportOptions, tied: bool = False) -> ExportOptions:
+        """`base` with this recipe's settings; ExportError when the builder cannot honour them (`tied`: the
+        model ties its embedding and head, so the builder shares them unless told not to)."""
+        kw = {**base.__dict__, "precision": self.precision, "extra": {**base.extra, **self.extra}}
+        if self.algo is not None:
+            kw["int4_algo"] = self.algo
+        opts = ExportOptions(**kw)
+        check(self.name, opts, tied)
+        return opts
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("rtn", "int4", "default", {}, "builder default: symmetric RTN; a tied embedding/head shared at int4"),
+    Recipe("rtn_mixed", "int4", "default",
+           {"matmul_mixed_precision": _MIXED, "op_types_to_quantize": "MatMul/Gather", "shared_embeddings": "false"},
+           "RTN body; head and sensitive layers int8; embedding int4, not shared"),
+    Recipe("k_quant_mixed", "int4", "k_quant_mixed", {"shared_embeddings": "false"},
+           "k-quant body; head and sensitive layers int8; embedding float, not shared"),
+    Recipe("options", "int4", None, {}, "int4 exactly as the export options say"),
+    Recipe("int8", "int8"), Recipe("fp16", "fp16"), Recipe("fp32", "fp32"),
+)}
+DEFAULT_INT4 = ("rtn", "rtn_mixed", "k_quant_mixed")
+FALLBACK = ("int8", "fp16", "fp32")
+
+
+def check(name: str, opts: ExportOptions, tied: bool = False) -> None:
+    """ExportError naming recipe `name` when the builder cannot honour `opts` as asked (see the docstring);
+    `tied`: the model ties embedding and head, which the builder then shares unless shared_embeddings=false."""
+    if opts.precision != "int4":
+        return
+    extra = {k: str(v).lower() for k, v in opts.extra.items()}
+    mixed = extra.get("matmul_mixed_precision", "")
+    k_quant = opts.int4_algo.startswith("k_quant")
+    head8 = "last_matmul:int8" in mixed or opts.int4_algo in ("k_quant_last", "k_quant_mixed")
+    asked_shared = extra.get("shared_embeddings") == "true"
+    # unless told, the builder shares a tied embedding/head when both end up int4 (an int8 head unshares them)
+    shared = asked_shared or (tied and "shared_embeddings" not in extra and not head8)
+
+    def refuse(why: str) -> None:
+        raise ExportError(f"int4 recipe {name!r} cannot be built as asked: {why}")
+
+    if "gather:int8" in mixed or "embed_tokens/gather:int8" in mixed:
+        refuse("an int8 embedding is not supported (GatherBlockQuantized is 4-bit only)")
+    if k_quant and "gather" in extra.get("op_types_to_quantize", ""):
+        refuse("the builder's k-quant path leaves the embedding (Gather) in float; use algo default/rtn for an "
+               "int4 embedding")
+    if asked_shared and head8:
+        refuse("a shared embedding needs the head at int4 too; the builder would silently unshare it")
+    if shared and not opts.int4_symmetric:
+        refuse("asymmetric int4 with a shared embedding builds a graph that fails to load (uint8 Reshape)")
+
+
+def ties_embeddings(hf_dir: pathlib.Path) -> bool:
+    """Whether the HF model ties its embedding and head (the builder then shares them unless told not to)."""
+    try:
+        return bool(json.loads((pathlib.Path(hf_dir) / "config.json").read_text()).get("tie_word_embeddings"))
+    except (OSError, ValueError):
+        return False   # export.check_source names a missing or broken config.json when the build starts
+
+
+def plan(first: str, execution_provider: str, int4_recipes: tuple[str, ...] | None = None,
+         max_attempts: int = MAX_ATTEMPTS) -> tuple[Recipe, ...]:
+    """The recipes the gate tries, in order: from `first` (a precision) on — int4 expands into `int4_recipes`
+    (default DEFAULT_INT4) — then int8, fp16, fp32, keeping only what the target runs, at most `max_attempts`.
+    Pure; an unknown recipe name or a bound below 1 is an ExportError."""
+    if not 1 <= max_attempts <= 32:
+        raise ExportError(f"max attempts {max_attempts} must be in 1..32")
+    chain = ("int4",) + FALLBACK
+    if first not in chain:
+        raise ExportError(f"unsupported precision {first!r}; choose one of {', '.join(chain)}")
+    names = tuple(int4_recipes) if int4_recipes is not None else DEFAULT_INT4
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise ExportError(f"unknown int4 recipe {', '.join(map(repr, unknown))}; choose from "
+                          f"{', '.join(n for n, r in RECIPES.items() if r.precision == 'int4')}")
+    not_int4 = [n for n in names if RECIPES[n].precision != "int4"]
+    if not_int4:
+        raise ExportError(f"{', '.join(not_int4)} is not an int4 recipe (the fallbacks follow the int4 ones)")
+    if first == "int4" and not names:
+        raise ExportError("int4 was requested with an empty int4 recipe list")
+    out = []
+    for p in chain[chain.index(first):]:
+        if p not in RUNNABLE[execution_provider]:
+            continue
+        out += [RECIPES[n] for n in names] if p == "int4" else [RECIPES[p]]
+    return tuple(out[:max_attempts])
