@@ -12,7 +12,8 @@ agent_app = typer.Typer(no_args_is_help=True, help="Run an edge agent.")
 
 
 @agent_app.command("run")
-def agent_run(control_plane: str = typer.Option(..., help="control plane HOST:PORT"),
+def agent_run(control_plane: str = typer.Option(
+        ..., help="control plane HOST:PORT; replicas of one control plane comma separated, tried in turn"),
               data_dir: pathlib.Path = typer.Option(..., help="the agent's state, blobs and models"),
               http: str = typer.Option("127.0.0.1:8080", help="HOST:PORT of the local OpenAI-compatible API"),
               grpc_listen: str = typer.Option("", "--grpc", help="HOST:PORT of the gRPC inference API (off if empty)"),

@@ -66,9 +66,10 @@ def start_control_plane(data_dir: pathlib.Path, port: int, log_dir: pathlib.Path
 
 def start_agent(name: str, cp_port: int, data_dir: pathlib.Path, http_port: int, token: str,
                 log_dir: pathlib.Path, extra: list[str] = (), env: dict | None = None,
-                ca_cert: pathlib.Path | None = None) -> Proc:
-    """TLS pinned to `ca_cert` when given, else plaintext to the loopback control plane."""
-    args = ["agent", "run", "--control-plane", f"127.0.0.1:{cp_port}", "--data-dir", str(data_dir),
+                ca_cert: pathlib.Path | None = None, cp_address: str = "") -> Proc:
+    """TLS pinned to `ca_cert` when given, else plaintext to the loopback control plane. `cp_address` replaces
+    127.0.0.1:CP_PORT (e.g. several replicas, comma separated)."""
+    args = ["agent", "run", "--control-plane", cp_address or f"127.0.0.1:{cp_port}", "--data-dir", str(data_dir),
             "--http", f"127.0.0.1:{http_port}", "--device-name", name, "--telemetry-interval", "0.5"]
     args += ["--ca-cert", str(ca_cert)] if ca_cert else ["--insecure-loopback-dev"]
     if token:

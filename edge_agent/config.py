@@ -17,6 +17,9 @@ from slmops.errors import ConfigError
 AGENT_VERSION = "0.1.0"
 
 
+MAX_CONTROL_PLANES = 16   # addresses in --control-plane (replicas of one control plane)
+
+
 def _host_port(value: str, what: str) -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -35,7 +38,7 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class AgentConfig:
-    control_plane: str
+    control_plane: str                   # HOST:PORT, or replicas of one control plane comma separated (failover)
     data_dir: pathlib.Path
     http: str = "127.0.0.1:8080"
     grpc: str = ""                       # HOST:PORT of the gRPC inference API; "" = off
@@ -79,7 +82,7 @@ class AgentConfig:
     http_header_timeout_s: float = 10.0  # a connection without a whole request head by then is closed
 
     def __post_init__(self) -> None:
-        _host_port(self.control_plane, "--control-plane")
+        hosts = self.control_plane_hosts()
         if self.enroll_token and self.enroll_token_file:
             raise ConfigError("give the enrollment token once: enroll_token or enroll_token_file, not both")
         if self.enroll_token_file is not None and not pathlib.Path(self.enroll_token_file).is_file():
@@ -118,14 +121,22 @@ class AgentConfig:
             raise ConfigError("probation_s must be >= 0; resync_s and max_swap_pause_s must be > 0")
         if self.backoff_initial_s <= 0 or self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff must satisfy 0 < initial <= max")
-        cp_host, _ = _host_port(self.control_plane, "--control-plane")
-        if self.insecure_loopback_dev and not is_loopback(cp_host):
+        if self.insecure_loopback_dev and not all(is_loopback(h) for h in hosts):
             raise ConfigError(f"--insecure-loopback-dev needs a loopback --control-plane, not {self.control_plane}")
         if not self.insecure_loopback_dev and self.ca_cert is None and not self.pinned_ca.exists():
             raise ConfigError("TLS is the default: pass --ca-cert (the control plane's keys/ca.pem) on the first "
                               "start, or --insecure-loopback-dev for a loopback development control plane")
         if self.ca_cert is not None and not pathlib.Path(self.ca_cert).is_file():
             raise ConfigError(f"--ca-cert {self.ca_cert} is not a file")
+
+    def control_plane_hosts(self) -> list[str]:
+        """The hosts of --control-plane's addresses (each checked: HOST:PORT, at most MAX_CONTROL_PLANES)."""
+        addresses = self.control_plane.split(",")
+        if len(addresses) > MAX_CONTROL_PLANES:
+            raise ConfigError(f"--control-plane names {len(addresses)} addresses; at most {MAX_CONTROL_PLANES}")
+        if len(set(a.strip() for a in addresses)) != len(addresses):
+            raise ConfigError(f"--control-plane {self.control_plane!r} names an address twice")
+        return [_host_port(a.strip(), "--control-plane")[0] for a in addresses]
 
     def enrollment_token(self) -> str:
         """The enrollment token: given directly, or the first line of enroll_token_file ("" when neither)."""
