@@ -239,6 +239,7 @@ class ControlPlane:
             self.offload.close()
             self.admin_pool.shutdown(wait=False, cancel_futures=True)
             self.server = None
+        self.store.stop_listening()
 
     async def _stop_server(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()

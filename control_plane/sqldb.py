@@ -10,25 +10,31 @@ insert, insert_all, upsert, update, create_index, table_names) and rewrites each
 and SQLite's DDL types to PostgreSQL's (integer -> bigint: times are milliseconds).
 
 What differs beyond the text lives in a Dialect (transactions, `for update`, executemany's row count, the lock
-that lets one of several control planes starting at once apply the migrations). Not built yet (issue 16 part 3),
-and where it goes: LISTEN/NOTIFY for watch wake-ups across replicas is a PostgresDialect listener thread feeding
-Store.subscribe's wakers (SQLite, one process, needs none); the leader lease for the rollout driver and rollups is
-a session advisory lock (pg_try_advisory_lock on a dedicated connection, like MIGRATION_LOCK), always held on SQLite.
+that lets one of several control planes starting at once apply the migrations, and the desired-state change
+announcements: on PostgreSQL a change made by one control plane is a NOTIFY on DESIRED_CHANNEL that a listener
+thread in every other one (`Listener`) turns into wake-ups of its watch streams; SQLite, one process, needs none).
+Not built yet (issue 16 part 3): the leader lease for the rollout driver and rollups, a session advisory lock
+(pg_try_advisory_lock on a dedicated connection, like MIGRATION_LOCK), always held on SQLite.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import pathlib
 import re
 import threading
 import urllib.parse
 from dataclasses import dataclass
+from typing import Callable
 
 from slmops.errors import ConfigError, StorageUnavailable
 
 PG_SCHEMES = ("postgresql", "postgres")
 MIGRATION_LOCK = 0x534C4D4F   # pg_advisory_xact_lock key ("SLMO"): one control plane migrates at a time
+DESIRED_CHANNEL = "slmops_desired"   # NOTIFY payload: comma-separated device ids, or "*" (too many to list)
+NOTIFY_MAX_PAYLOAD = 7000            # PostgreSQL's limit is 8000 bytes
+log = logging.getLogger("slmops.control_plane.sqldb")
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,12 @@ class SqliteDialect:
     def lock_migrations(self, db) -> None:
         pass   # the transaction's write lock on the file already serialises migrating processes
 
+    def announce(self, db, device_ids) -> None:
+        pass   # one process: the store's own wake-ups are all there is
+
+    def listener(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None]) -> None:
+        return None
+
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------------------
 class PostgresDialect:
@@ -129,6 +141,64 @@ class PostgresDialect:
 
     def lock_migrations(self, db) -> None:
         db.execute("select pg_advisory_xact_lock(?)", [MIGRATION_LOCK])
+
+    def announce(self, db, device_ids) -> None:
+        """Tells every control plane on this database that these devices' desired state changed (delivered
+        when the surrounding transaction, if any, commits)."""
+        payload = ",".join(device_ids)
+        if not payload:
+            return
+        db.execute("select pg_notify(?, ?)", [DESIRED_CHANNEL, payload if len(payload) <= NOTIFY_MAX_PAYLOAD
+                                              else "*"])
+
+    def listener(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None]) -> "Listener":
+        return Listener(cfg, wake)
+
+
+class Listener:
+    """LISTENs on DESIRED_CHANNEL on its own connection and calls `wake(device_ids)` (None: every device) for each
+    announcement, on its own thread. A lost connection is reconnected with a capped backoff; since what was
+    announced meanwhile is lost, the first wake after a reconnect is every device. `state` and `errors` say how
+    it is doing (never a dead thread: each failure is logged and counted)."""
+
+    BACKOFF_MAX_S = 10.0
+
+    def __init__(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None]):
+        self.cfg, self.wake = cfg, wake
+        self.state, self.errors, self.last_error = "connecting", 0, ""
+        self.listening = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pg-listen", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay, first = 0.5, True
+        while not self._stop.is_set():
+            try:
+                conn = PgThreadLocal.connect(self.cfg)
+                try:
+                    conn.execute(f"listen {DESIRED_CHANNEL}")
+                    self.state = "listening"
+                    self.listening.set()
+                    if not first:
+                        self.wake(None)   # what was announced while this was away is lost: everyone re-reads
+                    first, delay = False, 0.5
+                    while not self._stop.is_set():
+                        for n in conn.notifies(timeout=1.0):
+                            self.wake(None if n.payload == "*" else n.payload.split(","))
+                finally:
+                    conn.close()
+            except Exception as e:   # the database went away (or the wake failed): counted, retried
+                self.state, self.errors, self.last_error = "reconnecting", self.errors + 1, f"{type(e).__name__}: {e}"
+                self.listening.clear()
+                log.warning("state database listener (%s): %s; again in %.1f s", self.cfg.where(), e, delay)
+                self._stop.wait(delay)
+                delay = min(self.BACKOFF_MAX_S, delay * 2)
+        self.state = "stopped"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 _TYPES = {str: "text", int: "bigint", float: "double precision", bytes: "bytea", bool: "bigint"}
@@ -322,24 +392,26 @@ class PgThreadLocal:
     def get(self) -> PgDatabase:
         db = getattr(self._local, "db", None)
         if db is None or db.conn.closed or db.conn.broken:
-            db = self._local.db = PgDatabase(self._connect(), self.cfg.where())
+            db = self._local.db = PgDatabase(self.connect(self.cfg), self.cfg.where())
         return db
 
-    def _connect(self):
+    @staticmethod
+    def connect(cfg: StateConfig):
+        """A new autocommit connection, or StorageUnavailable / ConfigError naming the database."""
         try:
             import psycopg
         except ImportError as e:
             raise ConfigError("--state postgresql:// needs psycopg 3 (pip install 'psycopg[binary]'; "
                               "scripts/setup.sh installs it)") from e
         try:
-            return psycopg.connect(self.cfg.url, autocommit=True, connect_timeout=self.cfg.connect_timeout_s,
+            return psycopg.connect(cfg.url, autocommit=True, connect_timeout=cfg.connect_timeout_s,
                                    application_name="slmops-control-plane")
         except psycopg.OperationalError as e:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            raise StorageUnavailable(f"cannot reach the state database PostgreSQL at {self.cfg.where()}: "
+            raise StorageUnavailable(f"cannot reach the state database PostgreSQL at {cfg.where()}: "
                                      f"{reason[:300]}") from e
         except psycopg.ProgrammingError as e:   # a malformed URL
-            raise ConfigError(f"--state {self.cfg.display()!r}: {str(e)[:300]}") from e
+            raise ConfigError(f"--state {cfg.display()!r}: {str(e)[:300]}") from e
 
 
 def open_state(cfg: StateConfig):

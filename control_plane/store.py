@@ -74,6 +74,7 @@ class Store:
         self._wakers: dict[str, set] = {}   # device id -> its watch streams' wake-ups (objects with .set())
         self.rollouts_changed = threading.Event()             # set by admin rollout actions; the driver waits on it
         self.rollouts_lock = threading.RLock()                # one rollout change at a time (driver vs operators)
+        self.listener = None   # PostgreSQL: hears other control planes' changes (started by the first watch)
         self._create()
 
     def _create(self) -> None:
@@ -207,8 +208,8 @@ class Store:
                 return None
             self.db.execute("delete from devices where device_id = ?", [device_id])
             self.db.execute("delete from device_assigned where device_id = ?", [device_id])
-            for ev in self._wakers.get(device_id, ()):
-                ev.set()
+            self.dialect.announce(self.db, [device_id])
+            self._wake([device_id])
         return row
 
     def touch(self, device_id: str, **fields) -> None:
@@ -248,10 +249,8 @@ class Store:
                     n += self.db.execute(
                         "update devices set desired_name = ?, desired_version = ?, desired_rev = desired_rev + 1 "
                         f"where device_id in ({','.join('?' * len(chunk))})", [name, version, *chunk]).rowcount
-            self._changed.notify_all()
-            for did in device_ids:
-                for ev in self._wakers.get(did, ()):
-                    ev.set()
+            self.dialect.announce(self.db, device_ids)
+            self._wake(device_ids)
             return n
 
     def _remember_assigned(self, device_ids: list[str], name: str, version: str) -> None:
@@ -283,11 +282,30 @@ class Store:
         d = rows[0] if rows else None
         return DesiredState(d["desired_name"], d["desired_version"], d["desired_rev"]) if d else None
 
+    def _wake(self, device_ids: list[str] | None) -> None:
+        """Wakes the watch streams of these devices (None: of every device) and the threads waiting for a
+        change: a change made here, or announced by another control plane on the same database."""
+        with self._lock:
+            self._changed.notify_all()
+            for did in (list(self._wakers) if device_ids is None else device_ids):
+                for ev in self._wakers.get(did, ()):
+                    ev.set()
+
+    def stop_listening(self) -> None:
+        """Stops hearing other control planes' changes (a watch started later starts it again)."""
+        with self._lock:
+            listener, self.listener = self.listener, None
+        if listener:
+            listener.stop()
+
     def subscribe(self, device_id: str, waker) -> None:
         """`waker.set()` is called (from whichever thread makes the change) whenever this device's desired
-        state changes or the device is deleted. Each watch has its own waker, so a change wakes only the
-        streams of the devices it concerns (ten thousand watchers do not stampede on every change)."""
+        state changes or the device is deleted, here or on another control plane sharing the database. Each
+        watch has its own waker, so a change wakes only the streams of the devices it concerns (ten thousand
+        watchers do not stampede on every change)."""
         with self._lock:
+            if self.listener is None:
+                self.listener = self.dialect.listener(self.state, self._wake) or False
             self._wakers.setdefault(device_id, set()).add(waker)
 
     def unsubscribe(self, device_id: str, waker) -> None:

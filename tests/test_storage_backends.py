@@ -311,3 +311,45 @@ def test_the_pipeline_tables_work_on_both_databases(state_url):
     assert [r["line"] for r in jobs.logs(job_id)] == ["one", "two", "three"]
     assert [r["line"] for r in jobs.logs(job_id, after_id=jobs.logs(job_id)[0]["id"])] == ["two", "three"]
     assert Jobs(Store(state_url)).job(job_id)["name"] == "nightly"   # a second start keeps them
+
+
+@pytest.mark.pg
+def test_a_change_made_by_one_control_plane_wakes_the_watches_of_another(pg_url):
+    """Two Stores on one PostgreSQL are two control-plane replicas: set_desired / delete_device on one wakes the
+    watch of that device on the other (LISTEN/NOTIFY), and only that device's; a listener whose connection is
+    killed comes back and then wakes every watch (what was announced meanwhile is lost)."""
+    a, b = Store(pg_url), Store(pg_url)
+    try:
+        d1, _ = a.add_device("d1", {}, "test")
+        d2, _ = a.add_device("d2", {}, "test")
+        w1, w2 = threading.Event(), threading.Event()
+        b.subscribe(d1, w1)
+        b.subscribe(d2, w2)
+        assert b.listener.listening.wait(30), b.listener.last_error
+        a.set_desired("m", "v1", [d1])
+        assert w1.wait(30), "the other replica's watch of d1 was not woken"
+        assert not w2.is_set() and b.desired(d1).version == "v1"
+        w1.clear()
+        a.delete_device(d2)
+        assert w2.wait(30) and not w1.is_set()
+        w1.clear()
+        w2.clear()
+        with a.db.conn.cursor() as cur:   # the listener's connection dies (as when PostgreSQL restarts)
+            cur.execute("select pg_terminate_backend(pid) from pg_stat_activity where query ilike 'listen%'")
+        assert w1.wait(60) and w2.wait(60), "after reconnecting, the listener did not wake every watch"
+        assert b.listener.errors >= 1 and b.listener.listening.wait(30)
+        w1.clear()
+        a.set_desired("m", "v2", None)   # the whole fleet
+        assert w1.wait(30) and b.desired(d1).version == "v2"
+    finally:
+        a.stop_listening()
+        b.stop_listening()
+    assert b.listener is None
+
+
+def test_sqlite_needs_no_listener(tmp_path):
+    s = Store(tmp_path / "state.db")
+    w = threading.Event()
+    s.subscribe("dev_x", w)
+    assert s.listener is False   # one process: its own wake-ups are all there are
+    s.stop_listening()
