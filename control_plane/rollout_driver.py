@@ -127,7 +127,8 @@ class RolloutDriver:
             self.store.rollouts_changed.clear()
             t0 = time.monotonic()
             try:
-                step_all(self.store)
+                if self.store.leader.held():   # of several replicas on one database, one drives
+                    step_all(self.store)
             except Exception:  # keep driving; the next pass starts from the saved state again
                 log.exception("rollout pass failed")
             # A pass over ten thousand devices costs about a second of CPU (and the GIL): waiting at least twice

@@ -13,8 +13,9 @@ What differs beyond the text lives in a Dialect (transactions, `for update`, exe
 that lets one of several control planes starting at once apply the migrations, and the desired-state change
 announcements: on PostgreSQL a change made by one control plane is a NOTIFY on DESIRED_CHANNEL that a listener
 thread in every other one (`Listener`) turns into wake-ups of its watch streams; SQLite, one process, needs none).
-Not built yet (issue 16 part 3): the leader lease for the rollout driver and rollups, a session advisory lock
-(pg_try_advisory_lock on a dedicated connection, like MIGRATION_LOCK), always held on SQLite.
+The leader lease (`Lease`): of several control planes on one PostgreSQL, the one holding a session advisory lock
+(LEADER_LOCK, on a connection of its own) drives rollouts and telemetry rollups; when its process dies, PostgreSQL
+drops the session and with it the lock, and the next replica to ask takes it. On SQLite it is always held.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from slmops.errors import ConfigError, StorageUnavailable
 
 PG_SCHEMES = ("postgresql", "postgres")
 MIGRATION_LOCK = 0x534C4D4F   # pg_advisory_xact_lock key ("SLMO"): one control plane migrates at a time
+LEADER_LOCK = 0x534C4D50      # pg_try_advisory_lock key ("SLMP"): the replica that drives rollouts and rollups
 DESIRED_CHANNEL = "slmops_desired"   # NOTIFY payload: comma-separated device ids, or "*" (too many to list)
 NOTIFY_MAX_PAYLOAD = 7000            # PostgreSQL's limit is 8000 bytes
 log = logging.getLogger("slmops.control_plane.sqldb")
@@ -120,6 +122,9 @@ class SqliteDialect:
     def listener(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None]) -> None:
         return None
 
+    def lease(self, cfg: "StateConfig") -> "Lease":
+        return Lease(None)
+
 
 # ---- PostgreSQL ---------------------------------------------------------------------------------------------
 class PostgresDialect:
@@ -153,6 +158,48 @@ class PostgresDialect:
 
     def listener(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None]) -> "Listener":
         return Listener(cfg, wake)
+
+    def lease(self, cfg: "StateConfig") -> "Lease":
+        return Lease(cfg)
+
+
+class Lease:
+    """Whether this control plane is the one that drives rollouts and rollups (`held()`, asked before each pass).
+    PostgreSQL: a session advisory lock on a connection of its own, taken when free; a lost connection loses it
+    (and the server frees it for the others). `cfg` None (SQLite, one process): always held."""
+
+    def __init__(self, cfg: "StateConfig | None"):
+        self.cfg, self._conn, self._lock = cfg, None, threading.Lock()
+        self.holder = cfg is None
+
+    def held(self) -> bool:
+        if self.cfg is None:
+            return True
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed or self._conn.broken:
+                    self._conn, self.holder = PgThreadLocal.connect(self.cfg), False
+                if self.holder:
+                    self._conn.execute("select 1")   # still our session: still ours
+                else:
+                    self.holder = bool(self._conn.execute("select pg_try_advisory_lock(%s)",
+                                                          [LEADER_LOCK]).fetchone()[0])
+                    if self.holder:
+                        log.info("this control plane now drives rollouts and rollups (leader lease taken)")
+            except Exception as e:   # the database is away: not the leader until it is back
+                if self.holder:
+                    log.warning("leader lease lost (%s): %s", self.cfg.where(), e)
+                self.holder = False
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+            return self.holder
+
+    def release(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()   # the session ends: the lock with it
+            self._conn, self.holder = None, self.cfg is None
 
 
 class Listener:

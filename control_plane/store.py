@@ -75,6 +75,7 @@ class Store:
         self.rollouts_changed = threading.Event()             # set by admin rollout actions; the driver waits on it
         self.rollouts_lock = threading.RLock()                # one rollout change at a time (driver vs operators)
         self.listener = None   # PostgreSQL: hears other control planes' changes (started by the first watch)
+        self.leader = self.dialect.lease(self.state)   # .held(): this one drives rollouts and rollups
         self._create()
 
     def _create(self) -> None:
@@ -292,11 +293,13 @@ class Store:
                     ev.set()
 
     def stop_listening(self) -> None:
-        """Stops hearing other control planes' changes (a watch started later starts it again)."""
+        """Stops hearing other control planes' changes (a watch started later starts it again) and gives up the
+        leader lease."""
         with self._lock:
             listener, self.listener = self.listener, None
         if listener:
             listener.stop()
+        self.leader.release()
 
     def subscribe(self, device_id: str, waker) -> None:
         """`waker.set()` is called (from whichever thread makes the change) whenever this device's desired

@@ -135,6 +135,8 @@ class TelemetryJob:
         while not self.stop.wait(self.interval_s):
             waited += self.interval_s
             try:
+                if not self.views.store.leader.held():   # of several replicas on one database, one rolls up
+                    continue
                 self.views.refresh()
                 if waited - last_drift >= self.drift_every_s:
                     last_drift = waited

@@ -353,3 +353,23 @@ def test_sqlite_needs_no_listener(tmp_path):
     s.subscribe("dev_x", w)
     assert s.listener is False   # one process: its own wake-ups are all there are
     s.stop_listening()
+
+
+@pytest.mark.pg
+def test_one_replica_holds_the_leader_lease_and_another_takes_it_when_it_dies(pg_url):
+    a, b = Store(pg_url), Store(pg_url)
+    try:
+        assert a.leader.held() and not b.leader.held() and a.leader.held()
+        with b.db.conn.cursor() as cur:   # a's lease session dies (as when its process is killed)
+            cur.execute("select pg_terminate_backend(%s, 10000)", [a.leader._conn.info.backend_pid])  # waits
+        assert b.leader.held(), "the lease was not free once its holder's session died"
+        assert not a.leader.held()   # it noticed its session was gone, and the lease is b's now
+        b.stop_listening()   # a clean stop gives it up
+        assert a.leader.held()
+    finally:
+        a.stop_listening()
+        b.stop_listening()
+
+
+def test_on_sqlite_the_one_control_plane_is_the_leader(tmp_path):
+    assert Store(tmp_path / "state.db").leader.held()
