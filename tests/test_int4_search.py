@@ -42,11 +42,15 @@ def test_plan_expands_int4_into_its_recipes_then_the_fallbacks_and_is_bounded():
      "shared embedding needs the head at int4"),
     (ExportOptions("int4", int4_symmetric=False), True, "asymmetric int4 with a shared embedding"),
     (ExportOptions("int4", extra={"matmul_mixed_precision": "gather:int8"}), False, "int8 embedding"),
+    (ExportOptions("int4", int4_algo="hqq", extra={"op_types_to_quantize": "MatMul/Gather"}), False,
+     "hqq quantizes the MatMuls only"),
 ])
 def test_a_setting_the_builder_cannot_honour_is_named(opts, tied, match):
     with pytest.raises(ExportError, match=f"int4 recipe 'mine' cannot be built as asked: .*{match}"):
         check("mine", opts, tied)
     check("mine", ExportOptions("int4", int4_symmetric=False), tied=False)   # fine when nothing is shared
+    with pytest.raises(ExportError, match="hqq is built and measured for the cpu target only"):
+        ExportOptions("int4", "cuda", int4_algo="hqq")
 
 
 def test_a_bad_recipe_is_refused_before_anything_is_built(tiny_hf, tmp_path, examples):
@@ -99,8 +103,15 @@ def test_each_recipe_exports_a_model_that_loads_and_decodes(tiny_hf, tmp_path, n
     g = onnx.load(str(d / "model.onnx"), load_external_data=False).graph
     inits = {i.name for i in g.initializer}
     head = {"rtn": "lm_head.MatMul.weight_Q4", "options": "lm_head.MatMul.weight_Q4",
-            "rtn_mixed": "lm_head.MatMul.weight_Q8", "k_quant_mixed": "lm_head.MatMul.weight_Q8G32"}[name]
+            "rtn_mixed": "lm_head.MatMul.weight_Q8", "k_quant_mixed": "lm_head.MatMul.weight_Q8G32",
+            "hqq": "lm_head.MatMul.weight_Q4"}[name]
     assert head in inits   # the head at the bit width the recipe asks for
+    if name == "hqq":   # HQQ's zero points are float, one per block, and the fast CPU kernel is asked for
+        zp = next(i for i in g.initializer if i.name == "lm_head.MatMul.weight_zero_points")
+        assert zp.data_type == onnx.TensorProto.FLOAT
+        assert all(a.i == 4 for n in g.node if n.op_type == "MatMulNBits" for a in n.attribute
+                   if a.name == "accuracy_level")
+        assert not [n for n in g.node if n.op_type == "MatMul"]   # every MatMul quantized
     assert ("GatherBlockQuantized" in {n.op_type for n in g.node}) == (name == "rtn_mixed")   # int4 embedding
     model = og.Model(str(d))
     gp = og.GeneratorParams(model)

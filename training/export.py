@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 PROVIDERS = ("cpu", "cuda", "dml")
-# k_quant_last keeps the last MatMul (lm_head) in int8; k_quant_mixed also the most sensitive layers.
-INT4_ALGOS = ("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed")
+# k_quant_last keeps the last MatMul (lm_head) in int8; k_quant_mixed also the most sensitive layers. hqq is not
+# the builder's: an fp32 build (embedding not shared) whose MatMuls onnxruntime's MatMulNBitsQuantizer then
+# quantizes with HQQ (asymmetric, float zero points, needs torch; minutes on a 135M model, see _hqq).
+INT4_ALGOS = ("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "hqq")
 # Which precisions a target can actually run (see the module docstring for fp16 on cpu).
 RUNNABLE = {"cpu": ("fp32", "int8", "int4"), "cuda": PRECISIONS, "dml": PRECISIONS}
 EXPORT_INFO = "export_info.json"
@@ -63,6 +65,8 @@ class ExportOptions:
             raise ExportError(f"int4 block size {self.int4_block_size} must be one of 16, 32, 64, 128, 256")
         if self.int4_algo not in INT4_ALGOS:
             raise ExportError(f"int4 algorithm {self.int4_algo!r} must be one of {', '.join(INT4_ALGOS)}")
+        if self.precision == "int4" and self.int4_algo == "hqq" and self.execution_provider != "cpu":
+            raise ExportError("int4 algorithm hqq is built and measured for the cpu target only")
         for name in ("int4_accuracy_level", "int8_accuracy_level"):
             if getattr(self, name) not in (0, 1, 2, 3, 4):
                 raise ExportError(f"{name.replace('_', ' ')} {getattr(self, name)} must be 0-4")
@@ -71,7 +75,9 @@ class ExportOptions:
         opts: dict = {}
         # onnxruntime-genai 0.18 reads block_size/is_symmetric/accuracy_level; the int4_-prefixed names its
         # help still mentions are silently ignored (measured: int4_block_size=16 still wrote 32-wide blocks).
-        if self.precision == "int4":
+        if self.hqq:   # the builder makes fp32 with its own embedding; _hqq quantizes the MatMuls after
+            opts["shared_embeddings"] = "false"
+        elif self.precision == "int4":
             opts.update(block_size=self.int4_block_size, accuracy_level=self.int4_accuracy_level,
                         is_symmetric=str(self.int4_symmetric).lower())
             if self.int4_algo != "default":
@@ -85,9 +91,20 @@ class ExportOptions:
         opts.update(self.extra)
         return [f"{k}={v}" for k, v in opts.items()]
 
+    @property
+    def hqq(self) -> bool:
+        return self.precision == "int4" and self.int4_algo == "hqq"
+
+    @property
+    def builder_precision(self) -> str:
+        return "fp32" if self.hqq else self.precision
+
     def describe(self) -> dict:
-        return {"precision": self.precision, "execution_provider": self.execution_provider,
-                "builder_options": [o for o in self.builder_options() if not o.startswith("adapter_path=")]}
+        out = {"precision": self.precision, "execution_provider": self.execution_provider,
+               "builder_options": [o for o in self.builder_options() if not o.startswith("adapter_path=")]}
+        if self.hqq:
+            out["builder_options"].append(f"then MatMulNBitsQuantizer HQQ 4 bit, block {self.int4_block_size}")
+        return out
 
 
 def check_source(model_dir: pathlib.Path) -> str:
@@ -137,13 +154,16 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
     nbits.setLevel(logging.WARNING)
     if not any(isinstance(f, _ExpectedGatherNotice) for f in nbits.filters):
         nbits.addFilter(_ExpectedGatherNotice())
-    log(f"  building {arch} as {options.precision} for {options.execution_provider} (onnxruntime-genai builder)")
+    log(f"  building {arch} as {options.precision} for {options.execution_provider} (onnxruntime-genai builder"
+        + (", then HQQ)" if options.hqq else ")"))
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
-            kv = builder.parse_extra_options(None, str(model_dir), str(staging), options.precision,
+            kv = builder.parse_extra_options(None, str(model_dir), str(staging), options.builder_precision,
                                              options.execution_provider, str(cache), options.builder_options())
-            builder.create_model(None, str(model_dir), str(staging), options.precision,
+            builder.create_model(None, str(model_dir), str(staging), options.builder_precision,
                                  options.execution_provider, str(cache), **kv)
+            if options.hqq:
+                _hqq(staging, options)
         (staging / EXPORT_INFO).write_text(json.dumps(
             {**options.describe(), "architecture": arch, "source": str(model_dir)}, indent=1))
         missing = [n for n in ("model.onnx", "genai_config.json", "tokenizer.json") if not (staging / n).exists()]
@@ -162,6 +182,25 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
         shutil.rmtree(cache, ignore_errors=True)
     log(f"  exported {options.precision} to {out_dir} ({dir_size(out_dir) / 1e6:.2f} MB)")
     return out_dir
+
+
+def _hqq(folder: pathlib.Path, options: ExportOptions) -> None:
+    """Quantizes every MatMul of folder/model.onnx (an fp32 build) to 4 bits with HQQ, in place; the nodes in
+    nodes_to_exclude (LoRA slots) stay float. MatMulNBits gets the options' accuracy level (4: int8 activations,
+    the fast CPU kernel), which HQQ's quantizer leaves at 0."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(folder / "model.onnx"))
+    q = MatMulNBitsQuantizer(model, block_size=options.int4_block_size, nodes_to_exclude=list(options.nodes_to_exclude),
+                             algo_config=HQQWeightOnlyQuantConfig(block_size=options.int4_block_size, bits=4))
+    q.process()
+    for node in q.model.model.graph.node:
+        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", options.int4_accuracy_level))
+    (folder / "model.onnx").unlink()
+    (folder / "model.onnx.data").unlink(missing_ok=True)
+    q.model.save_model_to_file(str(folder / "model.onnx"), use_external_data_format=True)
 
 
 def read_export_info(export_dir: pathlib.Path) -> dict:
