@@ -34,6 +34,11 @@ def from_captures(out: pathlib.Path = typer.Argument(..., help="folder for train
                   exclude_data: List[pathlib.Path] = typer.Option([], "--exclude-data",
                                                                   help="training JSONL whose prompts count as "
                                                                        "duplicates (repeatable)"),
+                  replay: List[pathlib.Path] = typer.Option([], "--replay",
+                                                            help="original training JSONL to mix into train.jsonl "
+                                                                 "(repeatable; rehearsal against forgetting)"),
+                  replay_share: float = typer.Option(0.25, help="with --replay: share of train.jsonl that is "
+                                                                "replayed originals (seeded by --seed)"),
                   as_json: bool = JSON_OPT):
     """Captures (devices whose capture is on) -> a deduplicated, re-redacted dataset with provenance per record."""
     from control_plane import capture_dataset as cd
@@ -51,17 +56,22 @@ def from_captures(out: pathlib.Path = typer.Argument(..., help="folder for train
     db = cp_data_dir / "control_plane.db"
     if not db.is_file():
         fail(f"no control plane data at {db} (give the folder `control-plane serve --data-dir` uses)")
-    for p in exclude_data:
-        if not p.is_file():
-            fail(f"--exclude-data {p}: no such file")
+    for opt, paths in (("--exclude-data", exclude_data), ("--replay", replay)):
+        for p in paths:
+            if not p.is_file():
+                fail(f"{opt} {p}: no such file")
     store = Store(db)
     group = labels(label)
     devices = tuple(devices_labelled(store, group)) if group else None
     try:
         f = cd.Filters(since_ms, until_ms, model, devices, min_chars, max_chars, script, language, heldout, seed,
                        min_records)
+        rp = cd.Replay(tuple(str(p) for p in replay), replay_share) if replay else None
         known = cd.known_prompts(exclude_data)
+        originals = cd.read_originals(rp.files) if rp else []
         res = cd.from_store(store, f, known)
+        if rp:
+            res = cd.replay(res, originals, rp, seed)
     except ValueError as e:   # a line of --exclude-data that is not JSON
         fail(f"--exclude-data: {e}")
     except ConfigError as e:

@@ -12,6 +12,13 @@ of the prompt into train and held-out, each record carrying its provenance. Ever
 an empty result, one that is all duplicates (of each other or of the training data given), or one with fewer
 than `min_records` distinct records, is refused with the counts. `write` puts the files down atomically
 in the shapes training/dataset.py reads.
+
+`replay` (rehearsal) mixes a share of the original training data into train.jsonl, so the next model keeps what
+the one in service knew while it learns the new traffic: the originals whose prompt a capture (train or held-out)
+also has, or another original before it, are dropped and counted; of the rest a seeded choice, by a hash of the
+prompt, makes up `share` of train.jsonl (all of them when there are fewer, and dataset.json says so). Each keeps
+its own answer and answer key, and its provenance names the file and line it came from. The held-out slice stays
+captured traffic only.
 """
 from __future__ import annotations
 
@@ -64,11 +71,24 @@ class Filters:
             raise ConfigError("the time window ends before it starts")
 
 
+@dataclass(frozen=True)
+class Replay:
+    files: tuple[str, ...]            # the original training data (JSONL in training/dataset.py's shapes)
+    share: float = 0.25               # of the records in train.jsonl that are replayed originals
+
+    def __post_init__(self) -> None:
+        if not self.files:
+            raise ConfigError("replay needs the original training data (one file or more)")
+        if not 0 < self.share <= 0.9:
+            raise ConfigError(f"replay share {self.share} must be above 0 and at most 0.9 (the rest is captures)")
+
+
 @dataclass
 class Result:
     train: list[dict] = field(default_factory=list)
     heldout: list[dict] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)   # "read", "kept", and one per reason dropped
+    replay: dict | None = None                         # what `replay` mixed in (dataset.json's "replay")
 
     def summary(self) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
@@ -187,7 +207,7 @@ def build(rows, consent: set[str], f: Filters, known: frozenset[str] = frozenset
             continue
         seen.add(key)
         record = {"messages": pair["messages"] + [{"role": "assistant", "content": pair["response"]}],
-                  "provenance": {"device_id": row["device_id"], "seq": row.get("seq", 0), "ts_ms": row["ts_ms"],
+                  "provenance": {"source": "capture", "device_id": row["device_id"], "seq": row.get("seq", 0), "ts_ms": row["ts_ms"],
                                  "model": row["model"], "adapter": row.get("adapter") or "",
                                  "capture_sha256": hashlib.sha256(row["detail"].encode()).hexdigest()}}
         bucket = int(hashlib.sha256(f"{f.seed}:{key}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
@@ -205,6 +225,54 @@ def build(rows, consent: set[str], f: Filters, known: frozenset[str] = frozenset
     return res
 
 
+def replay(res: Result, originals: list[dict], r: Replay, seed: int = 0) -> Result:
+    """`res` with a seeded share of `originals` (records as `read_originals` gives them) added to its train
+    set; the counts say how many were replayed and why the others were not."""
+    captured = {prompt_key(text_profile.prompt_text(rec)) for rec in res.train + res.heldout}
+    taken, candidates, files = set(), [], {}
+    for rec in originals:
+        f = files.setdefault(rec["provenance"]["file"], {"sha256": rec["provenance"]["file_sha256"],
+                                                         "records": 0, "replayed": 0})
+        f["records"] += 1
+        key = prompt_key(text_profile.prompt_text(rec))
+        if key in captured or key in taken:
+            res.counts[f"replay: dropped, {'prompt also captured' if key in captured else 'duplicate'}"] += 1
+            continue
+        taken.add(key)
+        candidates.append((hashlib.sha256(f"{seed}:{key}".encode()).hexdigest(), rec))
+    wanted = round(r.share * len(res.train) / (1 - r.share))
+    chosen = [rec for _, rec in sorted(candidates, key=lambda c: c[0])[:wanted]]
+    for rec in chosen:
+        files[rec["provenance"]["file"]]["replayed"] += 1
+    res.train = res.train + chosen
+    res.counts["replayed"] += len(chosen)
+    res.replay = {"share": r.share, "seed": seed, "wanted": wanted, "records": len(chosen),
+                  "share_of_train": round(len(chosen) / len(res.train), 4) if res.train else 0.0,
+                  "files": files}
+    return res
+
+
+def read_originals(files) -> list[dict]:
+    """Every record of these training files as a chat record with its answer key (if any) and its provenance:
+    file, line, sha256 of the line and of the file. Bad records raise training/dataset.py's DataError."""
+    from training.dataset import load_jsonl
+
+    out = []
+    for path in files:
+        raw = pathlib.Path(path).read_bytes()
+        file_sha, text = hashlib.sha256(raw).hexdigest(), raw.decode("utf-8")
+        lines = text.splitlines()
+        for ex in load_jsonl(path):
+            line = int(ex.source.rpartition(":")[2])
+            rec = {"messages": list(ex.messages)}
+            if ex.answer_key:
+                rec["answer_key"] = ex.answer_key
+            rec["provenance"] = {"source": "replay", "file": str(path), "line": line, "file_sha256": file_sha,
+                                 "record_sha256": hashlib.sha256(lines[line - 1].encode()).hexdigest()}
+            out.append(rec)
+    return out
+
+
 def _write_atomic(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -219,6 +287,8 @@ def write(res: Result, out: pathlib.Path, f: Filters) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     info = {"source": "captures", "filters": {k: v for k, v in asdict(f).items()}, "counts": dict(res.counts),
             "files": {}}
+    if res.replay is not None:
+        info["replay"] = res.replay
     for name, recs in (("train.jsonl", res.train), ("heldout.jsonl", res.heldout)):
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
         _write_atomic(out / name, text)

@@ -1,6 +1,7 @@
 """Captures -> dataset (control_plane/capture_dataset.py and `slmops dataset from-captures`) over a real control
 plane store: consent, window and selector, dedupe, redaction re-checked, filters, held-out split and provenance;
 the files load with training/dataset.py; empty or all-duplicate results are refused with the counts."""
+import hashlib
 import json
 
 import pytest
@@ -116,6 +117,52 @@ def test_empty_and_all_duplicate_datasets_are_refused_with_the_counts():
             cd.Filters(**bad)
 
 
+def originals(path, prompts) -> list[dict]:
+    path.write_text("".join(json.dumps({"input": q, "output": f"answer to {q}", "answer_key": "answer"}) + "\n"
+                            for q in prompts))
+    return cd.read_originals([str(path)])
+
+
+def test_replay_mixes_a_seeded_share_of_the_original_data_deduped_against_the_captures(tmp_path):
+    rows = [cap("a", i, T0 + i, f"new topic question {i}") for i in range(30)]
+    old = originals(tmp_path / "old.jsonl", [f"old topic question {i}" for i in range(40)]
+                    + ["New topic question 3", "old topic  QUESTION 7"])   # one captured prompt, one repeated
+    res = cd.build(rows, {"a"}, cd.Filters(heldout_fraction=0.25))
+    captured_train, heldout = list(res.train), list(res.heldout)
+    mixed = cd.replay(res, old, cd.Replay((str(tmp_path / "old.jsonl"),), share=0.4), seed=0)
+    replayed = [r for r in mixed.train if r["provenance"]["source"] == "replay"]
+    assert mixed.train[:len(captured_train)] == captured_train and mixed.heldout == heldout   # held-out: captures
+    assert len(replayed) == round(0.4 * len(captured_train) / 0.6) == mixed.counts["replayed"]
+    assert mixed.counts["replay: dropped, prompt also captured"] == 1
+    assert mixed.counts["replay: dropped, duplicate"] == 1
+    assert all(r["messages"][0]["content"].startswith("old topic") for r in replayed)
+    first = replayed[0]
+    assert first["messages"][-1]["content"] == f"answer to {first['messages'][0]['content']}"   # its own answer
+    assert first["answer_key"] == "answer" and first["provenance"]["file"] == str(tmp_path / "old.jsonl")
+    line = (tmp_path / "old.jsonl").read_text().splitlines()[first["provenance"]["line"] - 1]
+    assert json.loads(line)["input"] == first["messages"][0]["content"]
+    assert first["provenance"]["file_sha256"] == hashlib.sha256((tmp_path / "old.jsonl").read_bytes()).hexdigest()
+    assert mixed.replay["files"][str(tmp_path / "old.jsonl")] == {
+        "sha256": first["provenance"]["file_sha256"], "records": 42, "replayed": len(replayed)}
+
+    def chosen(seed):
+        r = cd.replay(cd.build(rows, {"a"}, cd.Filters(heldout_fraction=0.25)), old,
+                      cd.Replay((str(tmp_path / "old.jsonl"),), 0.4), seed)
+        return [x["messages"][0]["content"] for x in r.train if x["provenance"]["source"] == "replay"]
+    assert chosen(0) == [r["messages"][0]["content"] for r in replayed] and chosen(1) != chosen(0)   # seeded
+    few = cd.replay(cd.build(rows, {"a"}, cd.Filters(heldout_fraction=0.25)), old[:3],
+                    cd.Replay(("old.jsonl",), 0.9), 0)
+    assert few.replay["records"] == 3 < few.replay["wanted"]   # fewer than asked: all of them, and it says so
+    info = cd.write(mixed, tmp_path / "ds", cd.Filters(heldout_fraction=0.25))
+    assert info["replay"]["records"] == len(replayed) and len(load_jsonl(tmp_path / "ds" / "train.jsonl")) == \
+        len(mixed.train)
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["replay"]["share"] == 0.4
+    for bad, words in ((dict(files=()), "needs the original training data"), (dict(files=("x",), share=0.0),
+                                                                              "replay share 0.0")):
+        with pytest.raises(cd.ConfigError, match=words):
+            cd.Replay(**bad)
+
+
 def run(*args, ok=True):
     r = runner.invoke(app, list(args), env={"COLUMNS": "80"})
     assert "Traceback" not in r.output and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
@@ -170,6 +217,13 @@ def test_from_captures_writes_what_the_recipes_read_and_honours_withdrawn_consen
     assert english["filters"]["language"] == "en" and english["counts"]["kept"] == 10
     assert "--exclude-data" in run("dataset", "from-captures", str(out), "--cp-data-dir", str(cp),
                                    "--exclude-data", str(tmp_path / "missing.jsonl"), ok=False)
+    mixed = json.loads(run("dataset", "from-captures", str(tmp_path / "mixed"), "--cp-data-dir", str(cp),
+                           "--replay", str(train_file), "--replay-share", "0.5", "--json"))
+    assert mixed["counts"]["replay: dropped, prompt also captured"] == 1 and mixed["replay"]["records"] == 0
+    assert "--replay" in run("dataset", "from-captures", str(out), "--cp-data-dir", str(cp), "--replay",
+                             str(tmp_path / "missing.jsonl"), ok=False)
+    assert "replay share 1.0" in run("dataset", "from-captures", str(out), "--cp-data-dir", str(cp), "--replay",
+                                     str(train_file), "--replay-share", "1", ok=False)
 
 
 def cd_now() -> int:

@@ -111,6 +111,8 @@ def training_data(export_info: dict) -> list[dict]:
             if entry["sha256"] in files.values():   # this file is the one that dataset.json describes
                 entry["dataset"] = {"source": ds.get("source"), "counts": ds.get("counts"), "files": files,
                                     "filters": {k: v for k, v in ds.get("filters", {}).items() if k != "device_ids"}}
+                if ds.get("replay"):   # the original data mixed in: each file's sha256 and how many records
+                    entry["dataset"]["replay"] = ds["replay"]
         except (OSError, ValueError, AttributeError):
             pass
         out.append(entry)
