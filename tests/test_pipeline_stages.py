@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 from control_plane.pipelines import stages
 from control_plane.pipelines.recipe import parse
@@ -140,3 +141,51 @@ def test_evaluate_refuses_a_model_no_better_than_the_one_it_replaces(tiny_hf, tm
     with pytest.raises(PipelineInvalid, match="no evaluate stage comes before the gate"):
         parse({"name": "y", "stages": [{"train": {"recipe": "training/recipes/lora_tiny.yaml"}}, {"export": {}},
                                        {"gate": {"sets": "evaluated"}}]}, ROOT)
+
+
+def test_a_model_that_forgot_the_original_set_is_refused_by_the_no_forgetting_floor(tiny_hf, tmp_path):
+    from control_plane.pipelines.recipe import PipelineInvalid
+
+    original = ROOT / "training/data/support_heldout.jsonl"
+    forgot = random_model(tiny_hf, tmp_path / "forgot-hf", seed=5)   # v2 that knows nothing v1 knew
+    d = {"name": "loop", "stages": [
+        {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
+        {"evaluate": {"heldout": str(original), "compare_model": str(tiny_hf), "max_loss_vs_compare": 0.05,
+                      "max_examples": 6, "max_new_tokens": 16}}]}
+    cfg = parse(d, ROOT).stages[1].config
+    assert cfg["max_loss_vs_compare"] == 0.05
+    import pytest
+
+    with pytest.raises(stages.StageFailed, match=rf"forgetting on {original}: ROUGE-L (0\.\d+) against the "
+                                                 rf"records' answers is 0\.\d+ below the compared model's "
+                                                 rf"\({tiny_hf}\) (0\.\d+), more than max_loss_vs_compare 0.05") as e:
+        stages.evaluate(cfg, {"model_dir": str(forgot), "template": "chatml"}, tmp_path / "e", print, "")
+    mine, theirs = (float(x) for x in re.search(r"ROUGE-L (0\.\d+) .*\) (0\.\d+)", str(e.value)).groups())
+    assert theirs - mine > 0.05
+    # v1 itself is within the margin of v1: the floor lets a model that kept what it knew through
+    _, m = stages.evaluate(cfg, {"model_dir": str(tiny_hf), "template": "chatml"}, tmp_path / "same", print, "")
+    assert m["compare_floor"] == {"max_loss_vs_compare": 0.05, "passed": True} and m["rouge_l_gain"] == 0
+
+    def errors(body: dict) -> str:
+        with pytest.raises(PipelineInvalid) as e:
+            parse({"name": "x", "stages": [{"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
+                                           {"evaluate": {"heldout": str(original), **body}}]}, ROOT)
+        return str(e.value)
+    assert "stages[1].evaluate.max_loss_vs_compare: needs compare_model" in errors({"max_loss_vs_compare": 0.1})
+    assert "give one of min_gain_over_compare" in errors({"compare_model": str(tiny_hf), "max_loss_vs_compare": 0.1,
+                                                          "min_gain_over_compare": 0.1})
+    assert "max_loss_vs_compare: -0.1 must be a number in [0.0, 1.0]" in errors(
+        {"compare_model": str(tiny_hf), "max_loss_vs_compare": -0.1})
+
+
+def test_against_compared_holds_each_set_to_its_one_floor():
+    new = {"heldout": "new.jsonl", "compare_model": "v1", "min_gain_over_compare": 0.05}
+    old = {"heldout": "old.jsonl", "compare_model": "v1", "max_loss_vs_compare": 0.05}
+    assert stages.against_compared(new, 0.80, 0.10, "refs") is None
+    assert "on new.jsonl: ROUGE-L 0.120 against refs is not 0.05 above the compared model's (v1) 0.100" in \
+        stages.against_compared(new, 0.12, 0.10, "refs")
+    assert stages.against_compared(old, 0.37, 0.41, "refs") is None      # 0.04 below: within the margin
+    assert stages.against_compared(old, 0.50, 0.41, "refs") is None      # better is fine
+    assert stages.against_compared(old, 0.19, 0.41, "refs") == (
+        "forgetting on old.jsonl: ROUGE-L 0.190 against refs is 0.220 below the compared model's (v1) 0.410, "
+        "more than max_loss_vs_compare 0.05 allows")

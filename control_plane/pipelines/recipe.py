@@ -189,7 +189,8 @@ def _train(d: dict, where: str, base: pathlib.Path, errors: _Errors, chained: bo
 
 def _evaluate(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
     d = _mapping(d, where, errors, ("heldout", "max_examples", "max_new_tokens", "min_task_accuracy", "resources",
-                                    "reference_model", "compare_model", "min_rouge_l", "min_gain_over_compare"))
+                                    "reference_model", "compare_model", "min_rouge_l", "min_gain_over_compare",
+                                    "max_loss_vs_compare"))
     heldout = d.get("heldout", str(pathlib.Path(__file__).parents[2] / "training" / "data" / "support_heldout.jsonl"))
     p = _path(base, heldout, f"{where}.heldout", errors)
     cfg = {"heldout": str(p) if p else None,
@@ -206,10 +207,14 @@ def _evaluate(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple
         if folder:
             cfg[key] = str(folder)
             files += sorted(str(f) for f in folder.iterdir() if f.name == "config.json" or f.suffix == ".safetensors")
-    if "min_gain_over_compare" in d:
+    floors = [k for k in ("min_gain_over_compare", "max_loss_vs_compare") if k in d]   # ROUGE-L vs compare_model
+    if len(floors) > 1:
+        errors.add(f"{where}.max_loss_vs_compare", "give one of min_gain_over_compare (the set the new model is "
+                                                   "for) and max_loss_vs_compare (a set it may not forget)")
+    for key in floors:
         if "compare_model" not in d:
-            errors.add(f"{where}.min_gain_over_compare", "needs compare_model (the model to be better than)")
-        cfg["min_gain_over_compare"] = _number(d, "min_gain_over_compare", where, errors, 0.0, -1.0, 1.0, float)
+            errors.add(f"{where}.{key}", "needs compare_model (the model to be measured against)")
+        cfg[key] = _number(d, key, where, errors, 0.0, -1.0 if key.startswith("min") else 0.0, 1.0, float)
     return cfg, tuple(files)
 
 

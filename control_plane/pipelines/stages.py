@@ -43,8 +43,9 @@ def evaluate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) ->
     """The trained model on a held-out set. References: the records' own answers, or with `reference_model` that
     model's greedy answers to the same prompts (the teacher's, for a slice of captured traffic whose answers are
     only what the old version said). With `compare_model` (the version in service) that model is scored on the
-    same set against the same references. Floors (min_task_accuracy, min_rouge_l, min_gain_over_compare: ROUGE-L
-    above the compared model's) fail the stage, so nothing after it (gate, publish) runs. The scored set is
+    same set against the same references. Floors (min_task_accuracy, min_rouge_l, and against the compared
+    model `against_compared`'s min_gain_over_compare or max_loss_vs_compare) fail the stage, so nothing after it
+    (gate, publish) runs. The scored set is
     written to scored.jsonl and handed on (outputs `scored_sets`), so a gate with `sets: evaluated` measures on
     it too."""
     from training.dataset import Template, load_jsonl
@@ -88,12 +89,31 @@ def evaluate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) ->
                           f"{cfg['min_task_accuracy']:.1%}")
     if cfg.get("min_rouge_l") and r.rouge_l < cfg["min_rouge_l"]:
         raise StageFailed(f"ROUGE-L {r.rouge_l:.3f} against {references} is below min_rouge_l {cfg['min_rouge_l']}")
-    if cfg.get("min_gain_over_compare") is not None and cfg.get("compare_model") \
-            and metrics["rouge_l_gain"] < cfg["min_gain_over_compare"]:
-        raise StageFailed(f"ROUGE-L {r.rouge_l:.3f} against {references} is not {cfg['min_gain_over_compare']} "
-                          f"above the compared model's ({cfg['compare_model']}) {metrics['compared']['rouge_l']:.3f}")
+    if "compared" in metrics:
+        refused = against_compared(cfg, r.rouge_l, metrics["compared"]["rouge_l"], references)
+        metrics["compare_floor"] = {k: cfg[k] for k in COMPARE_FLOORS if k in cfg} | {"passed": refused is None}
+        if refused:
+            raise StageFailed(refused)
     sets = {**(inputs.get("scored_sets") or {}), cfg["heldout"]: str(scored)}
     return {"model_dir": inputs["model_dir"], "template": inputs.get("template"), "scored_sets": sets}, metrics
+
+
+COMPARE_FLOORS = ("min_gain_over_compare", "max_loss_vs_compare")
+
+
+def against_compared(cfg: dict, trained: float, compared: float, references: str) -> str | None:
+    """Why the trained model is refused next to the compared one (the version in service) on this evaluate
+    stage's set, or None. ROUGE-L, one floor per set: `min_gain_over_compare` (at least this much above it: the
+    set the new model is for) or `max_loss_vs_compare` (at most this much below it: a set the old model knew,
+    so the new one may not forget it)."""
+    where = f"on {cfg['heldout']}: ROUGE-L {trained:.3f} against {references}"
+    theirs = f"the compared model's ({cfg['compare_model']}) {compared:.3f}"
+    if "min_gain_over_compare" in cfg and trained - compared < cfg["min_gain_over_compare"]:
+        return f"{where} is not {cfg['min_gain_over_compare']} above {theirs}"
+    if "max_loss_vs_compare" in cfg and compared - trained > cfg["max_loss_vs_compare"]:
+        return (f"forgetting {where} is {compared - trained:.3f} below {theirs}, more than max_loss_vs_compare "
+                f"{cfg['max_loss_vs_compare']} allows")
+    return None
 
 
 def reference_answers(model_dir: str, template, examples: list, max_new_tokens: int, cache_dir: str) -> list:
