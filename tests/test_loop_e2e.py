@@ -1,10 +1,13 @@
 """Issue 17's loop on tiny models and real processes: a fleet serves v1 (trained on the support data), traffic moves
 to a topic v1 never saw (Kestrel K3 warning lights), the input drift signal crosses its threshold (/metrics,
 `slmops drift`), the captures become a dataset, the shipped pipeline recipe has a teacher that knows the topic
-answer the captured prompts, distils a student, evaluates it on the captured held-out slice, gates, publishes and
-canaries it as v2; on the held-out slice of the shifted traffic v2 answers more of the questions right than v1."""
+answer the captured prompts, distils a student (half of its data replayed from the original training data),
+evaluates it on the captured held-out slice and on the original held-out set, gates, publishes and canaries it as
+v2; on the held-out slice of the shifted traffic v2 answers more of the questions right than v1, and on the
+original held-out set it is no more than the recipe's margin below v1 (it did not forget)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import re
@@ -23,6 +26,7 @@ from training.publish import data_profile
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+ORIGINAL = ROOT / "training/data/support_train.jsonl"   # v1's training data: replayed into v2's
 RECIPE = ROOT / "training/recipes/pipeline_from_captures_tiny.yaml"
 KEYS = ("fan", "pump", "door", "fuse", "valve", "lamp")
 MEANINGS = ("the fan is blocked", "the pump is dry", "the door is open", "the fuse blew", "the valve is stuck",
@@ -104,8 +108,13 @@ def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(clust
     assert re.search(r"input_lexical_js .*DRIFT", cli("drift", "support@v1", "--cp-data-dir", str(cluster.cp_dir)))
 
     info = json.loads(cli("dataset", "from-captures", str(work / "runs" / "captured"), "--cp-data-dir",
-                          str(cluster.cp_dir), "--model", "support@v1", "--heldout", "0.25", "--json"))
+                          str(cluster.cp_dir), "--model", "support@v1", "--heldout", "0.25", "--replay",
+                          str(ORIGINAL), "--replay-share", "0.5", "--json"))
     assert info["counts"]["kept"] == len(traffic())
+    records = [json.loads(ln) for ln in (work / "runs" / "captured" / "train.jsonl").read_text().splitlines()]
+    replayed = [r for r in records if r["provenance"]["source"] == "replay"]
+    assert len(replayed) == info["replay"]["records"] == info["counts"]["replayed"] == len(records) // 2
+    assert all(r["provenance"]["file"] == str(ORIGINAL) and r["answer_key"] for r in replayed)
     heldout = [json.loads(ln)["messages"][0]["content"]
                for ln in (work / "runs" / "captured" / "heldout.jsonl").read_text().splitlines()]
     assert len(heldout) >= 4
@@ -121,10 +130,15 @@ def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(clust
     # the slice is scored against the teacher's answers (its records hold only v1's), v2 and v1 alike
     assert captured["references"] == f"the answers of {work / 'runs' / 'teacher' / 'model'}"
     assert captured["examples"] == len(heldout) and captured["compared"]["model"] == str(work / "runs/v1/model")
-    assert captured["rouge_l_gain"] >= 0.05 and "compared" in original
-    print(f"captured slice vs the teacher's answers: v2 ROUGE-L {captured['rouge_l']:.2f}, "
-          f"v1 {captured['compared']['rouge_l']:.2f}; original set: v2 {original['rouge_l']:.2f}, "
-          f"v1 {original['compared']['rouge_l']:.2f}")
+    print(f"captured slice vs the teacher's answers: v2 ROUGE-L {captured['rouge_l']:.3f}, "
+          f"v1 {captured['compared']['rouge_l']:.3f}; original set ({original['examples']} records): "
+          f"v2 {original['rouge_l']:.3f}, v1 {original['compared']['rouge_l']:.3f}")
+    assert captured["rouge_l_gain"] >= 0.05 and captured["compare_floor"] == {"min_gain_over_compare": 0.05,
+                                                                              "passed": True}
+    # no forgetting: on the original held-out set (all of it) v2 is within the recipe's margin of v1
+    assert original["heldout"] == str(work / "training/data/support_heldout.jsonl") and original["examples"] == 26
+    assert original["compare_floor"] == {"max_loss_vs_compare": 0.05, "passed": True}
+    assert original["rouge_l"] >= original["compared"]["rouge_l"] - 0.05
     assert len(gate["sets"]) == 2 and all(len(t["sets"]) == 2 for t in gate["tried"] if t["metrics"])
     v2 = job.published
     assert v2.startswith("support@v-")
@@ -134,6 +148,8 @@ def test_shifted_traffic_becomes_a_distilled_canary_that_answers_it_better(clust
     learned = json.loads(row["manifest"])["metrics"]["training_data"]   # lineage: v2 names the captures
     assert [d["dataset"]["source"] for d in learned] == ["captures"]
     assert learned[0]["sha256"] == info["files"]["train.jsonl"]["sha256"]
+    assert learned[0]["dataset"]["replay"]["files"][str(ORIGINAL)]["sha256"] == \
+        hashlib.sha256(ORIGINAL.read_bytes()).hexdigest()   # and the original data it replayed
     profile = json.loads(row["manifest"])["metrics"]["data_profile"]   # v2's baseline is the captured traffic
     assert profile["records"] == info["files"]["train.jsonl"]["records"]
     devices = cluster.wait_for(lambda: (ds := cluster.admin.devices()) and sorted(
