@@ -104,7 +104,7 @@ def test_each_recipe_exports_a_model_that_loads_and_decodes(tiny_hf, tmp_path, n
     inits = {i.name for i in g.initializer}
     head = {"rtn": "lm_head.MatMul.weight_Q4", "options": "lm_head.MatMul.weight_Q4",
             "rtn_mixed": "lm_head.MatMul.weight_Q8", "k_quant_mixed": "lm_head.MatMul.weight_Q8G32",
-            "hqq": "lm_head.MatMul.weight_Q4"}[name]
+            "hqq": "lm_head.MatMul.weight_Q4", "hqq_mixed": "lm_head.MatMul.weight_Q8"}[name]
     assert head in inits   # the head at the bit width the recipe asks for
     if name == "hqq":   # HQQ's zero points are float, one per block, and the fast CPU kernel is asked for
         zp = next(i for i in g.initializer if i.name == "lm_head.MatMul.weight_zero_points")

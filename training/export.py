@@ -25,7 +25,8 @@ PROVIDERS = ("cpu", "cuda", "dml")
 # k_quant_last keeps the last MatMul (lm_head) in int8; k_quant_mixed also the most sensitive layers. hqq is not
 # the builder's: an fp32 build (embedding not shared) whose MatMuls onnxruntime's MatMulNBitsQuantizer then
 # quantizes with HQQ (asymmetric, float zero points, needs torch; minutes on a 135M model, see _hqq).
-INT4_ALGOS = ("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "hqq")
+# hqq_mixed: the same with the head and llama.cpp's sensitive layers (the builder's mixed_layers) at int8 RTN.
+INT4_ALGOS = ("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "hqq", "hqq_mixed")
 # Which precisions a target can actually run (see the module docstring for fp16 on cpu).
 RUNNABLE = {"cpu": ("fp32", "int8", "int4"), "cuda": PRECISIONS, "dml": PRECISIONS}
 EXPORT_INFO = "export_info.json"
@@ -65,8 +66,8 @@ class ExportOptions:
             raise ExportError(f"int4 block size {self.int4_block_size} must be one of 16, 32, 64, 128, 256")
         if self.int4_algo not in INT4_ALGOS:
             raise ExportError(f"int4 algorithm {self.int4_algo!r} must be one of {', '.join(INT4_ALGOS)}")
-        if self.precision == "int4" and self.int4_algo == "hqq" and self.execution_provider != "cpu":
-            raise ExportError("int4 algorithm hqq is built and measured for the cpu target only")
+        if self.hqq and self.execution_provider != "cpu":
+            raise ExportError(f"int4 algorithm {self.int4_algo} is built and measured for the cpu target only")
         for name in ("int4_accuracy_level", "int8_accuracy_level"):
             if getattr(self, name) not in (0, 1, 2, 3, 4):
                 raise ExportError(f"{name.replace('_', ' ')} {getattr(self, name)} must be 0-4")
@@ -93,7 +94,7 @@ class ExportOptions:
 
     @property
     def hqq(self) -> bool:
-        return self.precision == "int4" and self.int4_algo == "hqq"
+        return self.precision == "int4" and self.int4_algo in ("hqq", "hqq_mixed")
 
     @property
     def builder_precision(self) -> str:
@@ -103,7 +104,8 @@ class ExportOptions:
         out = {"precision": self.precision, "execution_provider": self.execution_provider,
                "builder_options": [o for o in self.builder_options() if not o.startswith("adapter_path=")]}
         if self.hqq:
-            out["builder_options"].append(f"then MatMulNBitsQuantizer HQQ 4 bit, block {self.int4_block_size}")
+            out["builder_options"].append(f"then MatMulNBitsQuantizer HQQ 4 bit, block {self.int4_block_size}"
+                                          + (", head and mixed layers RTN int8" if self.int4_algo == "hqq_mixed" else ""))
         return out
 
 
@@ -184,17 +186,42 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
     return out_dir
 
 
+def mixed_layer_matmuls(names: list[str]) -> set[str]:
+    """The head and the MatMuls the builder's `mixed_layers` promotes (llama.cpp's choice: the first and last
+    eighth of the layers and every third one's q/k/v and down projections), among the MatMul node `names`."""
+    layers = {int(n.split("layers.")[1].split("/")[0]) for n in names if "/layers." in n}
+    n = max(layers) + 1 if layers else 0
+    up = {i for i in range(n) if i < n / 8 or i >= 7 * n / 8 or (i - round(n / 8)) % 3 == 2}
+    return {m for m in names if m == "/lm_head/MatMul" or (
+        "/layers." in m and int(m.split("layers.")[1].split("/")[0]) in up
+        and any(f"/{k}/" in m for k in ("q_proj", "k_proj", "qkv_proj", "v_proj", "down_proj")))}
+
+
 def _hqq(folder: pathlib.Path, options: ExportOptions) -> None:
-    """Quantizes every MatMul of folder/model.onnx (an fp32 build) to 4 bits with HQQ, in place; the nodes in
-    nodes_to_exclude (LoRA slots) stay float. MatMulNBits gets the options' accuracy level (4: int8 activations,
-    the fast CPU kernel), which HQQ's quantizer leaves at 0."""
+    """Quantizes every MatMul of folder/model.onnx (an fp32 build) to 4 bits with HQQ, in place; for hqq_mixed
+    the head and the mixed layers go to int8 RTN instead; the nodes in nodes_to_exclude (LoRA slots) stay float.
+    MatMulNBits gets the options' accuracy level (4: int8 activations, the fast CPU kernel), which HQQ's quantizer
+    leaves at 0."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import HQQWeightOnlyQuantConfig, MatMulNBitsQuantizer
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     model = onnx.load(str(folder / "model.onnx"))
-    q = MatMulNBitsQuantizer(model, block_size=options.int4_block_size, nodes_to_exclude=list(options.nodes_to_exclude),
-                             algo_config=HQQWeightOnlyQuantConfig(block_size=options.int4_block_size, bits=4))
+    keep = set(options.nodes_to_exclude)
+    eight = set()
+    if options.int4_algo == "hqq_mixed":
+        eight = mixed_layer_matmuls([n.name for n in model.graph.node if n.op_type == "MatMul"]) - keep
+    bs = options.int4_block_size
+    q = MatMulNBitsQuantizer(model, block_size=bs, nodes_to_exclude=sorted(keep | eight),
+                             algo_config=HQQWeightOnlyQuantConfig(block_size=bs, bits=4))
     q.process()
+    if eight:
+        q = MatMulNBitsQuantizer(q.model.model, bits=8, block_size=bs, is_symmetric=True, nodes_to_include=sorted(eight),
+                                 algo_config=DefaultWeightOnlyQuantConfig(block_size=bs, is_symmetric=True, bits=8))
+        q.process()
     for node in q.model.model.graph.node:
         if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
             node.attribute.append(onnx.helper.make_attribute("accuracy_level", options.int4_accuracy_level))

@@ -13,6 +13,7 @@ with a size-ordered list the shipped variant is the smallest that passes.
     hqq            HQQ 4-bit MatMuls, head too (onnxruntime's MatMulNBitsQuantizer over an fp32 build, no
                    calibration data); embedding float, not shared; opt-in: minutes of torch work on a
                    135M model on 2 cores                                                                (~220 MB)
+    hqq_mixed      HQQ 4-bit body; head and the sensitive layers int8 RTN; embedding float             (~260 MB)
     options        int4 exactly as the export options say (today's single setting; what `--int4-algo` means)
 
 `check` refuses, before any build, a combination the onnxruntime-genai 0.18 builder cannot honour or honours
@@ -62,6 +63,8 @@ RECIPES = {r.name: r for r in (
            "k-quant body; head and sensitive layers int8; embedding float, not shared"),
     Recipe("hqq", "int4", "hqq", {}, "HQQ 4-bit MatMuls, head too (onnxruntime's MatMulNBitsQuantizer on an "
            "fp32 build); embedding float, not shared"),
+    Recipe("hqq_mixed", "int4", "hqq_mixed", {}, "HQQ 4-bit body; head and sensitive layers int8 RTN; embedding "
+           "float, not shared"),
     Recipe("options", "int4", None, {}, "int4 exactly as the export options say"),
     Recipe("int8", "int8"), Recipe("fp16", "fp16"), Recipe("fp32", "fp32"),
 )}
@@ -87,9 +90,9 @@ def check(name: str, opts: ExportOptions, tied: bool = False) -> None:
 
     if "gather:int8" in mixed or "embed_tokens/gather:int8" in mixed:
         refuse("an int8 embedding is not supported (GatherBlockQuantized is 4-bit only)")
-    if opts.int4_algo == "hqq" and (asked_shared or "gather" in extra.get("op_types_to_quantize", "")
+    if opts.int4_algo.startswith("hqq") and (asked_shared or "gather" in extra.get("op_types_to_quantize", "")
                                     or mixed):
-        refuse("hqq quantizes the MatMuls only, all at 4 bits: no shared or quantized embedding, no "
+        refuse("hqq quantizes the MatMuls only, at its own bit widths: no shared or quantized embedding, no "
                "matmul_mixed_precision")
     if k_quant and "gather" in extra.get("op_types_to_quantize", ""):
         refuse("the builder's k-quant path leaves the embedding (Gather) in float; use algo default/rtn for an "
