@@ -33,6 +33,7 @@ from slmops.errors import ConfigError, StorageUnavailable
 
 PG_SCHEMES = ("postgresql", "postgres")
 MIGRATION_LOCK = 0x534C4D4F   # pg_advisory_xact_lock key ("SLMO"): one control plane migrates at a time
+TRUST_LOCK = 0x534C4D51       # pg_advisory_xact_lock key ("SLMQ"): one replica signs trust metadata at a time
 LEADER_LOCK = 0x534C4D50      # pg_try_advisory_lock key ("SLMP"): the replica that drives rollouts and rollups
 DESIRED_CHANNEL = "slmops_desired"   # NOTIFY payload: comma-separated device ids, or "*" (too many to list)
 NOTIFY_MAX_PAYLOAD = 7000            # PostgreSQL's limit is 8000 bytes
@@ -116,6 +117,11 @@ class SqliteDialect:
     def lock_migrations(self, db) -> None:
         pass   # the transaction's write lock on the file already serialises migrating processes
 
+    def exclusive(self, db, key: int):
+        """A section only one control plane on this database runs at a time: on SQLite there is one process,
+        whose own locks already suffice (and sqlite-utils' writes would commit an outer transaction early)."""
+        return contextlib.nullcontext()
+
     def announce(self, db, device_ids) -> None:
         pass   # one process: the store's own wake-ups are all there is
 
@@ -146,6 +152,14 @@ class PostgresDialect:
 
     def lock_migrations(self, db) -> None:
         db.execute("select pg_advisory_xact_lock(?)", [MIGRATION_LOCK])
+
+    @contextlib.contextmanager
+    def exclusive(self, db, key: int):
+        """One transaction holding advisory lock `key`: another control plane's same section waits, then sees
+        what this one committed."""
+        with self.transaction(db):
+            db.execute("select pg_advisory_xact_lock(?)", [key])
+            yield
 
     def announce(self, db, device_ids) -> None:
         """Tells every control plane on this database that these devices' desired state changed (delivered

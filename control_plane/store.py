@@ -91,6 +91,15 @@ class Store:
         rows = list(self.db.query("select value from meta where key = ?", [key]))
         return rows[0]["value"] if rows else None
 
+    def get_metas(self, keys: list[str]) -> dict[str, str]:
+        """Several meta values read in one statement: one consistent set even while another replica writes."""
+        return {r["key"]: r["value"] for r in self.db.query(
+            f"select key, value from meta where key in ({','.join('?' * len(keys))})", list(keys))}
+
+    def exclusive(self, key: int):
+        """A section one control plane on this database runs at a time (sqldb: a PostgreSQL advisory lock)."""
+        return self.dialect.exclusive(self.db, key)
+
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
             self.db["meta"].upsert({"key": key, "value": value}, pk="key")

@@ -10,6 +10,7 @@ whenever a new root appears; the timestamp is refreshed before it expires.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import pathlib
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import (Metadata, MetaFile, Role, Root, Snapshot, TargetFile, Targets, Timestamp)
 
+from control_plane.sqldb import TRUST_LOCK
 from slmops.errors import ConfigError
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
@@ -177,13 +179,28 @@ class Repository:
         self.state = RepoState()
         if not (self.dir / "roots" / "1.root.json").exists():
             init_trust(self.dir, expiry=expiry)
+        with self._signing():
+            self.reload()
+
+    def _load(self) -> None:
+        """Takes the signed roles from the store when another control plane on the same database signed newer
+        ones (replicas): all roles read in one statement, so they are one consistent set."""
+        keys = [f"tuf_{role}" for role in ONLINE] + ["tuf_signed_with_root"]
+        saved = self.store.get_metas(keys)
         for role in ONLINE:
-            saved = store.get_meta(f"tuf_{role}")
-            if saved:
-                setattr(self.state, role, Metadata.from_bytes(bytes.fromhex(saved)))
-                self.state.raw[role] = bytes.fromhex(saved)
-        self.state.root_version = int(store.get_meta("tuf_signed_with_root") or 0)
-        self.reload()
+            raw = bytes.fromhex(saved[f"tuf_{role}"]) if saved.get(f"tuf_{role}") else None
+            if raw and raw != self.state.raw.get(role):
+                setattr(self.state, role, Metadata.from_bytes(raw))
+                self.state.raw[role] = raw
+        self.state.root_version = int(saved.get("tuf_signed_with_root") or 0)
+
+    @contextlib.contextmanager
+    def _signing(self):
+        """What signs new versions: this process's lock, and on PostgreSQL the database's (one replica signs at a
+        time, starting from what the last one stored, so versions only grow and no target is lost)."""
+        with self.lock, self.store.exclusive(TRUST_LOCK):
+            self._load()
+            yield
 
     # -- helpers
     def _root(self) -> Root:
@@ -246,7 +263,7 @@ class Repository:
             return True
 
     def add_target(self, name: str, version: str, manifest: bytes, custom: dict) -> TargetFile:
-        with self.lock:
+        with self._signing():
             tf = TargetFile.from_data(target_path(name, version), manifest, ["sha256"])
             tf.unrecognized_fields["custom"] = custom
             targets = dict(self.state.targets.signed.targets)
@@ -256,7 +273,7 @@ class Repository:
 
     def refresh(self) -> bool:
         """Re-signs the timestamp (and snapshot/targets) before they expire; picks up new roots."""
-        with self.lock:
+        with self._signing():
             if self.reload():
                 return True
             now = self.clock()
@@ -276,7 +293,10 @@ class Repository:
         """The roots a device must walk plus the online metadata, consistent with each other: a new root
         found on disk is signed into the chain first, and no root newer than the signing one is served."""
         with self.lock:
-            self.reload()
+            self._load()
+            if latest_root(self.dir)[0] != self.state.root_version:
+                with self._signing():   # a new root on disk: signed into the chain first
+                    self.reload()
             upto = self.state.root_version
             roots = [self.root_bytes(v) for v in range(trusted_root_version + 1, upto + 1)]
             return roots, self.current()
@@ -286,6 +306,7 @@ class Repository:
 
     def current(self) -> dict[str, bytes]:
         with self.lock:
+            self._load()
             return {role: self.state.raw[role] for role in ONLINE}
 
 

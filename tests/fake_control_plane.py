@@ -7,6 +7,7 @@ fault into any call, with no network and no processes.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import pathlib
@@ -21,7 +22,7 @@ from slmops.v1 import artifacts_pb2, common_pb2, fleet_pb2, telemetry_pb2
 
 
 class MemoryMeta:
-    """The two methods Repository needs from the control plane's store."""
+    """What Repository needs from the control plane's store (control_plane/store.py's same methods)."""
 
     def __init__(self):
         self.meta: dict[str, str] = {}
@@ -31,6 +32,12 @@ class MemoryMeta:
 
     def set_meta(self, key: str, value: str) -> None:
         self.meta[key] = value
+
+    def get_metas(self, keys: list[str]) -> dict[str, str]:
+        return {k: self.meta[k] for k in keys if k in self.meta}
+
+    def exclusive(self, key: int):
+        return contextlib.nullcontext()   # one process
 
 
 class FakeControlPlane:

@@ -373,3 +373,40 @@ def test_one_replica_holds_the_leader_lease_and_another_takes_it_when_it_dies(pg
 
 def test_on_sqlite_the_one_control_plane_is_the_leader(tmp_path):
     assert Store(tmp_path / "state.db").leader.held()
+
+
+@pytest.mark.pg
+def test_two_replicas_publishing_keep_one_growing_signed_chain(pg_url, tmp_path):
+    """Two Repositories (replicas) over one PostgreSQL and one trust folder publish in turn and at once: every
+    target stays in the signed targets, versions only grow, and each serves what the other last signed."""
+    from tuf.api.metadata import Metadata
+
+    from control_plane.trust_repo import Repository
+
+    a = Repository(tmp_path / "trust", Store(pg_url))
+    b = Repository(tmp_path / "trust", Store(pg_url))
+    a.add_target("m", "v1", b"manifest one", {})
+    b.add_target("m", "v2", b"manifest two", {})
+    assert a.current() == b.current()
+
+    def targets(raw: dict) -> tuple[int, set]:
+        md = Metadata.from_bytes(raw["targets"])
+        return md.signed.version, set(md.signed.targets)
+    v, names = targets(a.current())
+    assert names == {"m/v1/manifest.json", "m/v2/manifest.json"}
+    errors = []
+
+    def publish(repo, i):
+        try:
+            repo.add_target("m", f"c{i}", f"manifest {i}".encode(), {})
+        except Exception as e:   # noqa: BLE001 (reported below)
+            errors.append(e)
+    threads = [threading.Thread(target=publish, args=(r, i)) for i, r in enumerate([a, b] * 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    v2, names = targets(b.current())
+    assert v2 == v + 8 and {f"m/c{i}/manifest.json" for i in range(8)} <= names and len(names) == 10
+    assert a.current() == b.current()
