@@ -20,7 +20,7 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
                                                              "int8), k_quant_mixed; int4 is then tried with this "
                                                              "one setting (recipe 'options')"),
            int4_recipes: Optional[str] = typer.Option(None, help="int4 recipes the gate tries, in order, comma-"
-                                                                "separated [rtn,rtn_mixed,k_quant_mixed]; see "
+                                                                "separated [rtn,rtn_mixed,hqq_mixed]; see "
                                                                 "training/quant_recipes.py"),
            max_attempts: Optional[int] = typer.Option(None, help="the most variants the gate builds and measures "
                                                                 "(int4 recipes and fallbacks) [6]"),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from training.export import ExportError, ExportOptions, export_onnx, size_report
+from training.quant_recipes import DEFAULT_INT4
 from training.quality_gate import (
     GateError,
     GateThresholds,
@@ -165,7 +166,7 @@ def test_gate_rejects_a_damaged_int4_and_falls_back_to_int8(tiny_hf, tmp_path, e
     report = select_precision(tiny_hf, tmp_path / "out", "int4", examples=examples[:10], build=build, **quiet)
     assert report["chosen"] == "int8"
     int4 = [t for t in report["tried"] if t["precision"] == "int4"]
-    assert [t["recipe"] for t in int4] == ["rtn", "rtn_mixed", "k_quant_mixed"]   # every int4 recipe, in order
+    assert [t["recipe"] for t in int4] == list(DEFAULT_INT4)   # every int4 recipe, in order
     assert all(t["verdict"] == "failed" and t["reasons"] for t in int4)
     assert "int4 (rtn) failed" in report["why"] and "int8 is the first" in report["why"]
     verdict = check_publishable(tmp_path / "out")

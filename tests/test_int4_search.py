@@ -26,6 +26,7 @@ def test_plan_expands_int4_into_its_recipes_then_the_fallbacks_and_is_bounded():
     assert [r.name for r in plan("int4", "cpu")] == [*DEFAULT_INT4, "int8", "fp32"]   # cpu runs no fp16
     assert [r.name for r in plan("int4", "cuda", ("k_quant_mixed",))] == ["k_quant_mixed", "int8", "fp16", "fp32"]
     assert [r.name for r in plan("int8", "cpu")] == ["int8", "fp32"]
+    assert [r.name for r in plan("int4", "cuda")] == ["rtn", "rtn_mixed", "int8", "fp16", "fp32"]   # hqq: cpu only
     assert [r.name for r in plan("int4", "cpu", max_attempts=2)] == list(DEFAULT_INT4[:2])
     with pytest.raises(ExportError, match="unknown int4 recipe 'bogus'"):
         plan("int4", "cpu", ("rtn", "bogus"))
@@ -72,7 +73,8 @@ def test_a_bad_recipe_is_refused_before_anything_is_built(tiny_hf, tmp_path, exa
 
 def test_a_later_recipe_ships_when_the_first_fails_and_every_attempt_is_recorded(tiny_hf, tmp_path, examples):
     out = tmp_path / "out"
-    report = select_precision(tiny_hf, out, "int4", thresholds=PICKY, examples=examples, **quiet)
+    report = select_precision(tiny_hf, out, "int4", thresholds=PICKY, examples=examples,
+                              int4_recipes=("rtn", "rtn_mixed", "k_quant_mixed"), **quiet)
     tried = report["tried"]
     assert [t["recipe"] for t in tried] == ["rtn", "rtn_mixed", "k_quant_mixed"]   # stopped at the first pass
     assert [t["verdict"] for t in tried] == ["failed", "failed", "passed"]
