@@ -36,6 +36,26 @@ def fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+STATE_OPT_HELP = ("the control plane's --state when it is not the data folder's SQLite file "
+                  "(postgresql://USER@HOST:PORT/DB)")
+
+
+def cp_store(cp_data_dir: pathlib.Path, state: str = ""):
+    """The state of the control plane whose data folder is `cp_data_dir` (its SQLite file), or `state`
+    (its --state URL), for commands that read it directly; a clear error when it is not there."""
+    from control_plane.store import Store
+    from slmops.errors import ConfigError, StorageUnavailable
+
+    db = cp_data_dir / "control_plane.db"
+    if not state and not db.is_file():
+        fail(f"no control plane data at {db} (give the folder `control-plane serve --data-dir` uses, or its "
+             "--state)")
+    try:
+        return Store(state or db)
+    except (ConfigError, StorageUnavailable) as e:
+        fail(str(e))
+
+
 def is_loopback(address: str) -> bool:
     """HOST:PORT (or [V6]:PORT) names this machine: localhost or an address in 127.0.0.0/8 or ::1."""
     import ipaddress

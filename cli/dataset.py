@@ -10,7 +10,7 @@ from typing import List
 
 import typer
 
-from cli.common import JSON_OPT, console, fail, labels
+from cli.common import JSON_OPT, STATE_OPT_HELP, console, cp_store, fail, labels
 
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets made from what the fleet saw.")
 
@@ -18,6 +18,7 @@ dataset_app = typer.Typer(no_args_is_help=True, help="Datasets made from what th
 @dataset_app.command("from-captures")
 def from_captures(out: pathlib.Path = typer.Argument(..., help="folder for train.jsonl, heldout.jsonl, dataset.json"),
                   cp_data_dir: pathlib.Path = typer.Option(..., help="the control plane's data folder"),
+                  state: str = typer.Option("", help=STATE_OPT_HELP),
                   model: str = typer.Option("", help="only captures of NAME or NAME@VERSION"),
                   label: List[str] = typer.Option([], "--label", help="only devices with KEY=VALUE (repeatable)"),
                   since: str = typer.Option("", help="window start: 90s, 15m, 2h, 7d or an ISO time ('' = all)"),
@@ -43,7 +44,6 @@ def from_captures(out: pathlib.Path = typer.Argument(..., help="folder for train
     """Captures (devices whose capture is on) -> a deduplicated, re-redacted dataset with provenance per record."""
     from control_plane import capture_dataset as cd
     from control_plane.drift_monitor import devices_labelled
-    from control_plane.store import Store
     from slmops.errors import ConfigError
     from slmops.since import parse_since
 
@@ -53,14 +53,11 @@ def from_captures(out: pathlib.Path = typer.Argument(..., help="folder for train
         until_ms = parse_since(until, now) if until else 0
     except ValueError as e:
         fail(str(e))
-    db = cp_data_dir / "control_plane.db"
-    if not db.is_file():
-        fail(f"no control plane data at {db} (give the folder `control-plane serve --data-dir` uses)")
     for opt, paths in (("--exclude-data", exclude_data), ("--replay", replay)):
         for p in paths:
             if not p.is_file():
                 fail(f"{opt} {p}: no such file")
-    store = Store(db)
+    store = cp_store(cp_data_dir, state)
     group = labels(label)
     devices = tuple(devices_labelled(store, group)) if group else None
     try:

