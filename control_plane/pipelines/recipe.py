@@ -110,16 +110,23 @@ def _number(d: dict, key: str, where: str, errors: _Errors, default, lo, hi, kin
     return kind(value)
 
 
-def _path(base: pathlib.Path, value, where: str, errors: _Errors) -> pathlib.Path | None:
+def _resolved(base: pathlib.Path, value, where: str, errors: _Errors, what: str, exists, missing: str
+              ) -> pathlib.Path | None:
+    """`value` as a path relative to `base`, or None with the error recorded: not a string, or `exists(p)` false
+    (`missing` names what was looked for)."""
     if not isinstance(value, str) or not value:
-        errors.add(where, f"{value!r} must be a file path")
+        errors.add(where, f"{value!r} must be {what}")
         return None
     p = pathlib.Path(value)
     p = p if p.is_absolute() else base / p
-    if not p.is_file():
-        errors.add(where, f"no file at {p}")
+    if not exists(p):
+        errors.add(where, missing.format(p=p))
         return None
     return p
+
+
+def _path(base: pathlib.Path, value, where: str, errors: _Errors) -> pathlib.Path | None:
+    return _resolved(base, value, where, errors, "a file path", pathlib.Path.is_file, "no file at {p}")
 
 
 # ---- one parser per stage kind: (settings, data files) ------------------------------------------------------
@@ -219,15 +226,8 @@ def _evaluate(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple
 
 
 def _model_folder(base: pathlib.Path, value, where: str, errors: _Errors) -> pathlib.Path | None:
-    if not isinstance(value, str) or not value:
-        errors.add(where, f"{value!r} must be a Hugging Face model folder")
-        return None
-    p = pathlib.Path(value)
-    p = p if p.is_absolute() else base / p
-    if not (p / "config.json").is_file():
-        errors.add(where, f"no Hugging Face model at {p} (no config.json)")
-        return None
-    return p
+    return _resolved(base, value, where, errors, "a Hugging Face model folder",
+                     lambda p: (p / "config.json").is_file(), "no Hugging Face model at {p} (no config.json)")
 
 
 def _export(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
