@@ -112,6 +112,15 @@ def test_an_unreachable_postgresql_is_one_clear_error_naming_the_host(tmp_path):
     assert "secret" not in out
 
 
+def small_bundle(folder: pathlib.Path, model_bytes: int) -> pathlib.Path:
+    """A bundle the registry accepts (random model bytes: more than one chunk at chunk_bytes=100_000)."""
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(os.urandom(model_bytes))
+    (folder / "genai_config.json").write_text("{}")
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
 @pytest.mark.pg
 def test_publish_while_the_s3_store_is_down_fails_naming_it_and_publishes_nothing(tmp_path, s3_server, pg_url):
     from control_plane.admin_client import AdminClient, AdminError
@@ -127,11 +136,7 @@ def test_publish_while_the_s3_store_is_down_fails_naming_it_and_publishes_nothin
         port = cp.start()
         admin = AdminClient(f"127.0.0.1:{port}", cp.admin_token_path.read_text().strip())
         try:
-            bundle = tmp_path / "bundle"
-            bundle.mkdir()
-            (bundle / "model.onnx").write_bytes(os.urandom(300_000))
-            (bundle / "genai_config.json").write_text("{}")
-            (bundle / "tokenizer.json").write_text("{}")
+            bundle = small_bundle(tmp_path / "bundle", 300_000)
             admin.publish(bundle, manifest_for_dir(bundle, "m", "v1", "int4", chunk_bytes=100_000))
             (bundle / "model.onnx").write_bytes(os.urandom(300_000))
             own.stop()
@@ -256,11 +261,7 @@ def test_an_offline_bundle_is_written_from_postgresql_and_s3(tmp_path, pg_url, s
     port = cp.start()
     admin = AdminClient(f"127.0.0.1:{port}", cp.admin_token_path.read_text().strip())
     try:
-        bundle = tmp_path / "bundle"
-        bundle.mkdir()
-        (bundle / "model.onnx").write_bytes(os.urandom(250_000))
-        (bundle / "genai_config.json").write_text("{}")
-        (bundle / "tokenizer.json").write_text("{}")
+        bundle = small_bundle(tmp_path / "bundle", 250_000)
         admin.publish(bundle, manifest_for_dir(bundle, "m", "v1", "int4", chunk_bytes=100_000))
     finally:
         admin.close()
