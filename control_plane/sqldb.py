@@ -125,7 +125,7 @@ class SqliteDialect:
     def announce(self, db, device_ids) -> None:
         pass   # one process: the store's own wake-ups are all there is
 
-    def listener(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None]) -> None:
+    def listener(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None], dbs) -> None:
         return None
 
     def lease(self, cfg: "StateConfig") -> "Lease":
@@ -170,8 +170,9 @@ class PostgresDialect:
         db.execute("select pg_notify(?, ?)", [DESIRED_CHANNEL, payload if len(payload) <= NOTIFY_MAX_PAYLOAD
                                               else "*"])
 
-    def listener(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None]) -> "Listener":
-        return Listener(cfg, wake)
+    def listener(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None], dbs: "PgThreadLocal"
+                 ) -> "Listener":
+        return Listener(cfg, wake, dbs.pids)
 
     def lease(self, cfg: "StateConfig") -> "Lease":
         return Lease(cfg)
@@ -224,8 +225,11 @@ class Listener:
 
     BACKOFF_MAX_S = 10.0
 
-    def __init__(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None]):
-        self.cfg, self.wake = cfg, wake
+    def __init__(self, cfg: "StateConfig", wake: Callable[[list[str] | None], None], own=frozenset()):
+        """`own`: the server process ids of this control plane's own connections (a live set): what they
+        announced was woken here already, so it is not woken twice."""
+        self.cfg, self.wake, self.own = cfg, wake, own
+        self.skipped = 0   # announcements of this control plane's own changes, not woken again
         self.state, self.errors, self.last_error = "connecting", 0, ""
         self.listening = threading.Event()
         self._stop = threading.Event()
@@ -246,7 +250,10 @@ class Listener:
                     first, delay = False, 0.5
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=1.0):
-                            self.wake(None if n.payload == "*" else n.payload.split(","))
+                            if n.pid in self.own:
+                                self.skipped += 1
+                            else:
+                                self.wake(None if n.payload == "*" else n.payload.split(","))
                 finally:
                     conn.close()
             except Exception as e:   # the database went away (or the wake failed): counted, retried
@@ -329,6 +336,7 @@ class PgDatabase:
 
     def __init__(self, conn, where: str = "?"):
         self.conn, self.where = conn, where
+        self.pid = conn.info.backend_pid
         self._pks: dict[str, tuple[str, ...]] = {}
 
     def execute(self, sql: str, params=None):
@@ -448,12 +456,16 @@ class PgThreadLocal:
     def __init__(self, cfg: StateConfig):
         self.cfg = cfg
         self._local = threading.local()
+        self.pids: set[int] = set()   # the server process ids of these connections (Listener skips their NOTIFYs)
         self.get()   # an unreachable server is reported at start, by name
 
     def get(self) -> PgDatabase:
         db = getattr(self._local, "db", None)
         if db is None or db.conn.closed or db.conn.broken:
+            if db is not None:
+                self.pids.discard(db.pid)
             db = self._local.db = PgDatabase(self.connect(self.cfg), self.cfg.where())
+            self.pids.add(db.pid)
         return db
 
     @staticmethod

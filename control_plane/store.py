@@ -317,7 +317,7 @@ class Store:
         watchers do not stampede on every change)."""
         with self._lock:
             if self.listener is None:
-                self.listener = self.dialect.listener(self.state, self._wake) or False
+                self.listener = self.dialect.listener(self.state, self._wake, self._dbs) or False
             self._wakers.setdefault(device_id, set()).add(waker)
 
     def unsubscribe(self, device_id: str, waker) -> None:

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -342,6 +343,15 @@ def test_a_change_made_by_one_control_plane_wakes_the_watches_of_another(pg_url)
         w1.clear()
         a.set_desired("m", "v2", None)   # the whole fleet
         assert w1.wait(30) and b.desired(d1).version == "v2"
+        own = threading.Event()   # a's own change: woken by a at once, its NOTIFY not woken again by a
+        a.subscribe(d1, own)
+        assert a.listener.listening.wait(30)
+        a.set_desired("m", "v3", [d1])
+        assert own.is_set()
+        deadline = time.monotonic() + 30
+        while a.listener.skipped == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert a.listener.skipped >= 1, "a's listener did not recognise a's own announcement"
     finally:
         a.stop_listening()
         b.stop_listening()
