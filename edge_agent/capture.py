@@ -60,11 +60,14 @@ class CapturingServing(Serving):
         super().__init__(*args, **kwargs)
         self.capture_rate, self.redact, self.rng = capture_rate, redact, rng or random.Random()
 
-    def run(self, req, endpoint: str, outcome, cancelled=lambda: False) -> Iterator[str]:
-        pieces = []
-        for piece in super().run(req, endpoint, outcome, cancelled):
-            pieces.append(piece)
-            yield piece
+    def run(self, req, endpoint: str, outcome, cancelled=lambda: False, choices: bool = False) -> Iterator:
+        pieces = []   # choice 0's answer is the one captured
+        for item in super().run(req, endpoint, outcome, cancelled, choices):
+            if not choices:
+                pieces.append(item)
+            elif item[0] == 0:
+                pieces.append(item[1])
+            yield item
         if outcome.finish_reason not in ("cancelled", "") and self.rng.random() < self.capture_rate:
             record = capture_record(req, "".join(pieces), self.redact, outcome.finish_reason, outcome.tool_calls)
             if record:

@@ -110,26 +110,19 @@ def build_app(serving: Serving, api_keys: tuple[str, ...] = (), metrics=None,
         outcome = Outcome(model="")
         cancelled = threading.Event()
         cid = "chatcmpl-" + uuid.uuid4().hex[:24]
-        framer = []
-        sent: dict = {}   # choice index -> how many of its tokens' logprobs went out
+        framers: dict = {}   # choice index -> its SSE framer (the chunk's JSON around the piece, rendered once)
+        sent: dict = {}      # choice index -> (tokens, characters) whose logprobs went out
 
-        def frame(piece: str) -> bytes:  # on the generating thread, between tokens: the event loop only writes
-            if outcome.logprobs is not None:   # the logprobs of the tokens this piece came from ride with it
-                return sse(with_logprobs(kind, chunk(kind, cid, piece, outcome, None), outcome, sent))
-            if not framer:
-                framer.append(sse_framer(kind, cid, outcome))  # the model's name is known once a piece exists
-            return framer[0](piece)
-
-        def frame_choice(item: tuple[int, str]) -> bytes:   # n > 1: each piece names its choice
+        def frame(item: tuple[int, str]) -> bytes:  # on the generating thread, between tokens: the loop only writes
             i, piece = item
             o = outcome.more[i - 1] if i else outcome
-            c = chunk(kind, cid, piece, outcome, None, index=i)
-            return sse(with_logprobs(kind, c, o, sent, i) if o.logprobs is not None else c)
+            if o.logprobs is not None:   # the logprobs of the tokens this piece came from ride with it
+                return sse(with_logprobs(kind, chunk(kind, cid, piece, outcome, None, index=i), o, sent, i))
+            if i not in framers:   # the model's name is known once a piece exists
+                framers[i] = sse_framer(kind, cid, outcome, i)
+            return framers[i](piece)
 
-        if req.n > 1:
-            pieces = map(frame_choice, serving.run(req, kind, outcome, cancelled=cancelled.is_set, choices=True))
-        else:
-            pieces = map(frame, serving.run(req, kind, outcome, cancelled=cancelled.is_set))
+        pieces = map(frame, serving.run(req, kind, outcome, cancelled=cancelled.is_set, choices=True))
         pump = Pump(pieces, asyncio.get_running_loop())
         try:
             # Wait for the first piece before answering, so errors (404, 413, 429, 503) are real HTTP statuses.
@@ -286,9 +279,9 @@ def _wake(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
-def sse_framer(kind: str, cid: str, o: Outcome):
-    """piece -> its SSE event bytes: the chunk's JSON around the piece is rendered once per stream."""
-    head, tail = json.dumps(chunk(kind, cid, "\x00", o, None)).split('"\\u0000"')
+def sse_framer(kind: str, cid: str, o: Outcome, index: int = 0):
+    """piece -> its SSE event bytes for choice `index`: the chunk's JSON around the piece is rendered once."""
+    head, tail = json.dumps(chunk(kind, cid, "\x00", o, None, index=index)).split('"\\u0000"')
     head, tail = b"data: " + head.encode(), tail.encode() + b"\n\n"
     return lambda piece: head + json.dumps(piece).encode() + tail
 
@@ -341,11 +334,12 @@ def legacy_logprobs(entries: list, offset: int = 0) -> dict:
 
 
 def with_logprobs(kind: str, c: dict, o: Outcome, sent: dict, index: int = 0) -> dict:
-    """A stream chunk with the logprobs of the choice's tokens not sent yet (they came with this piece)."""
-    done = sent.get(index, 0)
-    new, offset = o.logprobs[done:], sum(len(t["token"]) for t in o.logprobs[:done])
+    """A stream chunk with the logprobs of the choice's tokens not sent yet (they came with this piece);
+    `sent[index]`: (tokens, characters) already sent."""
+    done, offset = sent.get(index, (0, 0))
+    new = o.logprobs[done:]
     c["choices"][0]["logprobs"] = {"content": new} if kind == "chat" else legacy_logprobs(new, offset)
-    sent[index] = len(o.logprobs)
+    sent[index] = (len(o.logprobs), offset + sum(len(t["token"]) for t in new))
     return c
 
 

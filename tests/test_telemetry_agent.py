@@ -160,6 +160,10 @@ def test_capture_samples_requests_redacted(state):
     off = CapturingServing(rt, state, 64, 16, 10.0, capture_rate=0.0)
     "".join(off.run(req, "chat", Outcome(model="")))
     assert len([r for r in state.pending(10) if r["kind"] == "capture"]) == 1
+    items = list(s.run(req, "chat", Outcome(model=""), choices=True))   # as a stream asks: (choice, piece)
+    assert {i for i, _ in items} == {0} and "".join(p for _, p in items) == text
+    cap = [r for r in state.pending(10) if r["kind"] == "capture"]
+    assert len(cap) == 2 and json.loads(cap[1]["detail"])["response"] == "write to [email] now"
     assert capture_record(req, "x" * 20000, redact_default) == ""
 
 
