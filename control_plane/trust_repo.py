@@ -299,7 +299,7 @@ class Repository:
                     self.reload()
             upto = self.state.root_version
             roots = [self.root_bytes(v) for v in range(trusted_root_version + 1, upto + 1)]
-            return roots, self.current()
+            return roots, {role: self.state.raw[role] for role in ONLINE}   # as just loaded
 
     def root_bytes(self, version: int) -> bytes:
         return (self.dir / "roots" / f"{version}.root.json").read_bytes()
