@@ -21,6 +21,8 @@ from control_plane.sqldb import StateConfig, open_state
 from slmops.errors import RequestInvalid
 
 SCHEMA_VERSION = migrations.LATEST
+TELEMETRY_COLUMNS = ("device_id", "seq", "ts_ms", "kind", "name", "model", "latency_ms", "first_token_ms",
+                     "tokens_in", "tokens_out", "outcome", "detail", "received_ms", "adapter", "vals")
 
 
 def now_ms() -> int:
@@ -387,15 +389,11 @@ class Store:
         with self._lock, self.transaction():
             # the rows the insert changed, not count(*): counting a device's rows grows with its history; a
             # (device, seq) already stored (a retried upload, maybe through another control plane) changes none
-            stored = self.dialect.executemany(
-                self.db,
-                "insert or ignore into telemetry (device_id, seq, ts_ms, kind, name, model, latency_ms, "
-                "first_token_ms, tokens_in, tokens_out, outcome, detail, received_ms, adapter, vals) "
-                "values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(device_id, e["seq"], e["ts_ms"], e["kind"], e["name"], e["model"], e["latency_ms"],
-                  e["first_token_ms"], e["tokens_in"], e["tokens_out"], e["outcome"], e["detail"], received,
-                  e.get("adapter", ""), json.dumps(e["values"]) if e.get("values") else "")
-                 for e in events])
+            stored = self.dialect.insert_ignore(self.db, "telemetry", TELEMETRY_COLUMNS, [
+                (device_id, e["seq"], e["ts_ms"], e["kind"], e["name"], e["model"], e["latency_ms"],
+                 e["first_token_ms"], e["tokens_in"], e["tokens_out"], e["outcome"], e["detail"], received,
+                 e.get("adapter", ""), json.dumps(e["values"]) if e.get("values") else "")
+                for e in events])
             self.dialect.executemany(self.db, "insert or ignore into telemetry_dirty (device_id, minute_ms) "
                                      "values (?,?)", sorted(minutes))
         return stored, len(events) - stored

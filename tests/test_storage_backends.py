@@ -66,6 +66,26 @@ def test_the_same_sequence_numbers_uploaded_twice_at_once_are_stored_once(state_
     assert sorted(flat) == list(range(1, 81))   # no number handed out twice
 
 
+def test_insert_ignore_counts_only_new_rows_even_twice_in_one_transaction(state_url):
+    """The bulk path (COPY through a staging table on PostgreSQL): rows already stored, or staged and inserted by
+    an earlier call in the same transaction, are not counted again; a NUL in device text does not break it."""
+    from control_plane.store import TELEMETRY_COLUMNS
+
+    s = Store(state_url)
+    did, _ = s.add_device("d", {}, "test")
+
+    def rows(seqs):
+        return [(did, q, 1_000 + q, "request", "chat", "m@v1", 1.0, 1.0, 1, 1, "ok", "nul\x00here", 5, "", "")
+                for q in seqs]
+    with s.transaction():
+        first = s.dialect.insert_ignore(s.db, "telemetry", TELEMETRY_COLUMNS, rows(range(1, 11)))
+        second = s.dialect.insert_ignore(s.db, "telemetry", TELEMETRY_COLUMNS, rows(range(6, 16)))
+    third = s.dialect.insert_ignore(s.db, "telemetry", TELEMETRY_COLUMNS, rows(range(1, 21)))  # own transaction
+    assert (first, second, third) == (10, 5, 5)
+    got = s.telemetry(did, 0)
+    assert [r["seq"] for r in got] == list(range(1, 21)) and "here" in got[0]["detail"]
+
+
 def test_migrations_are_recorded_applied_once_and_a_newer_schema_is_refused(state_url):
     s = Store(state_url)
     rows = s.db.execute("select version from schema_version order by version").fetchall()
