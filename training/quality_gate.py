@@ -281,6 +281,83 @@ def check_publishable(variant_dir: pathlib.Path) -> dict:
 
 
 # ---- orchestration -----------------------------------------------------------------------------------
+@dataclass
+class Search:
+    """What `search` found: the fp32 reference per eval set, the first recipe that passed (None: none did), the
+    folder it was measured in and its metrics per set, and every attempt (`tried`) in order."""
+    reference: dict
+    chosen: quant_recipes.Recipe | None
+    chosen_dir: pathlib.Path | None
+    metrics: dict
+    tried: list
+    thresholds: GateThresholds
+
+    def report(self, requested: str, order: list[str], **extra) -> dict:
+        """gate_report.json's common part (plus `extra`): chosen precision and recipe, the order, the reference,
+        every attempt, the thresholds and why the chosen one ships."""
+        first = next(iter(self.reference))
+        c = self.chosen
+        return {"chosen": c.precision if c else None, "chosen_recipe": c.name if c else None, "requested": requested,
+                **extra, "order": order, "reference": asdict(self.reference[first]), "tried": self.tried,
+                "thresholds": asdict(self.thresholds), "why": _why(requested, c, self.tried)}
+
+    def write_verdict(self, shipped: pathlib.Path, evaluated_on: str) -> dict:
+        """The chosen one's passing gate.json in `shipped` (the folder that ships), its size in its attempt."""
+        first = next(iter(self.reference))
+        self.tried[-1]["bytes"] = dir_size(shipped)
+        fp32 = self.chosen.precision == "fp32"
+        return write_verdict(shipped, self.chosen.precision, True, ["fp32 is the reference"] if fp32 else [],
+                             self.metrics[first], self.reference[first], self.thresholds,
+                             evaluated_on=evaluated_on, recipe=self.chosen.name)
+
+
+def search(order: tuple[quant_recipes.Recipe, ...], reference_dir: pathlib.Path, sets: dict[str, list[Example]],
+           thresholds: GateThresholds, variant, options: dict[str, list[str]], log=print, evaluated_on: str = "cpu",
+           discard=None) -> Search:
+    """Measures the fp32 reference on each eval set, then each recipe of `order` in turn until one is within the
+    thresholds on every set (a set's name prefixes its reasons when there are several). `variant(recipe)` gives
+    the folder to measure (builds it, or finds the one built); `options[name]` its builder options, recorded;
+    `discard(folder)`, if given, is called on a folder that failed. A recipe whose precision the CPU does not run
+    (fp16) fails without a build: the gate measures on the CPU. One that cannot be built or run fails with the
+    error as its reason (verdict `error`)."""
+    from training.export import RUNNABLE
+
+    ref, ref_greedy = {}, {}
+    for name, ex in sets.items():
+        log(f"  gate: measuring the fp32 reference on {len(ex)} examples" + (f" of {name}" if len(sets) > 1 else "")
+            + ("" if evaluated_on == "cpu" else f" ({evaluated_on})"))
+        ref[name], ref_greedy[name] = evaluate(reference_dir, ex, thresholds.max_new_tokens)
+        log(f"  gate: fp32 perplexity {ref[name].perplexity:.3f}, accuracy {ref[name].accuracy:.1%}")
+    tried = []
+    for recipe in order:
+        p = recipe.precision
+        vdir, got, verdict = None, {}, "failed"
+        try:
+            if p not in RUNNABLE["cpu"]:
+                raise ExportError(f"{p} has no CPU twin, so it cannot be measured on the CPU where the gate runs")
+            vdir = reference_dir if p == "fp32" else pathlib.Path(variant(recipe))
+            got = {name: ref[name] if p == "fp32" else
+                   evaluate(vdir, ex, thresholds.max_new_tokens, ref_greedy[name])[0] for name, ex in sets.items()}
+            reasons = [f"{name}: {r}" if len(sets) > 1 else r
+                       for name in sets for r in judge(p, ref[name], got[name], thresholds)]
+        except Exception as e:  # a variant that cannot even be built or run here fails, with the reason
+            got, reasons, verdict = {}, [f"could not be evaluated on the CPU: {type(e).__name__}: {e}"], "error"
+        passed = not reasons
+        tried.append({"recipe": recipe.name, "precision": p, "passed": passed,
+                      "verdict": "passed" if passed else verdict, "reasons": reasons,
+                      "options": options.get(recipe.name), "evaluated_on": evaluated_on,
+                      "metrics": asdict(got[next(iter(sets))]) if got else None,
+                      "sets": {name: asdict(m) for name, m in got.items()},
+                      "bytes": dir_size(vdir) if vdir else None})
+        log(f"  gate: {_label(recipe.name, p)} {'PASSED' if passed else 'failed: ' + '; '.join(reasons)}"
+            + ("" if evaluated_on == "cpu" else f" ({evaluated_on})"))
+        if passed:
+            return Search(ref, recipe, vdir, got, tried, thresholds)
+        if discard is not None and vdir is not None and p != "fp32":
+            discard(vdir)
+    return Search(ref, None, None, {}, tried, thresholds)
+
+
 def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "int4",
                      options: ExportOptions = ExportOptions("fp32"), thresholds: GateThresholds = GateThresholds(),
                      examples: list[Example] | None = None, build=export_onnx, log=print,
@@ -308,49 +385,23 @@ def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "
     examples = examples if examples is not None else load_examples(limit=thresholds.max_examples)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.gate.", dir=out_dir.parent))
-    tried, chosen, shipped = [], None, None
     try:
         def variant(name: str, ep: str) -> pathlib.Path:
             opts = ExportOptions(**{**recipe_options[name].__dict__, "execution_provider": ep})
             return build(hf_dir, work / f"{name}-{ep}", opts, log=log)
 
         ref_dir = variant("fp32", "cpu")
-        log(f"  gate: measuring the fp32 reference on {len(examples)} examples")
-        ref, ref_greedy = evaluate(ref_dir, examples, thresholds.max_new_tokens)
-        log(f"  gate: fp32 perplexity {ref.perplexity:.3f}, accuracy {ref.accuracy:.1%}")
-        for recipe in order:
-            precision = recipe.precision
-            vdir, got, verdict = None, None, "failed"
-            try:
-                vdir = ref_dir if precision == "fp32" else variant(recipe.name, "cpu")
-                got = ref if precision == "fp32" else evaluate(vdir, examples, thresholds.max_new_tokens,
-                                                               ref_greedy)[0]
-                reasons = judge(precision, ref, got, thresholds)
-            except Exception as e:  # a variant that cannot even be built or run here fails, with the reason
-                reasons, verdict = [f"could not be evaluated on the CPU: {type(e).__name__}: {e}"], "error"
-            passed = not reasons
-            tried.append({"recipe": recipe.name, "precision": precision, "passed": passed,
-                          "verdict": "passed" if passed else verdict, "reasons": reasons,
-                          "options": recipe_options[recipe.name].describe()["builder_options"],
-                          "metrics": asdict(got) if got else None, "bytes": dir_size(vdir) if vdir else None})
-            log(f"  gate: {_label(recipe)} {'PASSED' if passed else 'failed: ' + '; '.join(reasons)}")
-            if precision != "fp32" and vdir is not None and not passed:
-                shutil.rmtree(vdir, ignore_errors=True)   # a search of several 100 MB variants: keep one at a time
-            if passed:
-                chosen = recipe
-                shipped = vdir if target == "cpu" else variant(recipe.name, target)
-                tried[-1]["bytes"] = dir_size(shipped)
-                write_verdict(shipped, precision, True, ["fp32 is the reference"] if precision == "fp32" else [],
-                              got, ref, thresholds, evaluated_on="cpu" if target == "cpu" else "cpu twin",
-                              recipe=recipe.name)
-                break
-        report = {"chosen": chosen.precision if chosen else None, "chosen_recipe": chosen.name if chosen else None,
-                  "requested": first, "execution_provider": target, "order": [r.name for r in order],
-                  "max_attempts": max_attempts, "reference": asdict(ref), "reference_bytes": dir_size(ref_dir),
-                  "tried": tried, "thresholds": asdict(thresholds),
-                  "why": _why(first, chosen, tried)}
-        if chosen is None:
+        evaluated_on = "cpu" if target == "cpu" else "cpu twin"
+        found = search(order, ref_dir, {"examples": examples}, thresholds, lambda r: variant(r.name, "cpu"),
+                       {n: o.describe()["builder_options"] for n, o in recipe_options.items()}, log=log,
+                       evaluated_on=evaluated_on, discard=lambda d: shutil.rmtree(d, ignore_errors=True))
+        # a search of several 100 MB variants keeps one at a time (discard); the target's build only of the one
+        report = found.report(first, [r.name for r in order], execution_provider=target,
+                              max_attempts=max_attempts, reference_bytes=dir_size(ref_dir))
+        if found.chosen is None:
             raise GateError(f"nothing passed the quality gate in {len(order)} attempts: {report['why']}")
+        shipped = found.chosen_dir if target == "cpu" else variant(found.chosen.name, target)
+        found.write_verdict(shipped, evaluated_on)
         (shipped / "gate_report.json").write_text(json.dumps(report, indent=1))
         shipped.rename(out_dir)
         return report
@@ -358,17 +409,18 @@ def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _label(recipe: quant_recipes.Recipe) -> str:
-    return recipe.precision if recipe.name == recipe.precision else f"{recipe.precision} ({recipe.name})"
+def _label(name: str, precision: str) -> str:
+    return precision if name == precision else f"{precision} ({name})"
 
 
 def _why(first: str, chosen: quant_recipes.Recipe | None, tried: list[dict]) -> str:
-    failed = [f"{_label(quant_recipes.RECIPES[t['recipe']])} failed ({'; '.join(t['reasons'])})"
+    failed = [f"{_label(t['recipe'], t['precision'])} failed ({'; '.join(t['reasons'])})"
               for t in tried if not t["passed"]]
     if chosen is not None and chosen.precision == first and not failed:
-        return f"{_label(chosen)} was requested and passed the gate"
+        return f"{_label(chosen.name, chosen.precision)} was requested and passed the gate"
     head = ", ".join(failed) if failed else f"{first} was skipped"
-    return f"{head}; {_label(chosen)} is the first in the search order that passed" if chosen else head
+    return (f"{head}; {_label(chosen.name, chosen.precision)} is the first in the search order that passed"
+            if chosen else head)
 
 
 def from_recipe(path: pathlib.Path) -> tuple[pathlib.Path, dict, GateThresholds]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from training.export import RUNNABLE, ExportError, ExportOptions
 
@@ -70,10 +70,24 @@ RECIPES = {r.name: r for r in (
     Recipe("options", "int4", None, {}, "int4 exactly as the export options say"),
     Recipe("int8", "int8"), Recipe("fp16", "fp16"), Recipe("fp32", "fp32"),
 )}
+# A pipeline's export stage names its builds by these names or by a precision's: `int4` alone is the int4 the
+# stage's own options say (recipe `options`, under the name int4), as `precisions: [int4]` meant before recipes.
+NAMES = ("fp32", "fp16", "int8", "int4", *(n for n, r in RECIPES.items() if r.precision == "int4"))
 # Measured on SmolLM2-135M (docs/BENCHMARKS.md): hqq (220 MB) and k_quant_mixed (230 MB) fail the gate where
 # hqq_mixed (238 MB) passes, so the default search skips them; they stay named recipes for other models.
 DEFAULT_INT4 = ("rtn", "rtn_mixed", "hqq_mixed")
 FALLBACK = ("int8", "fp16", "fp32")
+
+
+def named(name: str) -> Recipe:
+    """The recipe called `name` (a RECIPES name, or `int4`: recipe `options` under that name); ExportError naming
+    an unknown one."""
+    if name == "int4":
+        return replace(RECIPES["options"], name="int4")
+    if not isinstance(name, str) or name not in RECIPES:
+        raise ExportError(f"{name!r} is not one of {', '.join(NAMES[:4])} or the int4 recipes "
+                          f"{', '.join(NAMES[4:])} (training/quant_recipes.py)")
+    return RECIPES[name]
 
 
 def check(name: str, opts: ExportOptions, tied: bool = False) -> None:
