@@ -50,6 +50,7 @@ def test_a_setting_the_builder_cannot_honour_is_named(opts, tied, match):
     with pytest.raises(ExportError, match=f"int4 recipe 'mine' cannot be built as asked: .*{match}"):
         check("mine", opts, tied)
     check("mine", ExportOptions("int4", int4_symmetric=False), tied=False)   # fine when nothing is shared
+    check("hqq", RECIPES["hqq"].options(ExportOptions("fp32", int4_symmetric=False)), tied=True)   # never shared
     with pytest.raises(ExportError, match="hqq is built and measured for the cpu target only"):
         ExportOptions("int4", "cuda", int4_algo="hqq")
 

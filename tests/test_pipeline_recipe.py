@@ -205,3 +205,51 @@ def test_the_shipped_chain_example_is_valid():
     kinds = [s.kind for s in p.stages]
     assert kinds.count("train") == 3 and kinds[-1] in ("publish", "rollout")
     assert [s.config["method"] for s in p.stages if s.kind == "train"] == ["full", "distill", "lora"]
+
+
+def test_the_export_stage_names_int4_recipes_and_defaults_to_the_gates_search():
+    d = example()
+    d["stages"][2]["export"] = {"execution_provider": "cpu"}      # no list: the search of `slmops export`
+    d["stages"][3]["gate"] = {}
+    p = parse(d, ROOT)
+    assert p.stage("export").config["precisions"] == ["fp32", "int8", "rtn", "rtn_mixed", "hqq_mixed"]
+    assert p.stage("gate").config["order"] == ["rtn", "rtn_mixed", "hqq_mixed", "int8", "fp32"]
+    d["stages"][2]["export"] = {"execution_provider": "cuda"}     # hqq is built for the cpu target only
+    assert parse(d, ROOT).stage("gate").config["order"] == ["rtn", "rtn_mixed", "int8", "fp16", "fp32"]
+    d["stages"][2]["export"] = {"int4_algo": "k_quant_mixed"}     # the stage's own int4 setting: recipe options
+    assert parse(d, ROOT).stage("gate").config["order"] == ["options", "int8", "fp32"]
+    d["stages"][2]["export"] = {"precisions": ["int8", "int4"]}   # the older spelling: int4 as the options say
+    p = parse(d, ROOT)
+    assert p.stage("export").config == {"precisions": ["fp32", "int8", "int4"], "execution_provider": "cpu",
+                                        "options": {}}
+    assert p.stage("gate").config["order"] == ["int4", "int8", "fp32"]
+
+
+def test_an_unknown_or_unbuildable_recipe_is_refused_before_anything_runs(tmp_path):
+    d = example()
+    d["stages"][2]["export"] = {"recipes": ["rtn", "bogus", "rtn", "hqq_mixed"], "execution_provider": "cuda"}
+    d["stages"][3]["gate"] = {"order": ["rtn", "k_quant_mixed"]}
+    errs = errors_of(d)
+    for want in ("stages[2].export.recipes[1]: 'bogus' is not one of fp32, fp16, int8, int4 or the int4 recipes rtn",
+                 "stages[2].export.recipes[2]: 'rtn' is listed twice",
+                 "stages[2].export.recipes[3]: int4 algorithm hqq_mixed is built and measured for the cpu target",
+                 "stages[3].gate.order[1]: 'k_quant_mixed' is not exported by the export stage (fp32, rtn)"):
+        assert any(e.startswith(want) for e in errs), (want, errs)
+    # asymmetric int4 on a model that ties embedding and head: the builder shares them at int4, and that graph
+    # fails to load; int8 in the head (rtn_mixed) unshares them, hqq never shares
+    tied = tmp_path / "tied"
+    tied.mkdir()
+    (tied / "config.json").write_text('{"model_type": "llama", "tie_word_embeddings": true}')
+    d = example()
+    d["stages"][0]["train"]["set"] += ["base.source=hf", f"base.path={tied}"]
+    d["stages"][2]["export"] = {"recipes": ["rtn", "rtn_mixed", "hqq", "int8"], "int4_symmetric": False}
+    d["stages"][3]["gate"] = {}
+    errs = errors_of(d)
+    assert [e for e in errs if e.startswith("stages[2]")] == [
+        "stages[2].export.recipes[0]: int4 recipe 'rtn' cannot be built as asked: asymmetric int4 with a shared "
+        "embedding builds a graph that fails to load (uint8 Reshape) (the trained model ties its embedding and head)"]
+    d["stages"][0]["train"]["set"][-1] = "base.source=tiny"   # training/tiny.py: not tied, so rtn builds
+    d["stages"][0]["train"]["set"].pop(-2)
+    assert parse(d, ROOT).stage("export").config["precisions"] == ["fp32", "int8", "rtn", "rtn_mixed", "hqq"]
+    d["stages"][2]["export"] = {"recipes": ["rtn"], "precisions": ["int4"]}
+    assert "stages[2].export.recipes: give recipes or precisions (its older name), not both" in errors_of(d)

@@ -189,3 +189,68 @@ def test_against_compared_holds_each_set_to_its_one_floor():
     assert stages.against_compared(old, 0.19, 0.41, "refs") == (
         "forgetting on old.jsonl: ROUGE-L 0.190 against refs is 0.220 below the compared model's (v1) 0.410, "
         "more than max_loss_vs_compare 0.05 allows")
+
+
+# ---- the gate's search over int4 recipes (training/quant_recipes.py), as `slmops export --precision int4` -------
+def test_a_pipeline_searches_its_int4_recipes_and_the_report_keeps_every_attempt(tiny_hf, tmp_path):
+    # perplexity vs fp32 on 4 held-out examples of the tiny model (tests/test_int4_search.py): rtn +0.68%,
+    # k_quant_mixed -0.06%, int8 +0.09%; a +0.4% int4 limit fails rtn and passes k_quant_mixed
+    d = {"name": "search", "stages": [
+        {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
+        {"export": {"recipes": ["rtn", "k_quant_mixed", "int8"]}},
+        {"gate": {"max_examples": 4, "thresholds": {"max_ppl_increase": {"int4": 0.004}}}}]}
+    p = parse(d, ROOT)
+    assert p.stages[1].config["precisions"] == ["fp32", "int8", "rtn", "k_quant_mixed"]   # fp32: the reference
+    assert p.stages[2].config["order"] == ["rtn", "k_quant_mixed", "int8", "fp32"]       # int4 ones first, as given
+    out, m = stages.export(p.stages[1].config, {"model_dir": str(tiny_hf)}, tmp_path / "export", print, "")
+    assert set(out["variants"]) == {"fp32", "int8", "rtn", "k_quant_mixed"} and m["bytes"]["rtn"] > 0
+    got, gm = stages.gate(p.stages[2].config, out, tmp_path / "gate", print, "")
+    assert got["precision"] == "int4" and got["recipe"] == "k_quant_mixed" and gm["chosen_recipe"] == "k_quant_mixed"
+    report = json.loads((tmp_path / "gate" / "gate_report.json").read_text())
+    rtn, kq = report["tried"]          # stopped at the first that passed; int8 was not measured
+    assert (rtn["recipe"], rtn["verdict"], kq["recipe"], kq["verdict"]) == ("rtn", "failed", "k_quant_mixed", "passed")
+    assert "perplexity" in rtn["reasons"][0] and "(limit +0.4%)" in rtn["reasons"][0] and kq["reasons"] == []
+    assert "algo_config=k_quant_mixed" in kq["options"] and not any("algo_config" in o for o in rtn["options"])
+    assert all(t["metrics"] and t["bytes"] and t["evaluated"] == out["variants"][t["recipe"]] for t in (rtn, kq))
+    assert report["order"] == p.stages[2].config["order"] and report["chosen_recipe"] == "k_quant_mixed"
+    assert "int4 (rtn) failed" in report["why"] and "int4 (k_quant_mixed) is the first" in report["why"]
+    verdict = json.loads((pathlib.Path(got["bundle_dir"]) / "gate.json").read_text())
+    assert verdict["passed"] and verdict["recipe"] == "k_quant_mixed" and verdict["precision"] == "int4"
+
+
+def test_a_cuda_targets_recipe_is_measured_on_a_cpu_twin_of_the_same_recipe(tiny_hf, tmp_path):
+    d = {"name": "gpu-search", "stages": [
+        {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
+        {"export": {"recipes": ["rtn_mixed", "fp16"], "execution_provider": "cuda"}},
+        {"gate": {"order": ["fp16", "rtn_mixed", "fp32"], "max_examples": 2,
+                  "thresholds": {"max_new_tokens": 4, "max_ppl_increase": {"int4": 10.0},
+                                 "max_accuracy_drop": 1.0, "min_greedy_agreement": 0.0}}}]}
+    p = parse(d, ROOT)
+    out, _ = stages.export(p.stages[1].config, {"model_dir": str(tiny_hf)}, tmp_path / "export", print, "")
+    assert set(out["cpu_twins"]) == {"fp32", "rtn_mixed"}
+    target, twin = (json.loads((pathlib.Path(x["rtn_mixed"]) / "export_info.json").read_text())
+                    for x in (out["variants"], out["cpu_twins"]))
+    assert (target["execution_provider"], twin["execution_provider"]) == ("cuda", "cpu")
+    assert twin["builder_options"] == target["builder_options"] and any(
+        "matmul_mixed_precision" in o for o in twin["builder_options"])   # the same quantization, CPU graph
+    got, gm = stages.gate(p.stages[2].config, out, tmp_path / "gate", print, "")
+    fp16, mixed = gm["tried"]
+    assert "no CPU twin" in fp16["reasons"][0] and fp16["verdict"] == "error"
+    assert mixed["recipe"] == "rtn_mixed" and mixed["evaluated"] == out["cpu_twins"]["rtn_mixed"]
+    assert got["recipe"] == "rtn_mixed" and got["execution_provider"] == "cuda"
+    bundle = pathlib.Path(got["bundle_dir"])
+    assert json.loads((bundle / "export_info.json").read_text())["execution_provider"] == "cuda"
+    assert json.loads((bundle / "gate.json").read_text())["evaluated_on"] == "cpu twin"
+
+
+def test_the_export_stage_rechecks_its_recipes_against_the_trained_model_before_any_build(tmp_path):
+    import pytest
+
+    tied = tmp_path / "model"   # what a train stage left: a model that ties embedding and head (as SmolLM2 does)
+    tied.mkdir()
+    (tied / "config.json").write_text('{"model_type": "llama", "tie_word_embeddings": true}')
+    cfg = {"precisions": ["fp32", "rtn"], "execution_provider": "cpu", "options": {"int4_symmetric": False}}
+    with pytest.raises(stages.StageFailed, match=rf"int4 recipe 'rtn' cannot be built as asked: asymmetric .* "
+                                                 rf"\(for {tied}, which ties its embedding and head\)"):
+        stages.export(cfg, {"model_dir": str(tied)}, tmp_path / "export", print, "")
+    assert not (tmp_path / "export").exists()

@@ -100,8 +100,9 @@ def check(name: str, opts: ExportOptions, tied: bool = False) -> None:
     k_quant = opts.int4_algo.startswith("k_quant")
     head8 = "last_matmul:int8" in mixed or opts.int4_algo in ("k_quant_last", "k_quant_mixed")
     asked_shared = extra.get("shared_embeddings") == "true"
-    # unless told, the builder shares a tied embedding/head when both end up int4 (an int8 head unshares them)
-    shared = asked_shared or (tied and "shared_embeddings" not in extra and not head8)
+    # unless told, the builder shares a tied embedding/head when both end up int4 (an int8 head unshares them);
+    # hqq builds never share (ExportOptions.builder_options) and quantize with their own asymmetric grid
+    shared = asked_shared or (tied and "shared_embeddings" not in extra and not head8 and not opts.hqq)
 
     def refuse(why: str) -> None:
         raise ExportError(f"int4 recipe {name!r} cannot be built as asked: {why}")

@@ -230,34 +230,77 @@ def _model_folder(base: pathlib.Path, value, where: str, errors: _Errors) -> pat
                      lambda p: (p / "config.json").is_file(), "no Hugging Face model at {p} (no config.json)")
 
 
-def _export(d: dict, where: str, base: pathlib.Path, errors: _Errors) -> tuple[dict, tuple[str, ...]]:
-    from training.export import ExportError, ExportOptions, PRECISIONS
+def _export(d: dict, where: str, base: pathlib.Path, errors: _Errors, tied: bool = True
+            ) -> tuple[dict, tuple[str, ...]]:
+    """`recipes` (or its older spelling `precisions`): the builds, named as in training/quant_recipes.py (int4
+    recipes, int8, fp16, fp32, or `int4`: int4 as this stage's options say); default the search `slmops export
+    --precision int4` makes (quant_recipes.plan). Each is checked as the builder would take it (`tied`: the
+    trained model ties its embedding and head, see _ties) and fp32, the gate's reference, is always added. Stored
+    as `precisions`, ordered fp32, fp16, int8, then the int4 ones as given, so older recipes keep their keys."""
+    from training import quant_recipes
+    from training.export import PROVIDERS, ExportError, ExportOptions
 
-    d = _mapping(d, where, errors, ("precisions", "execution_provider", *EXPORT_OPTIONS, "resources"))
-    precisions = d.get("precisions", ["int4"])
-    if not isinstance(precisions, list) or not precisions:
-        errors.add(f"{where}.precisions", "must be a non-empty list, e.g. [int4, int8]")
-        precisions = []
+    d = _mapping(d, where, errors, ("recipes", "precisions", "execution_provider", *EXPORT_OPTIONS, "resources"))
     options = {k: d[k] for k in EXPORT_OPTIONS if k in d}
     ep = d.get("execution_provider", "cpu")
-    for i, p in enumerate(precisions):
-        if p not in PRECISIONS:
-            errors.add(f"{where}.precisions[{i}]", f"{p!r} is not one of {', '.join(PRECISIONS)}")
-            continue
+    key = "precisions" if "precisions" in d else "recipes"
+    if "precisions" in d and "recipes" in d:
+        errors.add(f"{where}.recipes", "give recipes or precisions (its older name), not both")
+    names = d.get(key)
+    if ep not in PROVIDERS:
+        errors.add(f"{where}.execution_provider", f"{ep!r} is not one of {', '.join(PROVIDERS)}")
+        return {}, ()
+    if names is None:   # the gate's default search; an int4_algo of the stage's own means int4 is that one setting
+        names = [r.name for r in quant_recipes.plan("int4", ep, ("options",) if "int4_algo" in d else None)]
+    if not isinstance(names, list) or not names or len(names) > 32:
+        errors.add(f"{where}.{key}", "must be a list of 1 to 32 recipes or precisions, e.g. [rtn, rtn_mixed, "
+                                     "hqq_mixed, int8] (training/quant_recipes.py)")
+        names = []
+    good, seen = [], []
+    for i, name in enumerate(names):
         try:
-            ExportOptions(precision=p, execution_provider=ep, **options)
+            recipe = quant_recipes.named(name)
+            if name in seen:
+                raise ExportError(f"{name!r} is listed twice")
+            seen.append(name)
+            recipe.options(ExportOptions(precision="fp32", execution_provider=ep, **options), tied)
         except (ExportError, TypeError) as e:
-            errors.add(f"{where}.precisions[{i}]", str(e))
-    ordered = [p for p in PRECISIONS if p in precisions or p == "fp32"]  # fp32 is always the gate's reference
-    cfg = {"precisions": ordered, "execution_provider": ep, "options": options}
+            errors.add(f"{where}.{key}[{i}]", str(e) + (" (the trained model ties its embedding and head)"
+                                                        if tied and "shared embedding" in str(e) else ""))
+            continue
+        good.append(name)
+    floats = [p for p in ("fp32", "fp16", "int8") if p in good or p == "fp32"]   # fp32: the gate's reference
+    cfg = {"precisions": floats + [n for n in good if n not in floats], "execution_provider": ep,
+           "options": options}
     if ep != "cpu":
         cfg["cpu_twins"] = True   # the gate measures CPU builds of the same weights (stages.export)
     return cfg, ()
 
 
+def _ties(train: Stage | None, base: pathlib.Path) -> bool:
+    """Whether the model the train stages leave ties its embedding and head (the builder then shares them at
+    int4, which some int4 settings cannot take): the first train stage's base decides (later ones, distill
+    included, keep its layout). A tiny model does not; a Hugging Face folder says so in config.json; smollm2
+    and a GGUF file are taken to tie them (SmolLM2 does), since they are read only when trained."""
+    from training.loader import ModelSpec
+    from training.quant_recipes import ties_embeddings
+
+    try:
+        spec = ModelSpec.from_dict((train.config.get("recipe") or {}).get("base") or "")
+    except (ConfigError, AttributeError, TypeError):
+        return True
+    if spec.source == "tiny":
+        return False
+    if spec.source == "hf":
+        p = pathlib.Path(spec.path)
+        return ties_embeddings(p if p.is_absolute() else base / p)
+    return True
+
+
 def _gate(d: dict, where: str, base: pathlib.Path, errors: _Errors, exported: list[str],
           target: str = "cpu") -> tuple[dict, tuple]:
-    from training.export import RUNNABLE
+    from training import quant_recipes
+    from training.export import RUNNABLE, ExportError
     from training.quality_gate import GateThresholds
 
     d = _mapping(d, where, errors, ("order", "thresholds", "max_examples", "sets", "resources"))
@@ -265,14 +308,22 @@ def _gate(d: dict, where: str, base: pathlib.Path, errors: _Errors, exported: li
     if sets not in ("original", "evaluated"):
         errors.add(f"{where}.sets", f"{sets!r} must be original (the original held-out set) or evaluated (every "
                                     f"set the evaluate stages scored, with their references)")
-    order = d.get("order") or [p for p in ("int4", "int8", "fp16", "fp32") if p in exported]
+
+    def precision(name) -> str | None:
+        try:
+            return quant_recipes.named(name).precision
+        except ExportError:
+            return None
+    # default: the export's int4 builds in the order given (smallest first), then int8, fp16, fp32
+    order = d.get("order") or ([n for n in exported if precision(n) == "int4"]
+                               + [p for p in ("int8", "fp16", "fp32") if p in exported])
     if not isinstance(order, list):
-        errors.add(f"{where}.order", "must be a list of exported precisions, best first")
+        errors.add(f"{where}.order", "must be a list of exported recipes or precisions, smallest first")
         order = []
     for i, p in enumerate(order):
         if p not in exported:
             errors.add(f"{where}.order[{i}]", f"{p!r} is not exported by the export stage ({', '.join(exported)})")
-    if order and isinstance(order, list) and not any(p in RUNNABLE["cpu"] for p in order):
+    if order and not any(precision(p) in RUNNABLE["cpu"] for p in order):
         errors.add(f"{where}.order", f"none of {order} can pass: the gate measures on the CPU ({target} builds "
                                      f"through their CPU twins) and fp16 has no CPU twin; add int8, int4 or fp32")
     thresholds = _mapping(d.get("thresholds"), f"{where}.thresholds", errors,
@@ -419,10 +470,13 @@ def parse(d, base_dir: str | pathlib.Path, text: str = "") -> Pipeline:
             exp = next((s for s in stages if s.kind == "export"), None)
             config, files = _gate(body, where, base, errors, exp.config.get("precisions", []) if exp else [],
                                   exp.config.get("execution_provider", "cpu") if exp else "cpu")
+        elif kind == "export":
+            config, files = _export(body, where, base, errors,
+                                    _ties(next((s for s in stages if s.kind == "train"), None), base))
         elif kind == "train":
             config, files = _train(body, where, base, errors, chained=seen.count("train") > 1)
         else:
-            config, files = {"evaluate": _evaluate, "export": _export, "publish": _publish,
+            config, files = {"evaluate": _evaluate, "publish": _publish,
                              "rollout": _rollout}[kind](body, where, base, errors)
         resources = _resources(body.get("resources"), f"{where}.resources", errors) \
             if kind in WORKER_KINDS else Resources()

@@ -136,20 +136,29 @@ def reference_answers(model_dir: str, template, examples: list, max_new_tokens: 
 
 
 def export(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tuple[dict, dict]:
-    """One build per precision for the target; for a cuda/dml target also a CPU twin of each precision the CPU
-    runs (same weights and quantization, CPU graph): the gate measures those, as quality_gate.select_precision
-    does, since the gate runs on the CPU."""
-    from training.export import RUNNABLE, ExportOptions, dir_size, export_onnx
+    """One build per name of `precisions` (int4 recipes and precisions, training/quant_recipes.py; fp32, the
+    gate's reference, among them) for the target; for a cuda/dml target also a CPU twin of each the CPU runs (same
+    weights and quantization, CPU graph): the gate measures those, as quality_gate.select_precision does, since
+    the gate runs on the CPU. Every recipe's options are made, and one the builder cannot honour for this model
+    (its tied embedding and head) refused, before anything is built."""
+    from training import quant_recipes
+    from training.export import RUNNABLE, ExportError, ExportOptions, dir_size, export_onnx
 
-    ep = cfg["execution_provider"]
+    ep, model_dir = cfg["execution_provider"], pathlib.Path(inputs["model_dir"])
+    base = ExportOptions(precision="fp32", execution_provider=ep, **cfg["options"])
+    tied = quant_recipes.ties_embeddings(model_dir)
+    try:
+        options = {n: quant_recipes.named(n).options(base, tied) for n in cfg["precisions"]}
+    except ExportError as e:
+        raise StageFailed(f"{e} (for {model_dir}, which {'ties' if tied else 'does not tie'} its embedding and "
+                          f"head)") from e
     variants, twins, sizes = {}, {}, {}
-    for p in cfg["precisions"]:
-        opts = ExportOptions(precision=p, execution_provider=ep, **cfg["options"])
-        variants[p] = str(export_onnx(pathlib.Path(inputs["model_dir"]), out / p, opts, log=log))
-        sizes[p] = dir_size(pathlib.Path(variants[p]))
-        if ep != "cpu" and p in RUNNABLE["cpu"]:
-            opts = ExportOptions(precision=p, execution_provider="cpu", **cfg["options"])
-            twins[p] = str(export_onnx(pathlib.Path(inputs["model_dir"]), out / f"{p}-cpu-twin", opts, log=log))
+    for name, opts in options.items():
+        variants[name] = str(export_onnx(model_dir, out / name, opts, log=log))
+        sizes[name] = dir_size(pathlib.Path(variants[name]))
+        if ep != "cpu" and opts.precision in RUNNABLE["cpu"]:
+            twin = ExportOptions(**{**opts.__dict__, "execution_provider": "cpu"})
+            twins[name] = str(export_onnx(model_dir, out / f"{name}-cpu-twin", twin, log=log))
     outputs = {"variants": variants, "execution_provider": ep}
     if ep != "cpu":
         outputs["cpu_twins"] = twins
@@ -158,13 +167,17 @@ def export(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> t
 
 
 def gate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tuple[dict, dict]:
-    """fp32 is the reference; the first precision of `order` within the thresholds on every eval set is copied to
-    bundle/ with its gate.json. The eval set is the original held-out set, or with `sets: evaluated` every set the
-    evaluate stages scored (scored.jsonl: their records with the references they were scored against, e.g. the
-    teacher's answers to a held-out slice of captured traffic), each judged apart. Everything is measured on the
-    CPU: for a cpu target the shipped builds themselves, for cuda/dml their CPU twins (fp16 has none, so it cannot
-    pass here), and the verdict says so (evaluated_on)."""
+    """fp32 is the reference; the first of `order` (int4 recipes and precisions the export stage built, smallest
+    first) within the thresholds on every eval set is copied to bundle/ with its gate.json, and gate_report.json
+    records every attempt (recipe, precision, builder options, bytes, metrics, verdict, reasons) as
+    quality_gate.select_precision's does: both run quality_gate.search. The eval set is the original held-out
+    set, or with `sets: evaluated` every set the evaluate stages scored (scored.jsonl: their records with the
+    references they were scored against, e.g. the teacher's answers to a held-out slice of captured traffic),
+    each judged apart. Everything is measured on the CPU: for a cpu target the shipped builds themselves, for
+    cuda/dml their CPU twins (fp16 has none, so it cannot pass here), and the verdict says so (evaluated_on)."""
     from training import quality_gate as qg
+    from training import quant_recipes
+    from training.export import read_export_info
 
     t = qg.GateThresholds(**cfg["thresholds"])
     sets = {str(qg.HELDOUT): qg.HELDOUT}
@@ -174,45 +187,32 @@ def gate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tup
             raise StageFailed("gate sets: evaluated, but no evaluate stage before it scored a set")
     examples = {name: qg.load_examples(path, limit=t.max_examples) for name, path in sets.items()}
     target = inputs.get("execution_provider", "cpu")
-    variants = {p: pathlib.Path(d) for p, d in inputs["variants"].items()}
-    measured = variants if target == "cpu" else {p: pathlib.Path(d) for p, d in inputs["cpu_twins"].items()}
+    variants = {n: pathlib.Path(d) for n, d in inputs["variants"].items()}
+    measured = variants if target == "cpu" else {n: pathlib.Path(d) for n, d in inputs["cpu_twins"].items()}
     evaluated_on = "cpu" if target == "cpu" else "cpu twin"
-    ref, ref_greedy = {}, {}
-    for name, ex in examples.items():
-        log(f"gate: measuring the fp32 reference on {len(ex)} examples of {name}"
-            + ("" if target == "cpu" else f" (CPU twins of the {target} builds)"))
-        ref[name], ref_greedy[name] = qg.evaluate(measured["fp32"], ex, t.max_new_tokens)
-    first = next(iter(examples))
-    tried = []
-    for p in cfg["order"]:
-        got = {}
-        if p not in measured:
-            reasons = [f"{p} has no CPU twin, so it cannot be evaluated on the CPU where the gate runs"]
-        else:
-            got = {name: ref[name] if p == "fp32" else
-                   qg.evaluate(measured[p], ex, t.max_new_tokens, ref_greedy[name])[0] for name, ex in examples.items()}
-            reasons = [f"{name}: {r}" if len(examples) > 1 else r
-                       for name in examples for r in qg.judge(p, ref[name], got[name], t)]
-        tried.append({"precision": p, "passed": not reasons, "reasons": reasons,
-                      "metrics": asdict(got[first]) if got else None, "evaluated_on": evaluated_on,
-                      "evaluated": str(measured[p]) if p in measured else None,
-                      "sets": {name: asdict(m) for name, m in got.items()}})
-        log(f"gate: {p} {'PASSED' if not reasons else 'failed: ' + '; '.join(reasons)} ({evaluated_on})")
-        if not reasons:
-            bundle = out / "bundle"
-            shutil.copytree(variants[p], bundle)   # the target's build is what ships
-            verdict = qg.write_verdict(bundle, p, True, ["fp32 is the reference"] if p == "fp32" else [],
-                                       got[first], ref[first], t, evaluated_on=evaluated_on)
-            report = {"chosen": p, "execution_provider": target, "evaluated_on": evaluated_on, "tried": tried,
-                      "sets": {name: {"file": str(path), "reference": asdict(ref[name])}
-                               for name, path in sets.items()}}
-            (out / "gate_report.json").write_text(json.dumps(report, indent=1))
-            return ({"bundle_dir": str(bundle), "precision": p, "execution_provider": target},
-                    {"chosen": p, "execution_provider": target, "evaluated_on": evaluated_on,
-                     "reference": asdict(ref[first]), "tried": tried, "metrics": verdict["metrics"],
-                     "sets": list(sets)})
-    raise StageFailed("no precision passed the quality gate: "
-                      + "; ".join(f"{x['precision']}: {', '.join(x['reasons'])}" for x in tried))
+    order = tuple(quant_recipes.named(n) for n in cfg["order"])
+    found = qg.search(order, measured["fp32"], examples, t, lambda r: measured[r.name],
+                      {n: read_export_info(d)["builder_options"] for n, d in variants.items()}, log=log,
+                      evaluated_on=evaluated_on)
+    for attempt in found.tried:
+        attempt["evaluated"] = str(measured[attempt["recipe"]]) if attempt["recipe"] in measured else None
+    if found.chosen is None:
+        raise StageFailed("nothing passed the quality gate: "
+                          + "; ".join(f"{x['recipe']}: {', '.join(x['reasons'])}" for x in found.tried))
+    chosen = found.chosen
+    bundle = out / "bundle"
+    shutil.copytree(variants[chosen.name], bundle)   # the target's build is what ships
+    verdict = found.write_verdict(bundle, evaluated_on)
+    report = found.report(quant_recipes.named(cfg["order"][0]).precision, list(cfg["order"]),
+                          execution_provider=target, evaluated_on=evaluated_on,
+                          sets={name: {"file": str(path), "reference": asdict(found.reference[name])}
+                                for name, path in sets.items()})
+    (out / "gate_report.json").write_text(json.dumps(report, indent=1))
+    return ({"bundle_dir": str(bundle), "precision": chosen.precision, "recipe": chosen.name,
+             "execution_provider": target},
+            {"chosen": chosen.precision, "chosen_recipe": chosen.name, "execution_provider": target,
+             "evaluated_on": evaluated_on, "reference": report["reference"], "tried": found.tried,
+             "metrics": verdict["metrics"], "sets": list(sets), "why": report["why"]})
 
 
 RUN = {"train": train, "evaluate": evaluate, "export": export, "gate": gate}
