@@ -149,8 +149,9 @@ def render(results: dict, meta: dict, args) -> str:
               "but decoded at 2-4 tok/s against 66 at level 4 (onnxruntime has no fast CPU kernel for them), so "
               "they are opt-in (`ExportOptions(int8_accuracy_level=1)`, recipe `export: {int8_accuracy_level: 1}`)."]
     lines += ["", f"With the default thresholds (`training/quality_gate.py`: perplexity +6% int4 / +2% int8, accuracy "
-              f"-5 points, greedy agreement >= 80%) `slmops export --precision int4` on this model ships "
-              f"**{chosen}**: the fallback order is int4 -> int8 -> fp32 on CPU.",
+              f"-5 points, greedy agreement >= 80%) the first of this table's int4 -> int8 -> fp32 within them is "
+              f"**{chosen}** (the fallback order before the int4 search). `slmops export --precision int4` now "
+              f"tries int4 recipes first (see \"int4 recipes\" below and `bench/bench_int4_recipes.py`).",
               "", "Accuracy = the greedy answer (32 tokens) contains the example's answer key; greedy agreement = "
               "share of the fp32 greedy continuation's tokens the variant also predicts (teacher-forced). "
               "Absolute tokens/s drift between runs and machines; compare the ratios.", END]

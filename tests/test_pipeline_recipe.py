@@ -253,3 +253,16 @@ def test_an_unknown_or_unbuildable_recipe_is_refused_before_anything_runs(tmp_pa
     assert parse(d, ROOT).stage("export").config["precisions"] == ["fp32", "int8", "rtn", "rtn_mixed", "hqq"]
     d["stages"][2]["export"] = {"recipes": ["rtn"], "precisions": ["int4"]}
     assert "stages[2].export.recipes: give recipes or precisions (its older name), not both" in errors_of(d)
+
+
+def test_the_recipe_in_docs_pipelines_is_valid_as_written():
+    import re
+
+    text = (ROOT / "docs" / "PIPELINES.md").read_text()
+    block = next(b for b in re.findall(r"^```yaml\n(.*?)^```", text, flags=re.S | re.M)
+                 if b.startswith("# slmops pipeline submit training/recipes/pipeline_tiny.yaml"))
+    p = loads(block, ROOT)
+    assert p.stage("export").config["precisions"] == ["fp32", "int8", "rtn", "rtn_mixed", "hqq_mixed"]
+    assert p.stage("export").config["options"] == {"int4_block_size": 32}
+    assert p.stage("gate").config["order"] == ["rtn", "rtn_mixed", "hqq_mixed", "int8", "fp32"]
+    assert [s.kind for s in p.stages] == ["train", "evaluate", "export", "gate", "publish", "rollout"]
