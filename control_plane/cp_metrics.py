@@ -1,6 +1,6 @@
-"""Prometheus text for the control plane's own /metrics: ingest counters kept in-process, fleet and
-telemetry-store gauges read from the store when scraped, and each version's drift signals as the telemetry
-job's last drift check left them (control_plane/drift_monitor.py)."""
+"""Prometheus text for the control plane's own /metrics: ingest counters kept in-process, whether this replica
+holds the leader lease, fleet and telemetry-store gauges read from the store when scraped, and each version's
+drift signals as the telemetry job's last drift check left them (control_plane/drift_monitor.py)."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -16,6 +16,11 @@ class _StoreCollector:
 
     def collect(self):
         db = self.store.db
+        # the lease's last verdict (asked by the rollout driver each pass), not a new attempt to take it
+        leader = GaugeMetricFamily("slmops_cp_leader", "1 on the replica that drives rollouts and rollups "
+                                   "(holds the leader lease), 0 on the others")
+        leader.add_metric([], 1 if self.store.leader.holder else 0)
+        yield leader
         devices = GaugeMetricFamily("slmops_cp_devices", "enrolled devices by reported state", labels=["state"])
         for r in db.query("select state, count(*) as n from devices group by state"):
             devices.add_metric([r["state"] or "unknown"], r["n"])

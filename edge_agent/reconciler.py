@@ -187,6 +187,8 @@ class Reconciler(UpdateStates):
         if item[0] == "desired":
             name, version, revision = item[1:]
             if self.desired != (name, version, revision):
+                # one line per new assignment: the device's own record of what it was told, in order
+                log.info("told to run %s@%s (desired revision %d)", name, version, revision)
                 self.desired = (name, version, revision)
                 self.state.put("desired", list(self.desired))
             self.apply(name, version, revision)

@@ -391,10 +391,12 @@ def test_one_replica_holds_the_leader_lease_and_another_takes_it_when_it_dies(pg
     a, b = Store(pg_url), Store(pg_url)
     try:
         assert a.leader.held() and not b.leader.held() and a.leader.held()
+        assert (leader_gauge(a), leader_gauge(b)) == (1, 0)   # what /metrics tells an operator
         with b.db.conn.cursor() as cur:   # a's lease session dies (as when its process is killed)
             cur.execute("select pg_terminate_backend(%s, 10000)", [a.leader._conn.info.backend_pid])  # waits
         assert b.leader.held(), "the lease was not free once its holder's session died"
         assert not a.leader.held()   # it noticed its session was gone, and the lease is b's now
+        assert (leader_gauge(a), leader_gauge(b)) == (0, 1)
         b.stop_listening()   # a clean stop gives it up
         assert a.leader.held()
     finally:
@@ -402,8 +404,17 @@ def test_one_replica_holds_the_leader_lease_and_another_takes_it_when_it_dies(pg
         b.stop_listening()
 
 
+def leader_gauge(store: Store) -> float:
+    """slmops_cp_leader as the control plane's /metrics renders it for this store."""
+    from control_plane.cp_metrics import ControlPlaneMetrics
+
+    line = next(x for x in ControlPlaneMetrics(store).render().splitlines() if x.startswith("slmops_cp_leader "))
+    return float(line.split()[1])
+
+
 def test_on_sqlite_the_one_control_plane_is_the_leader(tmp_path):
-    assert Store(tmp_path / "state.db").leader.held()
+    s = Store(tmp_path / "state.db")
+    assert s.leader.held() and leader_gauge(s) == 1
 
 
 @pytest.mark.pg
