@@ -45,20 +45,27 @@ class TelemetryViews:
 
     # ---- maintenance ------------------------------------------------------------------------------
     def refresh(self, limit: int = 5000) -> int:
-        """Recomputes the rollups of dirty minutes from raw events. Returns how many minutes were rebuilt."""
+        """Recomputes the rollups of dirty minutes from raw events. Returns how many minutes were rebuilt.
+
+        Each minute in one transaction that takes its dirty mark first and reads its events after: an upload
+        into that minute meanwhile (another thread, another replica) marks it again and is counted next time,
+        where taking the mark last lost it. A mark another refresh (another replica's) took already is left to it."""
+        rebuilt = 0
         with self._refresh_lock:
             dirty = list(self.db.query("select device_id, minute_ms from telemetry_dirty limit ?", [limit]))
             for d in dirty:
-                rows = [_row_event(r) for r in self.db.query(
-                    "select kind, outcome, latency_ms, first_token_ms, tokens_out, vals from telemetry "
-                    "where device_id = ? and ts_ms >= ? and ts_ms < ?",
-                    [d["device_id"], d["minute_ms"], d["minute_ms"] + rollups.MINUTE_MS])]
-                fig = rollups.minute_rollup(rows)
-                with self.store._lock:
+                with self.store._lock, self.store.transaction():
+                    if not self.db.execute("delete from telemetry_dirty where device_id = ? and minute_ms = ?",
+                                           [d["device_id"], d["minute_ms"]]).rowcount:
+                        continue
+                    rows = [_row_event(r) for r in self.db.query(
+                        "select kind, outcome, latency_ms, first_token_ms, tokens_out, vals from telemetry "
+                        "where device_id = ? and ts_ms >= ? and ts_ms < ?",
+                        [d["device_id"], d["minute_ms"], d["minute_ms"] + rollups.MINUTE_MS])]
+                    fig = rollups.minute_rollup(rows)
                     self.db["telemetry_minutes"].upsert({**d, **fig}, pk=("device_id", "minute_ms"))
-                    self.db.execute("delete from telemetry_dirty where device_id = ? and minute_ms = ?",
-                                    [d["device_id"], d["minute_ms"]])
-            return len(dirty)
+                rebuilt += 1
+        return rebuilt
 
     def apply_retention(self, now: int | None = None) -> tuple[int, int]:
         """Deletes raw events and rollups past their retention. Returns (raw rows, minute rows) deleted."""
