@@ -5,9 +5,6 @@ Decoding into typed values and refusing bad input happen here; decisions stay in
 from __future__ import annotations
 
 import dataclasses
-import json
-import secrets
-import time
 
 import grpc
 
@@ -116,24 +113,11 @@ class FleetAdmin:
         for version in {spec.version, *spec.variants.values()}:
             if self.store.model(spec.name, version) is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no published model {spec.name}@{version}")
-        devices = rollout_driver.fleet(self.store)
-        chosen = {d for d, v in devices.items() if spec.selector.matches(v) and v.pinned is None}
-        if not chosen:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"the selector {json.dumps(dataclasses.asdict(spec.selector))} matches no unpinned device")
         principal = auth.admin_principal(self.store, context) or {"name": "?"}
-        with self.store.rollouts_lock:
-            for row in self.store.rollout_rows(rollout_driver.UNFINISHED):
-                other = ro.from_json(row["state"])
-                overlap = sorted(chosen & ({d for d, v in devices.items() if other.spec.selector.matches(v)}
-                                           | {a.device_id for a in other.assignments}))
-                if overlap:
-                    context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                  f"device {overlap[0]} (and {len(overlap) - 1} more) is already in rollout "
-                                  f"{other.rollout_id} ({other.status}); abort it or let it finish first")
-            r = ro.Rollout("ro_" + secrets.token_hex(4), spec, int(time.time() * 1000))
-            rollout_driver.save(self.store, r, created_by=principal["name"])
-        self.store.rollouts_changed.set()
+        try:
+            r = rollout_driver.create(self.store, spec, principal["name"])
+        except rollout_driver.RolloutRefused as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return rollout_pb(r, self.store.rollout_row(r.rollout_id))
 
     def _get(self, context, rollout_id: str) -> ro.Rollout:
@@ -152,13 +136,14 @@ class FleetAdmin:
 
     def _operator(self, request, context, event: str):
         who = (auth.admin_principal(self.store, context) or {"name": "?"})["name"]
-        with self.store.rollouts_lock:
-            r = self._get(context, request.rollout_id)
-            try:
-                r = ro.operator_event(r, event, who)
-            except ro.TransitionRefused as e:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"rollout {r.rollout_id}: {e}")
-            rollout_driver.save(self.store, r)
+        try:
+            r = rollout_driver.change(self.store, request.rollout_id, lambda r: ro.operator_event(r, event, who))
+        except ro.TransitionRefused as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"rollout {request.rollout_id}: {e}")
+        except rollout_driver.RolloutContended as e:
+            context.abort(grpc.StatusCode.ABORTED, str(e))
+        if r is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no rollout {request.rollout_id!r}")
         self.store.rollouts_changed.set()
         return rollout_pb(r, self.store.rollout_row(r.rollout_id))
 
@@ -206,10 +191,8 @@ class FleetAdmin:
             if row is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no device {request.device_id!r}")
             for r_row in self.store.rollout_rows(rollout_driver.UNFINISHED):
-                r = ro.from_json(r_row["state"])
-                kept = tuple(a for a in r.assignments if a.device_id != request.device_id)
-                if kept != r.assignments:
-                    rollout_driver.save(self.store, dataclasses.replace(r, assignments=kept))
+                rollout_driver.change(self.store, r_row["rollout_id"], lambda r: dataclasses.replace(
+                    r, assignments=tuple(a for a in r.assignments if a.device_id != request.device_id)))
         self.store.rollouts_changed.set()
         return device_pb(row)
 

@@ -3,20 +3,41 @@ operator acts, it reads the fleet and the telemetry, steps each unfinished rollo
 only then applies the desired models through Store.set_desired (which bumps revisions and wakes the devices'
 watch streams). Because the state is saved before acting and the engine re-sends what is still pending, a
 control plane restart at any point resumes the rollout.
+
+Several control planes on one database (replicas) each run a driver, and the leader lease lets one step; but
+operators act on whichever replica they reach. So every change of a saved rollout is written only if the row
+still holds what the writer read (`save(..., expect=)`, decided by the database): the driver that loses skips
+acting on its step and steps again next pass; an operator's change (`change`) reads again and re-applies. New
+rollouts are checked against the unfinished ones under a database-wide lock (`create`), so two replicas never
+both start rollouts that hold the same device.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import secrets
 import threading
 import time
 from collections import defaultdict
 
 from control_plane import rollouts as ro
 from control_plane.store import Store
+from slmops.errors import SlmopsError
 
 log = logging.getLogger("slmops.rollouts")
 UNFINISHED = ro.ACTIVE + ro.ROLLING_BACK
+ROLLOUTS_LOCK = 0x534C4D52   # pg_advisory_xact_lock key ("SLMR"): one replica creates a rollout at a time
+CHANGE_TRIES = 20            # an operator's change re-read this often while others keep writing the rollout
+
+
+class RolloutRefused(SlmopsError):
+    """A new rollout cannot start: no unpinned device matches it, or it would hold a device an unfinished
+    rollout holds (the message says which)."""
+
+
+class RolloutContended(SlmopsError):
+    """A rollout changed under an operator's change CHANGE_TRIES times in a row; try again."""
 
 
 def device_view(row: dict) -> ro.DeviceView:
@@ -51,8 +72,49 @@ def load(store: Store, rollout_id: str) -> ro.Rollout | None:
     return ro.from_json(row["state"]) if row else None
 
 
-def save(store: Store, r: ro.Rollout, created_by: str = "") -> None:
-    store.save_rollout(r.rollout_id, r.status, ro.to_json(r), created_by)
+def save(store: Store, r: ro.Rollout, created_by: str = "", expect: str | None = None) -> bool:
+    """Writes the rollout; with `expect` (the saved JSON it was read as) only if the row still holds it.
+    Returns whether it was written."""
+    return store.save_rollout(r.rollout_id, r.status, ro.to_json(r), created_by, expect)
+
+
+def change(store: Store, rollout_id: str, fn) -> ro.Rollout | None:
+    """Applies `fn` (Rollout -> Rollout, pure; may raise ro.TransitionRefused) to the saved rollout and writes
+    the result only if nobody wrote the rollout since it was read, else reads it again. Returns the rollout as
+    written, or None when there is no such rollout."""
+    with store.rollouts_lock:
+        for _ in range(CHANGE_TRIES):
+            row = store.rollout_row(rollout_id)
+            if row is None:
+                return None
+            r = ro.from_json(row["state"])
+            new = fn(r)
+            if new == r or save(store, new, expect=row["state"]):
+                return new
+    raise RolloutContended(f"rollout {rollout_id} changed {CHANGE_TRIES} times while this change was made; "
+                           "try again")
+
+
+def create(store: Store, spec: ro.RolloutSpec, created_by: str) -> ro.Rollout:
+    """Saves a new rollout of `spec`, or raises RolloutRefused. The check against unfinished rollouts and the
+    insert run under a database-wide lock: another replica creating one at once waits, then sees this one."""
+    devices = fleet(store)
+    chosen = {d for d, v in devices.items() if spec.selector.matches(v) and v.pinned is None}
+    if not chosen:
+        raise RolloutRefused(f"the selector {json.dumps(dataclasses.asdict(spec.selector))} matches no unpinned "
+                             "device")
+    with store.rollouts_lock, store.exclusive(ROLLOUTS_LOCK):
+        for row in store.rollout_rows(UNFINISHED):
+            other = ro.from_json(row["state"])
+            overlap = sorted(chosen & ({d for d, v in devices.items() if other.spec.selector.matches(v)}
+                                       | {a.device_id for a in other.assignments}))
+            if overlap:
+                raise RolloutRefused(f"device {overlap[0]} (and {len(overlap) - 1} more) is already in rollout "
+                                  f"{other.rollout_id} ({other.status}); abort it or let it finish first")
+        r = ro.Rollout("ro_" + secrets.token_hex(4), spec, int(time.time() * 1000))
+        save(store, r, created_by=created_by)
+    store.rollouts_changed.set()
+    return r
 
 
 def apply_desired(store: Store, desired: dict[str, ro.Ref], devices: dict[str, ro.DeviceView]) -> int:
@@ -93,8 +155,12 @@ def step_all(store: Store, now_ms: int | None = None) -> list[str]:
         for row in rows:
             r = ro.from_json(row["state"])
             s = ro.step(r, devices, health(store, r), now_ms or int(time.time() * 1000))
-            if s.rollout != r:
-                save(store, s.rollout)                       # saved before acting: a restart resumes here
+            # saved before acting (a restart resumes here), and only over what this pass read: an operator's
+            # change on another replica meanwhile wins, and this rollout is stepped again from it next pass
+            if s.rollout != r and not save(store, s.rollout, expect=row["state"]):
+                log.info("rollout %s changed while it was stepped; stepped again next pass", r.rollout_id)
+                store.rollouts_changed.set()
+                continue
             changed = apply_desired(store, s.desired, devices)
             if changed:
                 devices = fleet(store)

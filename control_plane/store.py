@@ -476,14 +476,23 @@ class Store:
                 "created_ms": r["created_ms"], "revoked": bool(r.get("revoked_ms")),
                 "created_by": r.get("created_by") or ""}
 
-    def save_rollout(self, rollout_id: str, status: str, state: str, created_by: str = "") -> None:
+    def save_rollout(self, rollout_id: str, status: str, state: str, created_by: str = "",
+                     expect: str | None = None) -> bool:
+        """Writes a rollout's row. With `expect` (the state it was read with) the row is written only if it
+        still holds that state, decided by the database (one conditional update), so a change another
+        control plane made since the read is never overwritten. Returns whether it was written."""
         with self._lock:
+            if expect is not None:
+                return self.db.execute("update rollouts set status = ?, state = ?, updated_ms = ? "
+                                       "where rollout_id = ? and state = ?",
+                                       [status, state, now_ms(), rollout_id, expect]).rowcount == 1
             row = {"rollout_id": rollout_id, "status": status, "state": state, "updated_ms": now_ms()}
             if self.rollout_row(rollout_id) is None:
                 row.update(created_by=created_by, created_ms=now_ms())
                 self.db["rollouts"].insert(row)
             else:
                 self.db["rollouts"].update(rollout_id, row)
+            return True
 
     def rollout_row(self, rollout_id: str) -> dict | None:
         rows = list(self.db.query("select * from rollouts where rollout_id = ?", [rollout_id]))

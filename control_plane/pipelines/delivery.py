@@ -4,11 +4,7 @@ own rollout engine, then follow the rollout until it completes, halts or is abor
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import pathlib
-import secrets
-import time
 
 from control_plane import rollout_driver
 from control_plane import rollouts as ro
@@ -66,32 +62,16 @@ def publish(registry: Registry, blobs: BlobStore, store: Store, bundle_dir: str,
 
 
 def start_rollout(store: Store, cfg: dict, name: str, version: str, who: str) -> str:
-    spec = rollout_spec(cfg, name, version)
-    devices = rollout_driver.fleet(store)
-    chosen = {d for d, v in devices.items() if spec.selector.matches(v) and v.pinned is None}
-    if not chosen:
-        raise DeliveryFailed(f"the selector {json.dumps(dataclasses.asdict(spec.selector))} matches no unpinned "
-                             f"device")
-    with store.rollouts_lock:
-        for row in store.rollout_rows(rollout_driver.UNFINISHED):
-            other = ro.from_json(row["state"])
-            busy = chosen & ({d for d, v in devices.items() if other.spec.selector.matches(v)}
-                             | {a.device_id for a in other.assignments})
-            if busy:
-                raise DeliveryFailed(f"device {sorted(busy)[0]} is already in rollout {other.rollout_id} "
-                                     f"({other.status})")
-        r = ro.Rollout("ro_" + secrets.token_hex(4), spec, int(time.time() * 1000))
-        rollout_driver.save(store, r, created_by=who)
-    store.rollouts_changed.set()
-    return r.rollout_id
+    try:
+        return rollout_driver.create(store, rollout_spec(cfg, name, version), who).rollout_id
+    except rollout_driver.RolloutRefused as e:
+        raise DeliveryFailed(str(e)) from e
 
 
 def abort_rollout(store: Store, rollout_id: str, who: str) -> None:
-    with store.rollouts_lock:
-        r = rollout_driver.load(store, rollout_id)
-        if r is None or r.status in ro.TERMINAL or r.status in ro.ROLLING_BACK:
-            return
-        rollout_driver.save(store, ro.operator_event(r, ro.ABORT, who))
+    def abort(r: ro.Rollout) -> ro.Rollout:
+        return r if r.status in ro.TERMINAL or r.status in ro.ROLLING_BACK else ro.operator_event(r, ro.ABORT, who)
+    rollout_driver.change(store, rollout_id, abort)
     store.rollouts_changed.set()
 
 
