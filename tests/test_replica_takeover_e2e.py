@@ -106,7 +106,8 @@ def test_killing_the_replica_that_drives_a_rollout_mid_wave_hands_it_over(cluste
         cluster.wait_serving(name, m1.ref, timeout=120)
 
     gauges = cluster.wait_for(lambda: (g := {i: leader_gauge(p) for i, p in http.items()}) and
-                              sorted(g.values()) == [0, 1] and g, timeout=30, what="one replica leading")
+                              None not in g.values() and sorted(g.values()) == [0, 1] and g,
+                              timeout=30, what="one replica leading")
     leader = next(i for i, v in gauges.items() if v == 1)
     survivor = 3 - leader
     token_text = (cluster.cp_dir / "admin-token").read_text().strip()
