@@ -394,8 +394,11 @@ class Store:
                  e["first_token_ms"], e["tokens_in"], e["tokens_out"], e["outcome"], e["detail"], received,
                  e.get("adapter", ""), json.dumps(e["values"]) if e.get("values") else "")
                 for e in events])
-            self.dialect.executemany(self.db, "insert or ignore into telemetry_dirty (device_id, minute_ms) "
-                                     "values (?,?)", sorted(minutes))
+            # an upsert, not insert-or-ignore: writing the mark locks its row, so a rollup rebuild that took
+            # the mark (telemetry_views.py) waits for this commit instead of reading the minute without these rows
+            self.dialect.executemany(self.db, "insert into telemetry_dirty (device_id, minute_ms) values (?,?) "
+                                     "on conflict (device_id, minute_ms) do update set minute_ms = "
+                                     "excluded.minute_ms", sorted(minutes))
         return stored, len(events) - stored
 
     def telemetry(self, device_id: str | None, since_ms: int) -> list[dict]:
