@@ -199,6 +199,15 @@ class PostgresDialect:
         return Lease(cfg)
 
 
+# The lease's connection finds out about a dead peer in seconds, not the kernel's default two hours: the server
+# drops the session of a leader whose host vanished (idle 5 s + 3 probes 2 s apart, so its lock frees in about
+# 11 s), and a leader cut off from the server fails its next check within 10 s (tcp_user_timeout) and stops
+# driving. Over a Unix socket the server ignores the keepalive settings (a local peer cannot vanish that way).
+LEASE_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+                   "tcp_user_timeout": 10_000,
+                   "options": "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"}
+
+
 class Lease:
     """Whether this control plane is the one that drives rollouts and rollups (`held()`, asked before each pass).
     PostgreSQL: a session advisory lock on a connection of its own, taken when free; a lost connection loses it
@@ -214,7 +223,7 @@ class Lease:
         with self._lock:
             try:
                 if self._conn is None or self._conn.closed or self._conn.broken:
-                    self._conn, self.holder = PgThreadLocal.connect(self.cfg), False
+                    self._conn, self.holder = PgThreadLocal.connect(self.cfg, **LEASE_KEEPALIVE), False
                 if self.holder:
                     self._conn.execute("select 1")   # still our session: still ours
                 else:
@@ -500,8 +509,9 @@ class PgThreadLocal:
         return db
 
     @staticmethod
-    def connect(cfg: StateConfig):
-        """A new autocommit connection, or StorageUnavailable / ConfigError naming the database."""
+    def connect(cfg: StateConfig, **libpq):
+        """A new autocommit connection (`libpq`: extra connection parameters), or StorageUnavailable /
+        ConfigError naming the database."""
         try:
             import psycopg
         except ImportError as e:
@@ -509,7 +519,7 @@ class PgThreadLocal:
                               "scripts/setup.sh installs it)") from e
         try:
             return psycopg.connect(cfg.url, autocommit=True, connect_timeout=cfg.connect_timeout_s,
-                                   application_name="slmops-control-plane")
+                                   application_name="slmops-control-plane", **libpq)
         except psycopg.OperationalError as e:
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise StorageUnavailable(f"cannot reach the state database PostgreSQL at {cfg.where()}: "

@@ -404,6 +404,29 @@ def test_one_replica_holds_the_leader_lease_and_another_takes_it_when_it_dies(pg
         b.stop_listening()
 
 
+@pytest.mark.pg
+def test_the_lease_session_detects_a_vanished_peer_in_seconds(pg_url):
+    """A leader whose host vanishes (no FIN) must not hold the lease for the kernel's two-hour keepalive: the
+    server probes the lease session after 5 s idle, and the client gives up on a dead link within 10 s."""
+    from control_plane.sqldb import LEASE_KEEPALIVE
+
+    s = Store(pg_url)
+    try:
+        assert s.leader.held()
+        conn = s.leader._conn
+        if conn.info.host.startswith("/"):
+            pytest.skip("a Unix-socket PostgreSQL ignores TCP keepalive settings")
+        shown = {k: conn.execute(f"show {k}").fetchone()[0]
+                 for k in ("tcp_keepalives_idle", "tcp_keepalives_interval", "tcp_keepalives_count")}
+        assert shown == {"tcp_keepalives_idle": "5", "tcp_keepalives_interval": "2",
+                         "tcp_keepalives_count": "3"}, shown
+        params = conn.info.get_parameters()
+        assert params.get("tcp_user_timeout") == str(LEASE_KEEPALIVE["tcp_user_timeout"]), params
+        assert params.get("keepalives_idle") == "5", params
+    finally:
+        s.stop_listening()
+
+
 def leader_gauge(store: Store) -> float:
     """slmops_cp_leader as the control plane's /metrics renders it for this store."""
     from control_plane.cp_metrics import ControlPlaneMetrics
