@@ -13,14 +13,18 @@ from control_plane.pipelines.recipe import parse
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def test_gate_of_a_cuda_target_measures_cpu_twins_and_records_it(tiny_hf, tmp_path):
-    d = {"name": "gpu", "stages": [
+def cuda_pipeline(name: str, export: dict, order: list[str]) -> dict:
+    """A tiny train -> export (cuda target) -> gate pipeline whose lax thresholds any CPU-measurable build passes."""
+    return {"name": name, "stages": [
         {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
-        {"export": {"precisions": ["fp16", "int4"], "execution_provider": "cuda"}},
-        {"gate": {"order": ["fp16", "int4", "fp32"], "max_examples": 2,
+        {"export": {**export, "execution_provider": "cuda"}},
+        {"gate": {"order": order, "max_examples": 2,
                   "thresholds": {"max_new_tokens": 4, "max_ppl_increase": {"int4": 10.0},
                                  "max_accuracy_drop": 1.0, "min_greedy_agreement": 0.0}}}]}
-    p = parse(d, ROOT)
+
+
+def test_gate_of_a_cuda_target_measures_cpu_twins_and_records_it(tiny_hf, tmp_path):
+    p = parse(cuda_pipeline("gpu", {"precisions": ["fp16", "int4"]}, ["fp16", "int4", "fp32"]), ROOT)
     export_cfg, gate_cfg = p.stages[1].config, p.stages[2].config
     lines = []
     out, _ = stages.export(export_cfg, {"model_dir": str(tiny_hf)}, tmp_path / "export", lines.append, "")
@@ -219,13 +223,7 @@ def test_a_pipeline_searches_its_int4_recipes_and_the_report_keeps_every_attempt
 
 
 def test_a_cuda_targets_recipe_is_measured_on_a_cpu_twin_of_the_same_recipe(tiny_hf, tmp_path):
-    d = {"name": "gpu-search", "stages": [
-        {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
-        {"export": {"recipes": ["rtn_mixed", "fp16"], "execution_provider": "cuda"}},
-        {"gate": {"order": ["fp16", "rtn_mixed", "fp32"], "max_examples": 2,
-                  "thresholds": {"max_new_tokens": 4, "max_ppl_increase": {"int4": 10.0},
-                                 "max_accuracy_drop": 1.0, "min_greedy_agreement": 0.0}}}]}
-    p = parse(d, ROOT)
+    p = parse(cuda_pipeline("gpu-search", {"recipes": ["rtn_mixed", "fp16"]}, ["fp16", "rtn_mixed", "fp32"]), ROOT)
     out, _ = stages.export(p.stages[1].config, {"model_dir": str(tiny_hf)}, tmp_path / "export", print, "")
     assert set(out["cpu_twins"]) == {"fp32", "rtn_mixed"}
     target, twin = (json.loads((pathlib.Path(x["rtn_mixed"]) / "export_info.json").read_text())
