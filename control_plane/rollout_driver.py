@@ -110,7 +110,7 @@ def create(store: Store, spec: ro.RolloutSpec, created_by: str) -> ro.Rollout:
                                        | {a.device_id for a in other.assignments}))
             if overlap:
                 raise RolloutRefused(f"device {overlap[0]} (and {len(overlap) - 1} more) is already in rollout "
-                                  f"{other.rollout_id} ({other.status}); abort it or let it finish first")
+                                     f"{other.rollout_id} ({other.status}); abort it or let it finish first")
         r = ro.Rollout("ro_" + secrets.token_hex(4), spec, int(time.time() * 1000))
         save(store, r, created_by=created_by)
     store.rollouts_changed.set()
