@@ -475,3 +475,65 @@ def test_two_replicas_publishing_keep_one_growing_signed_chain(pg_url, tmp_path)
     v2, names = targets(b.current())
     assert v2 == v + 8 and {f"m/c{i}/manifest.json" for i in range(8)} <= names and len(names) == 10
     assert a.current() == b.current()
+
+
+def test_insert_ignore_leaves_nothing_staged_for_a_later_call(state_url):
+    """Rows one call stored and the same transaction then deleted do not come back with the next call (on
+    PostgreSQL they would, from the staging table, if a call left its staged rows behind)."""
+    from control_plane.store import TELEMETRY_COLUMNS
+
+    s = Store(state_url)
+    did, _ = s.add_device("d", {}, "test")
+
+    def rows(seqs):
+        return [(did, q, 1_000 + q, "request", "chat", "m@v1", 1.0, 1.0, 1, 1, "ok", "", 5, "", "") for q in seqs]
+    with s.transaction():
+        assert s.dialect.insert_ignore(s.db, "telemetry", TELEMETRY_COLUMNS, rows(range(1, 11))) == 10
+        s.db.execute("delete from telemetry where device_id = ?", [did])
+        assert s.dialect.insert_ignore(s.db, "telemetry", TELEMETRY_COLUMNS, rows(range(11, 16))) == 5
+    assert [r["seq"] for r in s.telemetry(did, 0)] == list(range(11, 16))
+
+
+def test_a_rollup_rebuild_waits_for_an_upload_into_its_minute_on_another_connection(pg_url):
+    """Replica A uploads into a minute that is already marked dirty and has not committed yet; replica B's rollup
+    rebuild takes that mark. B must wait for A's commit (A's mark write locks the row) and then count A's event
+    too; were A's mark an insert-or-ignore, B would take the mark, roll the minute up without A's event, and
+    nothing would ever mark it again."""
+    from control_plane.telemetry_views import TelemetryViews
+
+    a, b = Store(pg_url), Store(pg_url)
+    did, _ = a.add_device("d", {}, "test")
+    minute = 1_800_000_000_000 // 60_000 * 60_000
+
+    def event(seq):
+        return {"seq": seq, "ts_ms": minute + seq, "kind": "request", "name": "chat", "model": "m@v1",
+                "latency_ms": 1.0, "first_token_ms": 1.0, "tokens_in": 1, "tokens_out": 1, "outcome": "ok",
+                "detail": ""}
+    assert a.add_telemetry(did, [event(1)]) == (1, 0)          # committed: the minute is marked dirty
+    uploaded, release, done = threading.Event(), threading.Event(), []
+
+    def upload():   # A: the second event and its mark, held uncommitted until told
+        with a.transaction():
+            done.append(a.add_telemetry(did, [event(2)]))
+            uploaded.set()
+            release.wait(timeout=60)
+    up = threading.Thread(target=upload)
+    up.start()
+    assert uploaded.wait(timeout=30)
+    rebuild = threading.Thread(target=lambda: done.append(TelemetryViews(b).refresh()))
+    rebuild.start()
+    waiting = False
+    for _ in range(300):   # B blocks on A's row lock (seen in pg_stat_activity), bounded to ~30 s
+        if a.db.execute("select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                        "and datname = current_database()").fetchone()[0]:
+            waiting = True
+            break
+        if not rebuild.is_alive():
+            break
+        time.sleep(0.1)
+    release.set()
+    up.join(timeout=60)
+    rebuild.join(timeout=60)
+    assert waiting, "the rebuild did not wait for the uncommitted upload into its minute"
+    (row,) = [r for r in TelemetryViews(b).minutes(did, minute, minute + 60_000) if r["minute_ms"] == minute]
+    assert row["requests"] == 2, row
