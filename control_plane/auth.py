@@ -11,6 +11,10 @@ the timestamp window is a replay (ReplayCache). Enrollment without a key is refu
 allows it (allow_keyless_enrollment); a device row without a key (only such an enrollment, or the store itself,
 makes one) is authenticated by its bearer token alone. A device may act only as itself. Refused device calls
 and every enrollment are audited too.
+
+The state database unreachable (StorageUnavailable, from the check, the handler or the audit row) is UNAVAILABLE
+with the message naming the database, for every service: clients retry it, and nothing is half-answered. The
+audit row of such a call is lost with the database it would have gone to.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf import text_format
 
 from control_plane.store import Store
+from slmops.errors import StorageUnavailable
 
 ROLES = ("viewer", "operator", "admin")
 VIEWER_RPCS = ("ListModels", "ListDevices", "QueryTelemetry", "QueryRollups", "ListEvents", "GetRollout",
@@ -360,13 +365,19 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
         if not handler.response_streaming:
             async def wrapped(request, context):
-                async with guarded(request, context, False) as ctx:
-                    return await behavior(request, ctx)
+                try:
+                    async with guarded(request, context, False) as ctx:
+                        return await behavior(request, ctx)
+                except StorageUnavailable as e:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         else:
             async def wrapped(request, context):
-                async with guarded(request, context, True) as ctx:
-                    async for msg in behavior(request, ctx):
-                        yield msg
+                try:
+                    async with guarded(request, context, True) as ctx:
+                        async for msg in behavior(request, ctx):
+                            yield msg
+                except StorageUnavailable as e:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return handler._replace(**{kind: wrapped})
 
     def _wrap_admin(self, handler, method: str, metadata):
@@ -416,7 +427,7 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
 
         one_request = not handler.request_streaming
         if not handler.response_streaming:
-            def wrapped(request, context):
+            def call(request, context):
                 req = request if one_request else None
                 context, done = audited(req, context)
                 err = None
@@ -428,8 +439,14 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     if not done:
                         record(req, context.code(), context.details(), err)
-        else:
+
             def wrapped(request, context):
+                try:
+                    return call(request, context)
+                except StorageUnavailable as e:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        else:
+            def call(request, context):
                 req = request if one_request else None
                 context, done = audited(req, context)
                 err = None
@@ -441,6 +458,12 @@ class AuditInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     if not done and not isinstance(err, GeneratorExit):
                         record(req, context.code(), context.details(), err)
+
+            def wrapped(request, context):
+                try:
+                    yield from call(request, context)
+                except StorageUnavailable as e:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         return handler._replace(**{kind: wrapped})
 
     def _who(self, metadata, admin: bool) -> dict:

@@ -11,8 +11,6 @@ count each request once."""
 from __future__ import annotations
 
 import re
-import sqlite3
-import threading
 import time
 import urllib.request
 
@@ -21,6 +19,7 @@ import pytest
 from control_plane.admin_client import AdminClient, wait_healthy
 from control_plane.procs import free_port, start_control_plane
 from tests.conftest import variant
+from tests.fleet_checks import Traffic, check_telemetry_stored_once
 from tests.pg_fixtures import pg_url, s3_server  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.pg, pytest.mark.timeout(420)]
@@ -46,45 +45,8 @@ def told(log_text: str) -> list[tuple[str, int]]:
             for m in re.finditer(r"told to run tiny@(\S+) \(desired revision (\d+)\)", log_text)]
 
 
-def outbox(db_path) -> tuple[int, set[int], int]:
-    """(the last seq the agent gave an event, the seqs still waiting to be uploaded, events it dropped)."""
-    c = sqlite3.connect(db_path)
-    try:
-        last = c.execute("select seq from sqlite_sequence where name = 'outbox'").fetchone()
-        waiting = {r[0] for r in c.execute("select seq from outbox")}
-        dropped = c.execute("select value from kv where key = 'telemetry_dropped'").fetchone()
-    finally:
-        c.close()
-    return (last[0] if last else 0), waiting, int(dropped[0]) if dropped else 0
-
-
-class Traffic:
-    """Chats with every agent in turn on a thread of its own, so that telemetry flows through the kill."""
-
-    def __init__(self, cluster):
-        self.cluster, self.stop, self.sent = cluster, threading.Event(), []
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            for name in AGENTS:
-                try:
-                    status, _ = self.cluster.chat(name, max_tokens=4)
-                except OSError:
-                    status = 0
-                self.sent.append((time.time(), name, status))
-            self.stop.wait(0.3)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
-
-
 def test_killing_the_replica_that_drives_a_rollout_mid_wave_hands_it_over(cluster, tiny_int4, tmp_path,
                                                                           pg_url, s3_server):  # noqa: F811
-    import psycopg
-
     bucket = s3_server.new_bucket()
     shared = ["--state", pg_url, "--blobs", f"s3://{bucket}/fleet", "--s3-endpoint", s3_server.endpoint]
     http = {1: free_port(), 2: free_port()}
@@ -112,7 +74,7 @@ def test_killing_the_replica_that_drives_a_rollout_mid_wave_hands_it_over(cluste
     survivor = 3 - leader
     token_text = (cluster.cp_dir / "admin-token").read_text().strip()
     admin = AdminClient(f"127.0.0.1:{grpc_ports[survivor]}", token_text)
-    traffic = Traffic(cluster)
+    traffic = Traffic(cluster, AGENTS)
     try:
         # created on the replica that does not drive: the leader finds it in the database
         r = admin.create_rollout("tiny", "v2", {"all_devices": True}, "waves",
@@ -148,30 +110,10 @@ def test_killing_the_replica_that_drives_a_rollout_mid_wave_hands_it_over(cluste
         assert [v for v, _ in seen] == ["v1", "v2"], f"{name} was told {seen}"
         assert seen[0][1] < seen[1][1]
 
-    # telemetry: every numbered event stored exactly once, unless it still waits in the outbox
-    with psycopg.connect(pg_url) as c:
-        rows = c.execute("select device_id, seq, count(*), max(received_ms) from telemetry "
-                         "where device_id = any(%s) group by device_id, seq",
-                         [[d.device_id for d in devices.values()]]).fetchall()
-        requests = dict(c.execute("select device_id, count(*) from telemetry where kind = 'request' "
-                                  "group by device_id").fetchall())
-    stored: dict[str, dict[int, int]] = {}
-    after_kill: dict[str, int] = {}
-    for device_id, seq, n, received_ms in rows:
-        stored.setdefault(device_id, {})[seq] = n
-        after_kill[device_id] = after_kill.get(device_id, 0) + (received_ms >= killed_at * 1000)
-    for name, d in devices.items():
-        last, waiting, dropped = outbox(cluster.root / name / "agent.db")
-        have = stored.get(d.device_id, {})
-        assert dropped == 0, f"{name} dropped {dropped} events from its outbox"
-        assert set(have.values()) == {1}, f"{name}: a (device, seq) stored more than once"
-        assert max(have) <= last, f"{name}: the store holds seqs the agent never gave out"
-        missing = set(range(1, last + 1)) - waiting - set(have)
-        assert not missing, f"{name}: {len(missing)} acknowledged events are not stored, e.g. {sorted(missing)[:5]}"
-        assert after_kill.get(d.device_id, 0) > 0, f"{name}: nothing uploaded after the kill"
-        # and counted once in the per-minute rollups, which the killed replica was keeping until then
-        assert sum(m.requests for m in admin.rollups(d.device_id)) == requests[d.device_id] > 0, name
+    # telemetry: every numbered event stored exactly once, unless it still waits in the outbox, and counted once
+    # in the per-minute rollups, which the killed replica was keeping until then
+    stored = check_telemetry_stored_once(pg_url, cluster, admin, devices, killed_at)
     assert sum(1 for t, _, s in traffic.sent if t > killed_at and s == 200) >= len(AGENTS)
-    print(f"lease taken {took_s:.1f} s after the kill; {len(rows)} events stored; "
+    print(f"lease taken {took_s:.1f} s after the kill; {stored} events stored; "
           f"{len(traffic.sent)} chats")
     admin.close()
