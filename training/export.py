@@ -26,7 +26,9 @@ PROVIDERS = ("cpu", "cuda", "dml")
 # the builder's: an fp32 build (embedding not shared) whose MatMuls onnxruntime's MatMulNBitsQuantizer then
 # quantizes with HQQ (asymmetric, float zero points, needs torch; minutes on a 135M model, see _hqq).
 # hqq_mixed: the same with the head and llama.cpp's sensitive layers (the builder's mixed_layers) at int8 RTN.
-INT4_ALGOS = ("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "hqq", "hqq_mixed")
+# gguf_exact: an fp32 build whose weights are then replaced by the source GGUF's own 4-/8-bit blocks
+# (training/gguf_import.py); only for a folder made from a GGUF whose weights it still has.
+INT4_ALGOS = ("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "hqq", "hqq_mixed", "gguf_exact")
 # Which precisions a target can actually run (see the module docstring for fp16 on cpu).
 RUNNABLE = {"cpu": ("fp32", "int8", "int4"), "cuda": PRECISIONS, "dml": PRECISIONS}
 EXPORT_INFO = "export_info.json"
@@ -66,7 +68,7 @@ class ExportOptions:
             raise ExportError(f"int4 block size {self.int4_block_size} must be one of 16, 32, 64, 128, 256")
         if self.int4_algo not in INT4_ALGOS:
             raise ExportError(f"int4 algorithm {self.int4_algo!r} must be one of {', '.join(INT4_ALGOS)}")
-        if self.hqq and self.execution_provider != "cpu":
+        if self.rebuilt and self.execution_provider != "cpu":
             raise ExportError(f"int4 algorithm {self.int4_algo} is built and measured for the cpu target only")
         for name in ("int4_accuracy_level", "int8_accuracy_level"):
             if getattr(self, name) not in (0, 1, 2, 3, 4):
@@ -78,6 +80,8 @@ class ExportOptions:
         # help still mentions are silently ignored (measured: int4_block_size=16 still wrote 32-wide blocks).
         if self.hqq:   # the builder makes fp32 with its own embedding; _hqq quantizes the MatMuls after
             opts["shared_embeddings"] = "false"
+        elif self.gguf_exact:    # a plain fp32 build; gguf_import replaces its weights
+            pass
         elif self.precision == "int4":
             opts.update(block_size=self.int4_block_size, accuracy_level=self.int4_accuracy_level,
                         is_symmetric=str(self.int4_symmetric).lower())
@@ -97,8 +101,17 @@ class ExportOptions:
         return self.precision == "int4" and self.int4_algo in ("hqq", "hqq_mixed")
 
     @property
+    def gguf_exact(self) -> bool:
+        return self.precision == "int4" and self.int4_algo == "gguf_exact"
+
+    @property
+    def rebuilt(self) -> bool:
+        """Built as fp32 by the builder, then quantized by our own pass (cpu target only)."""
+        return self.hqq or self.gguf_exact
+
+    @property
     def builder_precision(self) -> str:
-        return "fp32" if self.hqq else self.precision
+        return "fp32" if self.rebuilt else self.precision
 
     def describe(self) -> dict:
         out = {"precision": self.precision, "execution_provider": self.execution_provider,
@@ -106,6 +119,10 @@ class ExportOptions:
         if self.hqq:
             out["builder_options"].append(f"then MatMulNBitsQuantizer HQQ 4 bit, block {self.int4_block_size}"
                                           + (", head and mixed layers RTN int8" if self.int4_algo == "hqq_mixed" else ""))
+        if self.gguf_exact:
+            out["builder_options"].append("then the source GGUF's blocks: Q4_1 -> MatMulNBits 4 bit block 32 with "
+                                          "float zero points, Q8_0 head -> MatMulNBits 8 bit, Q8_0 embedding -> "
+                                          "GatherBlockQuantized 8 bit")
         return out
 
 
@@ -144,6 +161,11 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
     arch = check_source(model_dir)
     if out_dir.exists():
         raise ExportError(f"{out_dir} already exists; refusing to overwrite an export")
+    gguf = None
+    if options.gguf_exact:   # the GGUF's types and the weights' match are checked before any build
+        from training import gguf_import
+
+        gguf = gguf_import.plan(model_dir)
     from onnxruntime_genai.models import builder
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +179,7 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
     if not any(isinstance(f, _ExpectedGatherNotice) for f in nbits.filters):
         nbits.addFilter(_ExpectedGatherNotice())
     log(f"  building {arch} as {options.precision} for {options.execution_provider} (onnxruntime-genai builder"
-        + (", then HQQ)" if options.hqq else ")"))
+        + (", then HQQ)" if options.hqq else ", then the GGUF's blocks)" if gguf else ")"))
     try:
         with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
             kv = builder.parse_extra_options(None, str(model_dir), str(staging), options.builder_precision,
@@ -166,8 +188,11 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
                                  options.execution_provider, str(cache), **kv)
             if options.hqq:
                 _hqq(staging, options)
+        if gguf is not None:
+            gguf_import.rewrite(staging, gguf, options, log=log)
         (staging / EXPORT_INFO).write_text(json.dumps(
-            {**options.describe(), "architecture": arch, "source": str(model_dir)}, indent=1))
+            {**options.describe(), "architecture": arch, "source": str(model_dir)}
+            | ({"gguf_source": str(gguf.path)} if gguf else {}), indent=1))
         missing = [n for n in ("model.onnx", "genai_config.json", "tokenizer.json") if not (staging / n).exists()]
         if missing:
             raise ExportError(f"builder finished without {', '.join(missing)}: {chatter.getvalue()[-500:]}")

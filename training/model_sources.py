@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 import shutil
 import tempfile
@@ -11,6 +12,10 @@ import tempfile
 from slmops.errors import ConfigError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Written by gguf_to_hf next to the weights: which GGUF they were dequantized from, so the gguf_exact int4 recipe
+# (training/gguf_import.py) can carry that file's 4-bit blocks over instead of re-quantizing. A record, not a
+# proof: the importer compares the weights with the GGUF's before it uses it.
+GGUF_SOURCE = "gguf_source.json"
 
 
 class ModelSourceError(ConfigError):
@@ -29,7 +34,8 @@ def smollm2_gguf_path() -> pathlib.Path:
 
 
 def gguf_to_hf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
-    """Dequantizes a GGUF checkpoint into a plain fp32 HF folder (model + tokenizer + chat template).
+    """Dequantizes a GGUF checkpoint into a plain fp32 HF folder (model + tokenizer + chat template), with the
+    GGUF's path recorded in GGUF_SOURCE.
 
     transformers marks a GGUF-loaded model as quantized and refuses save_pretrained, so the weights are
     copied into a fresh model built from the same config. Written to a temp folder, renamed when complete.
@@ -63,6 +69,7 @@ def gguf_to_hf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     try:
         fresh.save_pretrained(staging)
         tok.save_pretrained(staging)
+        (staging / GGUF_SOURCE).write_text(json.dumps({"gguf": str(gguf.resolve()), "bytes": gguf.stat().st_size}))
         staging.rename(out_dir)
     except OSError:
         if not (out_dir / "config.json").exists():  # else another process converted it first: use theirs

@@ -16,6 +16,9 @@ to build (minutes of torch work on 2 cores), so it comes last.
                    calibration data); embedding float, not shared; minutes of torch work on a 135M model
                    on 2 cores                                                                           (~220 MB)
     hqq_mixed      HQQ 4-bit body; head and the sensitive layers int8 RTN; embedding float             (~240 MB)
+    gguf_exact     the source GGUF's own blocks, not re-quantized (training/gguf_import.py): Q4_1 codes and
+                   scales in MatMulNBits plus the mins as an fp32 block-sum MatMul, the Q8_0 embedding/tied
+                   head 8-bit; only for a folder gguf_to_hf made whose weights are still the GGUF's        (~120 MB)
     options        int4 exactly as the export options say (today's single setting; what `--int4-algo` means)
 
 `check` refuses, before any build, a combination the onnxruntime-genai 0.18 builder cannot honour or honours
@@ -67,6 +70,10 @@ RECIPES = {r.name: r for r in (
            "fp32 build); embedding float, not shared"),
     Recipe("hqq_mixed", "int4", "hqq_mixed", {}, "HQQ 4-bit body; head and sensitive layers int8 RTN; embedding "
            "float, not shared"),
+    Recipe("gguf_exact", "int4", "gguf_exact", {}, "the source GGUF's own blocks, not re-quantized: Q4_1 body as "
+           "4-bit MatMulNBits (its codes and scales) plus its mins as an fp32 MatMul of 32-block sums; Q8_0 "
+           "embedding and tied head 8-bit (GatherBlockQuantized / MatMulNBits); only for a folder made from a GGUF "
+           "whose weights it still has"),
     Recipe("options", "int4", None, {}, "int4 exactly as the export options say"),
     Recipe("int8", "int8"), Recipe("fp16", "fp16"), Recipe("fp32", "fp32"),
 )}
@@ -102,11 +109,16 @@ def check(name: str, opts: ExportOptions, tied: bool = False) -> None:
     asked_shared = extra.get("shared_embeddings") == "true"
     # unless told, the builder shares a tied embedding/head when both end up int4 (an int8 head unshares them);
     # hqq builds never share (ExportOptions.builder_options) and quantize with their own asymmetric grid
-    shared = asked_shared or (tied and "shared_embeddings" not in extra and not head8 and not opts.hqq)
+    shared = asked_shared or (tied and "shared_embeddings" not in extra and not head8 and not opts.rebuilt)
 
     def refuse(why: str) -> None:
         raise ExportError(f"int4 recipe {name!r} cannot be built as asked: {why}")
 
+    if opts.gguf_exact and (mixed or "op_types_to_quantize" in extra or "shared_embeddings" in extra
+                            or opts.int4_block_size != 32):
+        refuse("gguf_exact imports the GGUF's own blocks (32 wide, its own bit widths, the embedding as the GGUF "
+               "has it): no block size other than 32, matmul_mixed_precision, op_types_to_quantize or "
+               "shared_embeddings")
     if "gather:int8" in mixed or "embed_tokens/gather:int8" in mixed:
         refuse("an int8 embedding is not supported (GatherBlockQuantized is 4-bit only)")
     if opts.int4_algo.startswith("hqq") and (asked_shared or "gather" in extra.get("op_types_to_quantize", "")
