@@ -1,4 +1,4 @@
-"""`slmops control-plane serve` and `slmops keys init|rotate`."""
+"""`slmops control-plane serve|copy-identity|wait` and `slmops keys init|rotate`."""
 from __future__ import annotations
 
 import pathlib
@@ -90,6 +90,21 @@ def keys_rotate(role: str, trust_dir: pathlib.Path = typer.Option(..., help="the
         fail(str(e))
     console.print(f"root v{md.signed.version}: {role} now has {len(md.signed.roles[role].keyids)} key(s), "
                   f"threshold {md.signed.roles[role].threshold}")
+
+
+@cp_app.command("copy-identity")
+def copy_identity(src: pathlib.Path = typer.Argument(..., help="data folder of a control plane that has started"),
+                  dest: pathlib.Path = typer.Argument(..., help="data folder of the new replica (made if missing)")):
+    """Give a new replica's data folder the identity of an existing one (its trust root and keys, its TLS CA):
+    replicas over one database must share it. Run it again after `slmops keys rotate`."""
+    from control_plane.identity import copy
+    from slmops.errors import ConfigError
+
+    try:
+        copied = copy(src, dest)
+    except (ConfigError, OSError) as e:
+        fail(str(e))
+    console.print(f"copied {len(copied)} identity files from {src} to {dest} (private keys 0600)")
 
 
 @cp_app.command("wait")

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import threading
 from concurrent import futures
@@ -21,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from control_plane import tls
+from control_plane import identity, tls
 from control_plane.auth import AuditInterceptor, DeviceAuth
 from control_plane.blobs import BlobConfig, open_blobs
 from control_plane.limits import StreamGate, StreamLimitInterceptor, StreamLimits
@@ -32,7 +33,7 @@ from control_plane.servicers import AdminServicer, ArtifactsServicer, FleetServi
 from control_plane.sqldb import StateConfig
 from control_plane.store import Store
 from control_plane.telemetry_views import TelemetryJob, TelemetryViews
-from control_plane.trust_repo import Expiry, Repository
+from control_plane.trust_repo import Expiry, Repository, init_trust
 from slmops.errors import ConfigError
 from slmops.v1 import admin_pb2_grpc, artifacts_pb2_grpc, fleet_pb2_grpc, telemetry_pb2_grpc
 
@@ -114,6 +115,7 @@ class ControlPlane:
         data.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.state_config())
         self.blobs = open_blobs(cfg.blob_config())
+        adopt_identity(self.store, data, not cfg.insecure_loopback_dev, cfg.expiry)
         self.repo = Repository(data / "trust", self.store, cfg.expiry)
         self.registry = Registry(self.store, self.blobs, self.repo)
         self._stop_refresh = threading.Event()
@@ -251,6 +253,26 @@ class ControlPlane:
         for t in rest:
             t.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
+
+
+def adopt_identity(store: Store, data: pathlib.Path, tls_on: bool, expiry: Expiry) -> None:
+    """This data folder's trust root and TLS CA, made on a first start, checked against and recorded in the
+    database (control_plane/identity.py: replicas share one identity); what this start made is removed again when
+    another control plane's identity won the database meanwhile, so copy-identity can fill the folder."""
+    identity.check(store, data, tls_on)
+    made = []
+    if not (data / "trust" / "roots" / "1.root.json").exists():
+        init_trust(data / "trust", expiry=expiry)
+        made.append(data / "trust")
+    if tls_on and not (data / "keys" / "ca.pem").exists():
+        tls.ensure_ca(data / "keys")
+        made.append(data / "keys")
+    try:
+        identity.claim(store, data, tls_on)
+    except ConfigError:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def serve_forever(cfg: ControlPlaneConfig) -> None:

@@ -106,6 +106,13 @@ class Store:
         with self._lock:
             self.db["meta"].upsert({"key": key, "value": value}, pk="key")
 
+    def claim_meta(self, key: str, value: str) -> str:
+        """Stores `value` under `key` unless one is stored already (another process may have written it first);
+        returns what is stored."""
+        with self._lock:
+            self.db.execute("insert into meta (key, value) values (?, ?) on conflict (key) do nothing", [key, value])
+            return self.get_meta(key)
+
     def next_counter(self, key: str) -> int:
         """Adds one to the integer kept under `key` in meta and returns it, atomically in the database (two
         processes never get the same number)."""

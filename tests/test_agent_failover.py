@@ -1,10 +1,14 @@
 """An agent given several control-plane addresses (`--control-plane A,B`: replicas of one control plane) moves to
 the next one when the one it uses stops answering: real processes over loopback, a real tiny ONNX model.
 
-The replica case runs two control-plane processes over one PostgreSQL and one S3-protocol store (tests/pg_fixtures.py)
-and one data folder (keys, CA, admin token); both versions are published before the second replica starts, since
-replicas that keep signing state consistent while both publish are not built yet (issue #16 part 3)."""
+The replica case runs two control-plane processes over one PostgreSQL and one S3-protocol store (tests/pg_fixtures.py),
+each with a data folder of its own (the second given the first's identity by `slmops control-plane copy-identity`:
+trust root and keys, TLS CA; its own server certificate and admin token), TLS throughout."""
 from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -33,19 +37,24 @@ def test_the_agent_fails_over_to_another_replica_and_follows_it(cluster, tiny_in
                                                                 s3_server):  # noqa: F811
     bucket = s3_server.new_bucket()
     shared = ["--state", pg_url, "--blobs", f"s3://{bucket}/fleet", "--s3-endpoint", s3_server.endpoint]
+    cluster.tls = True   # the agent pins the first replica's CA; the second must chain to it
     cluster.start_cp(shared)
     m1 = cluster.publish(tiny_int4, "tiny", "v1")
     m2 = cluster.publish(variant(tiny_int4, tmp_path / "v2", 7), "tiny", "v2")
     cluster.admin.set_desired("tiny", "v1")
-    port2 = free_port()
-    second = start_control_plane(cluster.cp_dir, port2, cluster.logs / "second", shared)
+    port2, second_dir = free_port(), tmp_path / "second-cp"   # a data folder of its own, with the shared identity
+    copied = subprocess.run([str(pathlib.Path(sys.executable).with_name("slmops")), "control-plane", "copy-identity",
+                             str(cluster.cp_dir), str(second_dir)], capture_output=True, text=True, timeout=120)
+    assert copied.returncode == 0, copied.stderr
+    second = start_control_plane(second_dir, port2, cluster.logs / "second", shared, tls=True)
     cluster.procs.append(second)
-    wait_healthy(f"127.0.0.1:{port2}", timeout=60)
+    wait_healthy(f"127.0.0.1:{port2}", timeout=60, ca_pem=cluster.ca.read_bytes())
     cluster.start_agent("a1", cp_address=f"{cluster.address},127.0.0.1:{port2}")
     cluster.wait_serving("a1", m1.ref, timeout=90)
 
     cluster.cp.kill()   # SIGKILL the replica the agent uses
-    admin2 = AdminClient(f"127.0.0.1:{port2}", (cluster.cp_dir / "admin-token").read_text().strip())
+    admin2 = AdminClient(f"127.0.0.1:{port2}", (second_dir / "admin-token").read_text().strip(),
+                         (second_dir / "keys" / "ca.pem").read_bytes())
     try:
         admin2.set_desired("tiny", "v2")
         cluster.wait_serving("a1", m2.ref, timeout=120)   # told by the other replica, fetched from the shared store

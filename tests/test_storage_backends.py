@@ -191,12 +191,12 @@ def deployment_block() -> str:
 @pytest.mark.pg
 @pytest.mark.timeout(300)
 def test_the_documented_postgresql_and_s3_deployment_runs_as_written(tmp_path, pg_url, s3_server):
-    """docs/ARCHITECTURE.md, "Deployment shapes": only the database URL, the S3 endpoint, the bucket and the port
-    are replaced by this test's own."""
-    bucket, port = s3_server.new_bucket(), free_port()
+    """docs/ARCHITECTURE.md, "Deployment shapes": only the database URL, the S3 endpoint, the bucket and the ports
+    are replaced by this test's own. A second replica joins with the first one's identity."""
+    bucket, port, port2 = s3_server.new_bucket(), free_port(), free_port()
     script = (deployment_block().replace("postgresql://slmops@127.0.0.1:5432/slmops", pg_url)
               .replace("http://127.0.0.1:8333", s3_server.endpoint).replace("s3://slmops-blobs/", f"s3://{bucket}/")
-              .replace("127.0.0.1:50061", f"127.0.0.1:{port}"))
+              .replace("127.0.0.1:50061", f"127.0.0.1:{port}").replace("127.0.0.1:50062", f"127.0.0.1:{port2}"))
     assert pg_url in script and s3_server.endpoint in script and bucket in script
     (tmp_path / ".venv").symlink_to(ROOT / ".venv")
     (tmp_path / "deploy.sh").write_text("set -euo pipefail -x\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n"
@@ -218,6 +218,8 @@ def test_the_documented_postgresql_and_s3_deployment_runs_as_written(tmp_path, p
     assert len(Store(pg_url).enroll_tokens()) == 1                # the state went to PostgreSQL,
     assert not (tmp_path / "cp-one" / "control_plane.db").exists()   # not to a SQLite file
     assert not (tmp_path / "cp-one" / "blobs").exists()
+    assert text.count("│ site=berlin │") == 2, text[-3000:]   # the token, listed through each replica
+    assert (tmp_path / "cp-two" / "keys" / "ca.pem").read_bytes() == (tmp_path / "cp-one" / "keys" / "ca.pem").read_bytes()
 
 
 @pytest.mark.pg
