@@ -68,6 +68,11 @@ class ControlPlaneConfig:
     keepalive_timeout_s: float = 20.0   # closes it (and ends its streams: half-open agents free their slots)
     idle_connection_s: float = 300.0    # a connection with no call open for this long is closed
     max_streams_per_connection: int = 64
+    # Calls that have arrived and wait for the event loop to take them (gRPC core holds them). gRPC's default
+    # (grpc.server.max_pending_requests 1,000, cancelling at random above it and every arrival past 3,000) came
+    # back CANCELLED to a fifth of 3,000 agents reporting at once after a rollout; one call per connected agent
+    # at once is what a rollout or a restart brings, so the queue is as deep as the stream budget. 0 = max_streams.
+    max_pending_calls: int = 0
     # Where state and blobs live (docs/ARCHITECTURE.md, "Deployment shapes"). "" = embedded: DATA_DIR/control_plane.db
     # and DATA_DIR/blobs. Else a SQLite path or postgresql://USER@HOST:PORT/DB; a folder or s3://BUCKET/PREFIX.
     state: str = ""
@@ -86,6 +91,8 @@ class ControlPlaneConfig:
         if self.max_streams < 1 or not 0 <= self.streams_per_peer <= self.max_streams:
             raise ConfigError(f"max_streams ({self.max_streams}) must be positive and streams_per_peer "
                               f"({self.streams_per_peer}) between 0 (3/4 of max_streams) and max_streams")
+        if self.max_pending_calls < 0:
+            raise ConfigError(f"max_pending_calls ({self.max_pending_calls}) must be 0 (max_streams) or positive")
         if min(self.keepalive_s, self.keepalive_timeout_s, self.idle_connection_s) <= 0 or \
                 self.max_streams_per_connection < 1:
             raise ConfigError("keepalive_s, keepalive_timeout_s, idle_connection_s and max_streams_per_connection "
@@ -106,6 +113,9 @@ class ControlPlaneConfig:
 
     def limits(self) -> StreamLimits:
         return self.stream_limits or StreamLimits.for_total(self.max_streams, self.streams_per_peer)
+
+    def pending_calls(self) -> int:
+        return self.max_pending_calls or self.max_streams
 
 
 class ControlPlane:
@@ -188,7 +198,10 @@ class ControlPlane:
                    ("grpc.http2.max_pings_without_data", 0),   # keep pinging an idle watch: finds dead peers
                    ("grpc.max_connection_idle_ms", int(cfg.idle_connection_s * 1000)),
                    ("grpc.max_concurrent_streams", cfg.max_streams_per_connection),
-                   ("grpc.http2.min_ping_interval_without_data_ms", 10_000)]
+                   ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                   # a burst beyond it is refused outright (CANCELLED, retryable), not dropped at random below it
+                   ("grpc.server.max_pending_requests", cfg.pending_calls()),
+                   ("grpc.server.max_pending_requests_hard_limit", cfg.pending_calls())]
         server = grpc.aio.server(migration_thread_pool=self.admin_pool, options=options,
                                  interceptors=[AuditInterceptor(self.store, self.offload, DeviceAuth(self.store)),
                                                StreamLimitInterceptor(self.stream_gate)])
