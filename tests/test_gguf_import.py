@@ -272,3 +272,64 @@ def test_changed_weights_are_refused_by_comparison_not_by_name(gguf_hf, tmp_path
     with pytest.raises(ExportError, match=r"model\.layers\.1\.self_attn\.q_proj\.weight in .* differs from the "
                                           r"dequantized blk\.1\.attn_q\.weight .* max \|diff\| 0\.001"):
         export_onnx(hf, tmp_path / "out", ExportOptions("int4", int4_algo="gguf_exact"), **quiet)
+
+
+def test_the_search_tries_gguf_exact_first_for_its_gguf_and_skips_it_with_the_reason_otherwise(gguf_hf, tiny_hf,
+                                                                                                tmp_path):
+    from training.quality_gate import check_publishable, load_examples, select_precision
+    from training.quant_recipes import unavailable
+
+    examples = load_examples(limit=4)
+    report = select_precision(gguf_hf, tmp_path / "gguf", examples=examples, **quiet)
+    assert report["order"][0] == "gguf_exact" and report["chosen_recipe"] == "gguf_exact"
+    assert [t["verdict"] for t in report["tried"]] == ["passed"]
+    assert check_publishable(tmp_path / "gguf")["recipe"] == "gguf_exact"
+
+    report = select_precision(tiny_hf, tmp_path / "plain", examples=examples, int4_recipes=("gguf_exact", "rtn"),
+                              **quiet)
+    skipped, rtn = report["tried"]
+    assert skipped["recipe"] == "gguf_exact" and skipped["verdict"] == "skipped" and skipped["bytes"] is None
+    assert "needs a GGUF source" in skipped["reasons"][0] and "skipped: int4 (gguf_exact)" in report["why"]
+    assert rtn["recipe"] == "rtn" and report["chosen_recipe"] == "rtn"
+    assert not (tmp_path / "plain" / "export_info.json").read_text().count("gguf")
+    assert unavailable(gguf_hf) == {}
+
+
+def _lora(base_dir, out, seed=1):
+    """A peft LoRA on q_proj and v_proj with non-zero B (as after training)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    model.save_pretrained(out)
+    return out
+
+
+def test_a_tuned_model_ships_as_an_adapter_on_the_exact_base_held_to_the_gate_against_the_merged_fp32(
+        gguf_hf, tmp_path):
+    """The merged model is off the GGUF's grid (gguf_exact refuses it by comparison); the same tuning as a
+    runtime adapter on the gguf_exact base (LoRA slots kept float) passes the int4 gate against the merged fp32."""
+    from training.adapter_gate import gate_adapter, merge_reference
+    from training.adapters import export_base_with_slots
+    from training.quality_gate import GateThresholds, load_examples
+    from training.quant_recipes import RECIPES, unavailable
+
+    peft = _lora(gguf_hf, tmp_path / "peft")
+    merged = merge_reference(gguf_hf, peft, tmp_path / "merged")
+    assert "differs from the dequantized blk.0.attn_q.weight" in unavailable(merged)["gguf_exact"]
+
+    base = export_base_with_slots(gguf_hf, peft, tmp_path / "base", RECIPES["gguf_exact"].options(
+        ExportOptions("fp32"), tied=True), **quiet)
+    nodes, inits = _graph(base)
+    assert nodes["/model/layers.0/attn/q_proj/MatMulNBits"].op_type == "MatMulNBits"   # the base: GGUF blocks
+    assert nodes["/model/layers.0/attn/q_proj/lora_A/MatMul"].op_type == "MatMul"      # the slot: float
+    report = gate_adapter(peft, base, tmp_path / "gated", "a", thresholds=GateThresholds(max_new_tokens=8),
+                          examples=load_examples(limit=6), **quiet)
+    assert report["passed"] and report["precision"] == "int4", report["reasons"]

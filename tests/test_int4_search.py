@@ -23,11 +23,16 @@ def examples():
 
 
 def test_plan_expands_int4_into_its_recipes_then_the_fallbacks_and_is_bounded():
-    assert [r.name for r in plan("int4", "cpu")] == [*DEFAULT_INT4, "int8", "fp32"]   # cpu runs no fp16
+    # a caller that has not looked at the source (no `skip`) gets no gguf_exact; cpu runs no fp16
+    assert [r.name for r in plan("int4", "cpu")] == ["rtn", "rtn_mixed", "hqq_mixed", "int8", "fp32"]
+    assert [r.name for r in plan("int4", "cpu", skip={})] == [*DEFAULT_INT4, "int8", "fp32"]
+    # a recipe the source rules out stays in the order (the search records why) and takes no attempt
+    assert [r.name for r in plan("int4", "cpu", max_attempts=2, skip={"gguf_exact": "no GGUF"})] == [
+        "gguf_exact", "rtn", "rtn_mixed"]
     assert [r.name for r in plan("int4", "cuda", ("k_quant_mixed",))] == ["k_quant_mixed", "int8", "fp16", "fp32"]
     assert [r.name for r in plan("int8", "cpu")] == ["int8", "fp32"]
-    assert [r.name for r in plan("int4", "cuda")] == ["rtn", "rtn_mixed", "int8", "fp16", "fp32"]   # hqq: cpu only
-    assert [r.name for r in plan("int4", "cpu", max_attempts=2)] == list(DEFAULT_INT4[:2])
+    assert [r.name for r in plan("int4", "cuda", skip={})] == ["rtn", "rtn_mixed", "int8", "fp16", "fp32"]   # cpu only
+    assert [r.name for r in plan("int4", "cpu", max_attempts=2)] == ["rtn", "rtn_mixed"]
     with pytest.raises(ExportError, match="unknown int4 recipe 'bogus'"):
         plan("int4", "cpu", ("rtn", "bogus"))
     with pytest.raises(ExportError, match="int8 is not an int4 recipe"):

@@ -20,7 +20,7 @@ import pathlib
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from training.export import ExportError, ExportOptions, export_onnx
 
@@ -112,11 +112,9 @@ def export_base_with_slots(hf_dir: pathlib.Path, template_adapter: pathlib.Path,
     num_layers = int(json.loads((hf_dir / "config.json").read_text())["num_hidden_layers"])
     if out_dir.exists():
         raise ExportError(f"{out_dir} already exists; refusing to overwrite an export")
-    opts = ExportOptions(precision=options.precision, execution_provider=options.execution_provider,
-                         int4_block_size=options.int4_block_size, int4_symmetric=options.int4_symmetric,
-                         int4_accuracy_level=options.int4_accuracy_level, adapter_path=template_adapter,
-                         nodes_to_exclude=options.nodes_to_exclude + lora_node_names(spec, num_layers),
-                         extra=options.extra)
+    # every option as given (the int4 recipe's algorithm too: hqq, gguf_exact keep the slots float as well)
+    opts = replace(options, adapter_path=template_adapter,
+                   nodes_to_exclude=options.nodes_to_exclude + lora_node_names(spec, num_layers))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.slots.", dir=out_dir.parent))
     try:

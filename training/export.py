@@ -120,9 +120,10 @@ class ExportOptions:
             out["builder_options"].append(f"then MatMulNBitsQuantizer HQQ 4 bit, block {self.int4_block_size}"
                                           + (", head and mixed layers RTN int8" if self.int4_algo == "hqq_mixed" else ""))
         if self.gguf_exact:
-            out["builder_options"].append("then the source GGUF's blocks: Q4_1 -> MatMulNBits 4 bit block 32 with "
-                                          "float zero points, Q8_0 head -> MatMulNBits 8 bit, Q8_0 embedding -> "
-                                          "GatherBlockQuantized 8 bit")
+            out["builder_options"].append(
+                f"then the source GGUF's blocks: Q4_1 -> MatMulNBits 4 bit block 32 (accuracy level "
+                f"{self.int4_accuracy_level}) + fp32 MatMul of the mins, Q8_0 head -> MatMulNBits 8 bit (level "
+                f"{self.int8_accuracy_level}), Q8_0 embedding -> GatherBlockQuantized 8 bit")
         return out
 
 

@@ -313,13 +313,14 @@ class Search:
 
 def search(order: tuple[quant_recipes.Recipe, ...], reference_dir: pathlib.Path, sets: dict[str, list[Example]],
            thresholds: GateThresholds, variant, options: dict[str, list[str]], log=print, evaluated_on: str = "cpu",
-           discard=None) -> Search:
+           discard=None, skip: dict[str, str] | None = None) -> Search:
     """Measures the fp32 reference on each eval set, then each recipe of `order` in turn until one is within the
     thresholds on every set (a set's name prefixes its reasons when there are several). `variant(recipe)` gives
     the folder to measure (builds it, or finds the one built); `options[name]` its builder options, recorded;
     `discard(folder)`, if given, is called on a folder that failed. A recipe whose precision the CPU does not run
     (fp16) fails without a build: the gate measures on the CPU. One that cannot be built or run fails with the
-    error as its reason (verdict `error`)."""
+    error as its reason (verdict `error`). One in `skip` (name -> reason: the source rules it out, see
+    quant_recipes.unavailable) is recorded with that reason (verdict `skipped`) and not built."""
     from training.export import RUNNABLE
 
     ref, ref_greedy = {}, {}
@@ -331,6 +332,12 @@ def search(order: tuple[quant_recipes.Recipe, ...], reference_dir: pathlib.Path,
     tried = []
     for recipe in order:
         p = recipe.precision
+        if recipe.name in (skip or {}):
+            tried.append({"recipe": recipe.name, "precision": p, "passed": False, "verdict": "skipped",
+                          "reasons": [skip[recipe.name]], "options": options.get(recipe.name),
+                          "evaluated_on": evaluated_on, "metrics": None, "sets": {}, "bytes": None})
+            log(f"  gate: {_label(recipe.name, p)} skipped: {skip[recipe.name]}")
+            continue
         vdir, got, verdict = None, {}, "failed"
         try:
             if p not in RUNNABLE["cpu"]:
@@ -377,7 +384,8 @@ def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "
     if out_dir.exists():
         raise ExportError(f"{out_dir} already exists; refusing to overwrite an export")
     target = options.execution_provider
-    order = quant_recipes.plan(first, target, int4_recipes, max_attempts)
+    skip = quant_recipes.unavailable(hf_dir, int4_recipes)   # a gguf_exact for a folder with no GGUF: skipped
+    order = quant_recipes.plan(first, target, int4_recipes, max_attempts, skip=skip)
     tied = quant_recipes.ties_embeddings(hf_dir)
     # every recipe's options are made (and a bad one refused) before any work; fp32 is always the reference
     recipe_options = {"fp32": quant_recipes.RECIPES["fp32"].options(options, tied)}
@@ -394,12 +402,12 @@ def select_precision(hf_dir: pathlib.Path, out_dir: pathlib.Path, first: str = "
         evaluated_on = "cpu" if target == "cpu" else "cpu twin"
         found = search(order, ref_dir, {"examples": examples}, thresholds, lambda r: variant(r.name, "cpu"),
                        {n: o.describe()["builder_options"] for n, o in recipe_options.items()}, log=log,
-                       evaluated_on=evaluated_on, discard=lambda d: shutil.rmtree(d, ignore_errors=True))
+                       evaluated_on=evaluated_on, discard=lambda d: shutil.rmtree(d, ignore_errors=True), skip=skip)
         # a search of several 100 MB variants keeps one at a time (discard); the target's build only of the one
         report = found.report(first, [r.name for r in order], execution_provider=target,
                               max_attempts=max_attempts, reference_bytes=dir_size(ref_dir))
         if found.chosen is None:
-            raise GateError(f"nothing passed the quality gate in {len(order)} attempts: {report['why']}")
+            raise GateError(f"nothing passed the quality gate in {len(order) - len(skip)} attempts: {report['why']}")
         shipped = found.chosen_dir if target == "cpu" else variant(found.chosen.name, target)
         found.write_verdict(shipped, evaluated_on)
         (shipped / "gate_report.json").write_text(json.dumps(report, indent=1))
@@ -415,12 +423,15 @@ def _label(name: str, precision: str) -> str:
 
 def _why(first: str, chosen: quant_recipes.Recipe | None, tried: list[dict]) -> str:
     failed = [f"{_label(t['recipe'], t['precision'])} failed ({'; '.join(t['reasons'])})"
-              for t in tried if not t["passed"]]
+              for t in tried if not t["passed"] and t["verdict"] != "skipped"]
+    skipped = [f"{_label(t['recipe'], t['precision'])} ({'; '.join(t['reasons'])})"
+               for t in tried if t["verdict"] == "skipped"]
+    tail = f"; skipped: {', '.join(skipped)}" if skipped else ""
     if chosen is not None and chosen.precision == first and not failed:
-        return f"{_label(chosen.name, chosen.precision)} was requested and passed the gate"
+        return f"{_label(chosen.name, chosen.precision)} was requested and passed the gate{tail}"
     head = ", ".join(failed) if failed else f"{first} was skipped"
-    return (f"{head}; {_label(chosen.name, chosen.precision)} is the first in the search order that passed"
-            if chosen else head)
+    return (f"{head}; {_label(chosen.name, chosen.precision)} is the first in the search order that passed{tail}"
+            if chosen else head + tail)
 
 
 def from_recipe(path: pathlib.Path) -> tuple[pathlib.Path, dict, GateThresholds]:

@@ -3,9 +3,10 @@
 A recipe is a set of ExportOptions overrides on top of the options the user gave (block size, accuracy level,
 LoRA slots...). The gate tries the recipes in the order given, which by default is smallest first as measured
 on SmolLM2-135M (docs/BENCHMARKS.md, "int4 recipes"), then int8, fp16 and fp32; the first that passes ships, so
-with a size-ordered list the shipped variant is the smallest that passes. hqq_mixed is the only int4 recipe that
-passed the default gate there (+0.7% perplexity, 97.6% greedy agreement, 238 MB = 44% of fp32), and the slowest
-to build (minutes of torch work on 2 cores), so it comes last.
+with a size-ordered list the shipped variant is the smallest that passes. Of the re-quantizing recipes only
+hqq_mixed passed the default gate there (+0.7% perplexity, 97.6% greedy agreement, 238 MB = 44% of fp32), and it
+is the slowest to build (minutes of torch work on 2 cores), so it comes last. gguf_exact, which carries the
+GGUF's own blocks over instead, passed at 120 MB (22%) and comes first, for a folder made from a GGUF only.
 
     rtn            builder default: symmetric RTN, block 32; a tied embedding/head is shared at int4  (~90 MB)
     rtn_mixed      RTN body, head and the sensitive layers (llama.cpp's mixed set) int8, embedding int4,
@@ -47,6 +48,7 @@ class Recipe:
     algo: str | None = None                          # ExportOptions.int4_algo, None = as given
     extra: dict = field(default_factory=dict)        # builder extra options, merged over the given ones
     about: str = ""
+    needs_gguf: bool = False                         # only for a folder made from a GGUF it still matches
 
     def options(self, base: ExportOptions, tied: bool = False) -> ExportOptions:
         """`base` with this recipe's settings; ExportError when the builder cannot honour them (`tied`: the
@@ -73,7 +75,7 @@ RECIPES = {r.name: r for r in (
     Recipe("gguf_exact", "int4", "gguf_exact", {}, "the source GGUF's own blocks, not re-quantized: Q4_1 body as "
            "4-bit MatMulNBits (its codes and scales) plus its mins as an fp32 MatMul of 32-block sums; Q8_0 "
            "embedding and tied head 8-bit (GatherBlockQuantized / MatMulNBits); only for a folder made from a GGUF "
-           "whose weights it still has"),
+           "whose weights it still has", needs_gguf=True),
     Recipe("options", "int4", None, {}, "int4 exactly as the export options say"),
     Recipe("int8", "int8"), Recipe("fp16", "fp16"), Recipe("fp32", "fp32"),
 )}
@@ -82,8 +84,11 @@ RECIPES = {r.name: r for r in (
 NAMES = ("fp32", "fp16", "int8", "int4", *(n for n, r in RECIPES.items() if r.precision == "int4"))
 # Measured on SmolLM2-135M (docs/BENCHMARKS.md): hqq (220 MB) and k_quant_mixed (230 MB) fail the gate where
 # hqq_mixed (238 MB) passes, so the default search skips them; they stay named recipes for other models.
-DEFAULT_INT4 = ("rtn", "rtn_mixed", "hqq_mixed")
+# gguf_exact (120 MB, +3.2% perplexity, 94% greedy agreement) passes there and comes first where the source is
+# the GGUF itself; for any other folder the search records it as skipped (see `plan`).
+DEFAULT_INT4 = ("gguf_exact", "rtn", "rtn_mixed", "hqq_mixed")
 FALLBACK = ("int8", "fp16", "fp32")
+CPU_ONLY = ("hqq", "hqq_mixed", "gguf_exact")   # built by our own pass after an fp32 build, measured on cpu only
 
 
 def named(name: str) -> Recipe:
@@ -142,10 +147,27 @@ def ties_embeddings(hf_dir: pathlib.Path) -> bool:
         return False   # export.check_source names a missing or broken config.json when the build starts
 
 
+def unavailable(hf_dir: pathlib.Path, names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """The recipes (of `names`, default all) that the source `hf_dir` rules out, each with the reason: those that
+    need a GGUF when the folder has none or its weights are no longer the GGUF's (compared, seconds on a 135M
+    model). The gate's search records them as skipped instead of building them."""
+    wanted = [n for n in (names if names is not None else RECIPES) if n in RECIPES and RECIPES[n].needs_gguf]
+    if not wanted:
+        return {}
+    from training import gguf_import
+
+    why = gguf_import.unavailable(pathlib.Path(hf_dir))
+    return {n: why for n in wanted} if why else {}
+
+
 def plan(first: str, execution_provider: str, int4_recipes: tuple[str, ...] | None = None,
-         max_attempts: int = MAX_ATTEMPTS) -> tuple[Recipe, ...]:
+         max_attempts: int = MAX_ATTEMPTS, skip: dict[str, str] | None = None) -> tuple[Recipe, ...]:
     """The recipes the gate tries, in order: from `first` (a precision) on — int4 expands into `int4_recipes`
-    (default DEFAULT_INT4, less the cpu-only hqq ones for another target) — then int8, fp16, fp32, keeping only what the target runs, at most `max_attempts`.
+    (default DEFAULT_INT4, less the cpu-only hqq and gguf_exact ones for another target) — then int8, fp16, fp32,
+    keeping only what the target runs, at most `max_attempts` not counting those in `skip`.
+    `skip` (name -> reason, from `unavailable`) says the caller has looked at the source: the recipes it names
+    stay in the order for the search to record as skipped. Without it the default list leaves out the recipes
+    that need a particular source (gguf_exact), as a caller that has not looked cannot know.
     Pure; an unknown recipe name or a bound below 1 is an ExportError."""
     if not 1 <= max_attempts <= 32:
         raise ExportError(f"max attempts {max_attempts} must be in 1..32")
@@ -153,7 +175,8 @@ def plan(first: str, execution_provider: str, int4_recipes: tuple[str, ...] | No
     if first not in chain:
         raise ExportError(f"unsupported precision {first!r}; choose one of {', '.join(chain)}")
     names = tuple(int4_recipes) if int4_recipes is not None else tuple(
-        n for n in DEFAULT_INT4 if execution_provider == "cpu" or not n.startswith("hqq"))   # hqq: cpu only
+        n for n in DEFAULT_INT4 if (execution_provider == "cpu" or RECIPES[n].algo not in CPU_ONLY)
+        and (skip is not None or not RECIPES[n].needs_gguf))
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise ExportError(f"unknown int4 recipe {', '.join(map(repr, unknown))}; choose from "
@@ -163,9 +186,14 @@ def plan(first: str, execution_provider: str, int4_recipes: tuple[str, ...] | No
         raise ExportError(f"{', '.join(not_int4)} is not an int4 recipe (the fallbacks follow the int4 ones)")
     if first == "int4" and not names:
         raise ExportError("int4 was requested with an empty int4 recipe list")
-    out = []
+    out, counted = [], 0
     for p in chain[chain.index(first):]:
         if p not in RUNNABLE[execution_provider]:
             continue
-        out += [RECIPES[n] for n in names] if p == "int4" else [RECIPES[p]]
-    return tuple(out[:max_attempts])
+        for r in [RECIPES[n] for n in names] if p == "int4" else [RECIPES[p]]:
+            if r.name in (skip or {}):
+                out.append(r)
+            elif counted < max_attempts:
+                out.append(r)
+                counted += 1
+    return tuple(out)
