@@ -20,7 +20,8 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
                                                              "int8), k_quant_mixed; int4 is then tried with this "
                                                              "one setting (recipe 'options')"),
            int4_recipes: Optional[str] = typer.Option(None, help="int4 recipes the gate tries, in order, comma-"
-                                                                "separated [rtn,rtn_mixed,hqq_mixed]; see "
+                                                                "separated [gguf_exact,rtn,rtn_mixed,hqq_mixed; gguf_exact only "
+                                                                "for a folder made from a GGUF]; see "
                                                                 "training/quant_recipes.py"),
            max_attempts: Optional[int] = typer.Option(None, help="the most variants the gate builds and measures "
                                                                 "(int4 recipes and fallbacks) [6]"),
@@ -61,9 +62,16 @@ def export(source: pathlib.Path = typer.Argument(..., help="a recipe file (YAML/
             if any(not n or not d for n, _, d in pairs):
                 fail("--adapter takes NAME=PEFT_DIR")
             build = {"build": slotted_build({n: pathlib.Path(d) for n, _, d in pairs})}
-        if not fallback:   # only the requested precision's own variants
-            search["max_attempts"] = min(search["max_attempts"], sum(
-                r.precision == first for r in plan(first, base.execution_provider, search["int4_recipes"], 32)))
+        if not fallback:   # only the requested precision's own variants (one the source rules out takes none)
+            from training.quant_recipes import unavailable
+
+            skip = unavailable(model_dir, search["int4_recipes"])
+            own = [r.name for r in plan(first, base.execution_provider, search["int4_recipes"], 32, skip=skip)
+                   if r.precision == first and r.name not in skip]
+            if not own:
+                fail(f"no {first} recipe applies to {model_dir} and --no-fallback was given: "
+                     + "; ".join(f"{n}: {why}" for n, why in skip.items()))
+            search["max_attempts"] = min(search["max_attempts"], len(own))
         report = select_precision(model_dir, out_dir, first, base, thresholds, log=console.print, **build, **search)
         if not fallback and report["chosen"] != first:
             import shutil

@@ -333,3 +333,22 @@ def test_a_tuned_model_ships_as_an_adapter_on_the_exact_base_held_to_the_gate_ag
     report = gate_adapter(peft, base, tmp_path / "gated", "a", thresholds=GateThresholds(max_new_tokens=8),
                           examples=load_examples(limit=6), **quiet)
     assert report["passed"] and report["precision"] == "int4", report["reasons"]
+
+
+def test_export_no_fallback_counts_gguf_exact_only_where_the_source_allows_it(gguf_hf, tiny_hf, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from training.quant_recipes import DEFAULT_INT4
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["export", str(tiny_hf), str(tmp_path / "a"), "--int4-recipes", "gguf_exact",
+                            "--no-fallback"])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and "no int4 recipe applies to" in said and "needs a GGUF source" in said, r.output
+    assert not (tmp_path / "a").exists()
+    r = runner.invoke(app, ["export", str(gguf_hf), str(tmp_path / "b"), "--no-fallback", "--gate-examples", "3"])
+    assert r.exit_code == 0, r.output
+    assert "chose int4, recipe gguf_exact" in " ".join(r.output.split())
+    report = json.loads((tmp_path / "b" / "gate_report.json").read_text())
+    assert report["order"] == list(DEFAULT_INT4) and report["max_attempts"] == len(DEFAULT_INT4)
