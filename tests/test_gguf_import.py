@@ -24,10 +24,10 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_gguf(path, tok_dir, types: dict | None = None, seed: int = 0):
-    """A random tiny Llama as llama.cpp would write it: q/k rows permuted, body Q4_1, token_embd Q8_0 (tied head),
-    norms F32; `types` overrides a tensor's type (e.g. {"blk.1.ffn_down.weight": "Q5_0"}). One block of
-    blk.0.attn_v is constant, so its scale d is 0."""
+def write_tiny_gguf(path, tok_dir, types: dict | None = None, seed: int = 0, head: str | None = None):
+    """A random tiny Llama as llama.cpp would write it: q/k rows permuted, body Q4_1, token_embd Q8_0 (tied head,
+    or with `head` a separate output.weight of that type), norms F32; `types` overrides a tensor's type (e.g.
+    {"blk.1.ffn_down.weight": "Q5_0"}). One block of blk.0.attn_v is constant, so its scale d is 0."""
     import gguf
     from gguf import GGMLQuantizationType as Q
 
@@ -73,6 +73,8 @@ def write_tiny_gguf(path, tok_dir, types: dict | None = None, seed: int = 0):
 
     add("token_embd.weight", rng.standard_normal((len(tokens), HIDDEN)) * 0.5, "Q8_0")
     add("output_norm.weight", 1 + 0.1 * rng.standard_normal(HIDDEN), "F32")
+    if head:
+        add("output.weight", rng.standard_normal((len(tokens), HIDDEN)) * 0.5, head)
     kv = HIDDEN // HEADS * KV_HEADS
     for i in range(LAYERS):
         def lin(rows, cols):
@@ -352,3 +354,25 @@ def test_export_no_fallback_counts_gguf_exact_only_where_the_source_allows_it(gg
     assert "chose int4, recipe gguf_exact" in " ".join(r.output.split())
     report = json.loads((tmp_path / "b" / "gate_report.json").read_text())
     assert report["order"] == list(DEFAULT_INT4) and report["max_attempts"] == len(DEFAULT_INT4)
+
+
+def test_an_untied_head_of_its_own_type_is_imported_too(tiny_gguf, tmp_path):
+    """A GGUF with its own output.weight (here Q4_1: 4-bit plus the min term) and a Q8_0 embedding of its own."""
+    from training.model_sources import gguf_to_hf
+
+    hf = gguf_to_hf(write_tiny_gguf(tmp_path / "untied.gguf", tiny_gguf.parent / "tok", head="Q4_1"), tmp_path / "hf")
+    assert not json.loads((hf / "config.json").read_text())["tie_word_embeddings"]
+    ref_dir = export_onnx(hf, tmp_path / "fp32", ExportOptions("fp32"), **quiet)
+    exact_dir = export_onnx(hf, tmp_path / "exact", ExportOptions("int4", int4_algo="gguf_exact", int4_accuracy_level=1,
+                                                                  int8_accuracy_level=1), **quiet)
+    nodes, inits = _graph(exact_dir)
+    assert {a.name: a.i for a in nodes["/lm_head/MatMulNBits"].attribute}["bits"] == 4
+    assert "/lm_head/MatMulMin" in nodes
+    gbq = nodes["/model/embed_tokens/GatherBlockQuantized"]
+    codes, d, _ = _gguf_blocks(tmp_path / "untied.gguf", "token_embd.weight")
+    assert np.array_equal(inits[gbq.input[0]].astype(np.int16) - 128, codes.reshape(codes.shape[0], -1))
+    assert np.array_equal(inits[gbq.input[2]], d.astype(np.float32))
+    tokens = list(range(3, 40))
+    ref, ref_out = _logits(ref_dir, tokens)
+    got, got_out = _logits(exact_dir, tokens)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max() and got_out == ref_out
