@@ -61,6 +61,7 @@ class SimAgent:
         self.device_id = self.token = ""
         self.current = ("", "")
         self.told: dict[str, float] = {}      # version -> when the watch delivered it
+        self.reported: dict[str, float] = {}  # version -> when the control plane answered "serving" it
         self.streaming = False
         self.error = ""
         self.retries, self.retried = 0, 0
@@ -108,6 +109,7 @@ class SimAgent:
                     self.current = ref
                     try:
                         await self.report_retrying("serving")
+                        self.reported.setdefault(ref[1], time.monotonic())
                     except grpc.aio.AioRpcError as e:
                         self.error = f"report {e.code().name}: {e.details()}"
                         self.say(f"{self.error} {e.debug_error_string()}")
@@ -244,6 +246,8 @@ async def run(args) -> dict:
             told = sum("v2" in a.told for a in live)
             if told == len(live) and "told_all_s" not in out:
                 out["told_all_s"] = round(max(a.told["v2"] for a in live) - t1, 2)
+            if sum("v2" in a.reported for a in live) == len(live) and "reported_all_s" not in out:
+                out["reported_all_s"] = round(max(a.reported["v2"] for a in live) - t1, 2)   # answered, client side
             st = await asyncio.to_thread(admin.rollout, r.rollout_id)
             if st.status in ("completed", "halted", "aborted"):
                 break
