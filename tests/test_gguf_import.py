@@ -376,3 +376,22 @@ def test_an_untied_head_of_its_own_type_is_imported_too(tiny_gguf, tmp_path):
     ref, ref_out = _logits(ref_dir, tokens)
     got, got_out = _logits(exact_dir, tokens)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max() and got_out == ref_out
+
+
+def test_a_folder_converted_before_the_record_gets_it_when_its_weights_are_still_the_ggufs(tiny_gguf, gguf_hf,
+                                                                                         tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from training.model_sources import gguf_to_hf
+
+    old = shutil.copytree(gguf_hf, tmp_path / "old")
+    (old / "gguf_source.json").unlink()
+    assert gguf_to_hf(tiny_gguf, old) == old
+    assert json.loads((old / "gguf_source.json").read_text())["gguf"] == str(tiny_gguf.resolve())
+    changed = shutil.copytree(gguf_hf, tmp_path / "changed")
+    (changed / "gguf_source.json").unlink()
+    weights = load_file(str(changed / "model.safetensors"))
+    weights["model.norm.weight"][0] += 1e-3
+    save_file(weights, str(changed / "model.safetensors"), metadata={"format": "pt"})
+    gguf_to_hf(tiny_gguf, changed)
+    assert not (changed / "gguf_source.json").exists()

@@ -151,10 +151,16 @@ class Source:
         return out
 
     def dequantized(self, name: str) -> np.ndarray:
+        """What transformers' GGUF loader makes of tensor `name`: gguf.quants.dequantize, q/k rows unpermuted
+        (computed apart from `blocks`, so the rewrite's check of its blocks against the fp32 graph is a check)."""
+        import gguf
+
         t = self.tensors[name]
-        if t.tensor_type.name in FLOAT_TYPES:
-            return np.asarray(t.data).astype(np.float32).reshape(-1)
-        return self.blocks(name).dequantized()
+        w = np.asarray(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
+        if w.ndim == 1:
+            return w
+        heads = self.heads if ".attn_q." in name else self.kv_heads if ".attn_k." in name else None
+        return w[_unpermute(heads)(w.shape[0])] if heads else w
 
 
 def source_of(hf_dir: pathlib.Path) -> pathlib.Path:
@@ -175,10 +181,17 @@ def source_of(hf_dir: pathlib.Path) -> pathlib.Path:
 def plan(hf_dir: pathlib.Path) -> Source:
     """The GGUF of `hf_dir`, checked for import before any build: every tensor of an importable type, and every
     HF weight equal to the GGUF's dequantized one. ExportError naming what stands in the way."""
-    from safetensors import safe_open
-
     src = Source(source_of(hf_dir))
     src.check_types()
+    compare_weights(hf_dir, src)
+    return src
+
+
+def compare_weights(hf_dir: pathlib.Path, src: Source) -> None:
+    """ExportError naming the first weight of `hf_dir` that is not, bit for bit, the dequantized tensor of `src`
+    (or a weight one side lacks)."""
+    from safetensors import safe_open
+
     files = sorted(pathlib.Path(hf_dir).glob("*.safetensors"))
     if not files:
         raise ExportError(f"gguf_exact: {hf_dir} has no safetensors weights to compare with {src.path.name}")
@@ -210,7 +223,6 @@ def plan(hf_dir: pathlib.Path) -> Source:
                         f"{src.path.name} ({w.dtype}, max |diff| {diff}): the weights were changed after "
                         f"conversion (fine-tuned or merged?), so the GGUF's blocks are not this model; use another "
                         f"int4 recipe")
-    return src
 
 
 def unavailable(hf_dir: pathlib.Path) -> str | None:

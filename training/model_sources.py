@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 import shutil
 import tempfile
@@ -48,6 +49,8 @@ def gguf_to_hf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
         raise ModelSourceError(f"no GGUF file at {gguf}")
     out_dir = pathlib.Path(out_dir)
     if (out_dir / "config.json").exists():
+        if not (out_dir / GGUF_SOURCE).exists():
+            _record_if_unchanged(gguf, out_dir)
         return out_dir
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -69,7 +72,7 @@ def gguf_to_hf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     try:
         fresh.save_pretrained(staging)
         tok.save_pretrained(staging)
-        (staging / GGUF_SOURCE).write_text(json.dumps({"gguf": str(gguf.resolve()), "bytes": gguf.stat().st_size}))
+        _write_record(gguf, staging)
         staging.rename(out_dir)
     except OSError:
         if not (out_dir / "config.json").exists():  # else another process converted it first: use theirs
@@ -77,6 +80,25 @@ def gguf_to_hf(gguf: pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _write_record(gguf: pathlib.Path, folder: pathlib.Path) -> None:
+    tmp = folder / f".{GGUF_SOURCE}.tmp"
+    tmp.write_text(json.dumps({"gguf": str(gguf.resolve()), "bytes": gguf.stat().st_size}))
+    os.replace(tmp, folder / GGUF_SOURCE)
+
+
+def _record_if_unchanged(gguf: pathlib.Path, folder: pathlib.Path) -> None:
+    """A folder converted before the record existed gets it, when its weights are still the GGUF's (compared
+    bit for bit, seconds on a 135M model); a changed or foreign one is left without."""
+    from training import gguf_import
+    from training.export import ExportError
+
+    try:
+        gguf_import.compare_weights(folder, gguf_import.Source(gguf))
+    except ExportError:
+        return
+    _write_record(gguf, folder)
 
 
 def smollm2_to_hf(out_dir: pathlib.Path) -> pathlib.Path:
