@@ -40,6 +40,7 @@ import numpy as np
 
 from training.export import ExportError, ExportOptions
 from training.model_sources import GGUF_SOURCE   # the record gguf_to_hf writes next to the weights
+
 BLOCK = 32
 MATMUL_TYPES = ("Q4_1", "Q8_0")
 EMBEDDING_TYPES = ("Q8_0",)
@@ -76,7 +77,8 @@ class Blocks:
     m: np.ndarray | None = None
 
     def dequantized(self) -> np.ndarray:
-        """The values transformers' GGUF loader gives (gguf.quants: d*q + m, d*q, in fp32), rows x columns."""
+        """d*q + m (Q4_1) or d*q (Q8_0) in fp32 from these blocks, rows x columns: for the rewrite to check its
+        blocks against the fp32 graph (which holds gguf.quants' values, the same arithmetic)."""
         d = self.d.astype(np.float32)[..., None]
         w = d * self.codes.astype(np.float32)
         if self.m is not None:
