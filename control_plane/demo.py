@@ -203,8 +203,8 @@ def tuned_as_adapter(work: pathlib.Path, models: dict, base: dict, thresholds, s
 
     dest = work / "onnx-tuned-adapter"
     if not (dest / REPORT).exists():
-        step(f"gate the tuned model as its LoRA adapter on the shipped base ({base['gate']['chosen']}) against the "
-             f"fp32 merged model")
+        step(f"gate the tuned model as its LoRA adapter on the shipped base ({shipped(base)[0]}) against the fp32 "
+             f"merged model")
         try:
             gate_adapter(models["adapter"], base["dir"], dest, ADAPTER, base_hf=models["base"],
                          thresholds=thresholds, log=lambda *a, **k: None)
@@ -235,7 +235,9 @@ def shipped(bundle: dict) -> tuple[str, float, int, int]:
                 base_bytes + adapter_bytes(bundle), ref)
     rep = bundle["gate"]
     chosen = next(t for t in rep["tried"] if t["passed"])
-    return rep["chosen"], chosen["metrics"]["accuracy"], chosen["bytes"], rep["reference_bytes"]
+    recipe = rep.get("chosen_recipe") or rep["chosen"]
+    label = rep["chosen"] if recipe in (rep["chosen"], "options") else f"{rep['chosen']} ({recipe})"
+    return label, chosen["metrics"]["accuracy"], chosen["bytes"], rep["reference_bytes"]
 
 
 # ---- 3/4. fleet ------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_demo_tiny_runs_end_to_end(tmp_path):
                      "published and signed", "3 agents enrolled", "canary (1 device), then waves",
                      "completed, wave 3, 3 serving", "0 failed", "held-out accuracy through agent-1",
                      "accuracy per stage", "telemetry at the control plane", "demo finished", "tok/s elapsed",
-                     "with LoRA slots", "tuned    ships int4 + LoRA adapter", "the LoRA adapter tuned on k2-support@",
+                     "with LoRA slots", "+ LoRA adapter:", "the LoRA adapter tuned on k2-support@",
                      "tuned model (k2-support:tuned)"):
         assert expected in out, f"missing {expected!r} in:\n{out[-3000:]}"
     for noise in ("Warning", "Loading weights", "Writing model shards", "Gather only supports", "retained None",
