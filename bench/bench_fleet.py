@@ -65,6 +65,7 @@ class SimAgent:
         self.streaming = False
         self.error = ""
         self.retries, self.retried = 0, 0
+        self.failed_calls: list[tuple[float, float]] = []   # (when, how long the call had run) of failed reports
 
     def say(self, what: str) -> None:
         """The first errors, as they happen, on stderr (the report counts them all)."""
@@ -88,9 +89,11 @@ class SimAgent:
         """As the real agent does (edge_agent/control_client.py RETRYABLE): a retryable failure is retried with
         backoff and jitter, up to `retries` times."""
         for attempt in range(self.retries + 1):
+            t = time.monotonic()
             try:
                 return await self.report(state)
             except grpc.aio.AioRpcError as e:
+                self.failed_calls.append((time.monotonic(), time.monotonic() - t))
                 if attempt == self.retries or e.code() not in RETRYABLE:
                     raise
                 self.retried += 1
@@ -242,7 +245,7 @@ async def run(args) -> dict:
         t1 = time.monotonic()
         r = await asyncio.to_thread(admin.create_rollout, "m", "v2", {"all_devices": True},
                                     "waves" if waves else "all", waves=waves)
-        while time.monotonic() < t1 + 600:
+        while time.monotonic() < t1 + args.rollout_timeout:
             told = sum("v2" in a.told for a in live)
             if told == len(live) and "told_all_s" not in out:
                 out["told_all_s"] = round(max(a.told["v2"] for a in live) - t1, 2)
@@ -259,6 +262,13 @@ async def run(args) -> dict:
         out["cp_after_rollout"] = cp_stats(cp.popen.pid)
         out["streams_at_end"] = sum(a.streaming for a in agents)
         out["report_retries"] = sum(a.retried for a in agents)
+        fails = sorted((when - t1, took) for a in agents for when, took in a.failed_calls)
+        if fails:   # when the failed reports failed (s after CreateRollout) and how long each call had run (s)
+            q = [0, len(fails) // 2, len(fails) - 1]
+            out["failed_reports"] = {"n": len(fails), "at_s (first, median, last)": [round(fails[i][0], 1) for i in q],
+                                     "call_s (min, median, max)": [round(x, 2) for x in (
+                                         min(f[1] for f in fails), statistics.median(f[1] for f in fails),
+                                         max(f[1] for f in fails))]}
         out["agent_errors_at_end"] = {"count": sum(1 for a in agents if a.error),
                                       "kinds": sorted({a.error[:120] for a in agents if a.error})[:3]}
         admin.close()
@@ -286,6 +296,8 @@ def main() -> None:
     ap.add_argument("--report-retries", type=int, default=0,
                     help="retries of a status report that failed retryably, with backoff (the real agent retries)")
     ap.add_argument("--max-streams", type=int, default=0, help="control plane stream budget (default agents+100)")
+    ap.add_argument("--rollout-timeout", type=float, default=600.0,
+                    help="seconds after CreateRollout to stop waiting for it to complete")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)   # one socket per agent here and in the control plane
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
