@@ -158,3 +158,22 @@ def linear_slope(xs, ys) -> float | None:
     if sxx == 0:
         return None
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+
+
+def greedy_decode_rate(model, ids, tokens: int, adapter=None) -> float:
+    """Decode tokens/s of one greedy onnxruntime-genai run of `tokens` tokens after the prompt `ids` (the first
+    generated token excluded: it is the prefill's); `adapter` = (og.Adapters, name) to run with one active."""
+    import onnxruntime_genai as og
+
+    gp = og.GeneratorParams(model)
+    gp.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
+    g = og.Generator(model, gp)
+    if adapter is not None:
+        g.set_active_adapter(*adapter)
+    g.append_tokens(ids)
+    g.generate_next_token()
+    t0, n = time.perf_counter(), 0
+    while not g.is_done():
+        g.generate_next_token()
+        n += 1
+    return n / (time.perf_counter() - t0)

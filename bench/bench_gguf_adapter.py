@@ -22,7 +22,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import greedy_decode_rate  # noqa: E402
 from training.adapter_gate import gate_adapter
 from training.adapters import export_base_with_slots
 from training.export import ExportOptions, dir_size
@@ -42,20 +44,7 @@ def decode(base: pathlib.Path, adapter: pathlib.Path, prompt: str, tokens: int =
     ids = np.array(og.Tokenizer(model).encode(prompt), dtype=np.int32)
     out = {"no adapter": [], "adapter": []}
     for active in (False, True, False, True):
-        rates = []
-        for _ in range(3):
-            gp = og.GeneratorParams(model)
-            gp.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
-            g = og.Generator(model, gp)
-            if active:
-                g.set_active_adapter(adapters, "a")
-            g.append_tokens(ids)
-            g.generate_next_token()
-            t0, n = time.perf_counter(), 0
-            while not g.is_done():
-                g.generate_next_token()
-                n += 1
-            rates.append(n / (time.perf_counter() - t0))
+        rates = [greedy_decode_rate(model, ids, tokens, (adapters, "a") if active else None) for _ in range(3)]
         out["adapter" if active else "no adapter"].append(round(statistics.median(rates), 1))
     return {"decode_tok_s": out, "load_1m": os.getloadavg()[0]}
 

@@ -22,7 +22,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import greedy_decode_rate  # noqa: E402
 from training.export import ExportOptions, dir_size, export_onnx
 from training.quality_gate import GateThresholds, evaluate, judge, load_examples
 from training.quant_recipes import DEFAULT_INT4, RECIPES, ties_embeddings
@@ -117,18 +119,7 @@ def decode_rate(model_dir: pathlib.Path, prompt: str, tokens: int, runs: int = 3
     cfg.clear_providers()
     model = og.Model(cfg)
     ids = np.array(og.Tokenizer(model).encode(prompt), dtype=np.int32)
-    rates = []
-    for _ in range(runs + 1):
-        gp = og.GeneratorParams(model)
-        gp.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
-        g = og.Generator(model, gp)
-        g.append_tokens(ids)
-        g.generate_next_token()
-        t0, n = time.perf_counter(), 0
-        while not g.is_done():
-            g.generate_next_token()
-            n += 1
-        rates.append(n / (time.perf_counter() - t0))
+    rates = [greedy_decode_rate(model, ids, tokens) for _ in range(runs + 1)]
     return {"decode_tok_s": statistics.median(rates[1:]), "decode_load_1m": os.getloadavg()[0]}
 
 

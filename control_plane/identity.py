@@ -87,8 +87,9 @@ def copy(src: pathlib.Path, dest: pathlib.Path) -> list[str]:
     if not (src / "trust" / "roots" / "1.root.json").is_file():
         raise ConfigError(f"{src} has no trust/roots/1.root.json: not a control plane's data folder (or it has "
                           f"not started yet)")
+    theirs = fingerprints(src, tls=True)
     for key, have in fingerprints(dest, tls=True).items():
-        want = fingerprints(src, tls=True)[key]
+        want = theirs[key]
         if have and have != want:
             raise ConfigError(f"{dest} already has another {WHAT[key]} ({have[:12]}... vs {want[:12]}...); "
                               f"refusing to replace a control plane's identity")

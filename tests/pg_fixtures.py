@@ -8,6 +8,7 @@ fails these tests, naming it, so that CI never passes without them; SLMOPS_ALLOW
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import secrets
@@ -111,8 +112,10 @@ class PgServer:
                        preexec_fn=self.demote, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def pg_server():
+@contextlib.contextmanager
+def own_pg_server():
+    """A PostgreSQL server in a temporary folder (not under tmp_path: the postgres user reads it), stopped and
+    removed afterwards; a test that stops and starts a server uses its own, so the session's stays up."""
     need("psycopg")
     root = pathlib.Path(tempfile.mkdtemp(prefix="slmops-pg-"))
     server = PgServer(root)
@@ -121,6 +124,12 @@ def pg_server():
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    with own_pg_server() as server:
+        yield server
 
 
 @pytest.fixture

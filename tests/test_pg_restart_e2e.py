@@ -5,9 +5,6 @@ hanging, and when the database is back the control plane reconnects by itself: a
 both agents through their watch streams, and every telemetry event the agents numbered is stored exactly once."""
 from __future__ import annotations
 
-import pathlib
-import shutil
-import tempfile
 import time
 
 import grpc
@@ -16,7 +13,7 @@ import pytest
 from control_plane.admin_client import AdminError
 from tests.conftest import variant
 from tests.fleet_checks import Traffic, check_telemetry_stored_once
-from tests.pg_fixtures import PgServer, need
+from tests.pg_fixtures import own_pg_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.pg, pytest.mark.timeout(420)]
 
@@ -27,14 +24,8 @@ DOWN_S = 6.0
 @pytest.fixture
 def own_pg():
     """A PostgreSQL server of this test's own, which it stops and starts (the session's stays up for the rest)."""
-    need("psycopg")
-    root = pathlib.Path(tempfile.mkdtemp(prefix="slmops-pg-"))   # not under tmp_path: the postgres user reads it
-    server = PgServer(root)
-    try:
+    with own_pg_server() as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_postgresql_restart_under_load_loses_nothing_and_the_control_plane_reconnects(cluster, tiny_int4,
@@ -78,6 +69,10 @@ def test_a_postgresql_restart_under_load_loses_nothing_and_the_control_plane_rec
 
     devices = {d.name: d for d in cluster.admin.devices()}
     assert set(devices) == set(AGENTS) and all(d.current.version == "v2" for d in devices.values())
+    # the agents' uploads back off (capped, with jitter) while the database is down: wait, bounded, until each one
+    # has uploaded again, then stop them and check that nothing was lost or stored twice
+    cluster.wait_for(lambda: _uploaded_since(url, [d.device_id for d in devices.values()], up_at), timeout=120,
+                     what="every agent uploading telemetry again after the restart")
     for name in AGENTS:
         cluster.agents[name][0].stop()
     stored = check_telemetry_stored_once(url, cluster, cluster.admin, devices, up_at)
@@ -90,3 +85,12 @@ def _try(call) -> bool:
         return True
     except AdminError:
         return False
+
+
+def _uploaded_since(url: str, device_ids: list[str], since: float) -> bool:
+    import psycopg
+
+    with psycopg.connect(url) as c:
+        got = c.execute("select count(distinct device_id) from telemetry where device_id = any(%s) "
+                        "and received_ms >= %s", [device_ids, int(since * 1000)]).fetchone()[0]
+    return got == len(device_ids)

@@ -224,15 +224,9 @@ def test_the_documented_postgresql_and_s3_deployment_runs_as_written(tmp_path, p
 
 @pytest.mark.pg
 def test_a_restarted_postgresql_is_named_while_down_and_reconnected_after():
-    import shutil
-    import tempfile
+    from tests.pg_fixtures import own_pg_server
 
-    from tests.pg_fixtures import PgServer, need
-
-    need("psycopg")
-    root = pathlib.Path(tempfile.mkdtemp(prefix="slmops-pg-"))   # not under tmp_path: the postgres user reads it
-    own = PgServer(root)   # its own server: the session's stays up for the other tests
-    try:
+    with own_pg_server() as own:   # its own server: the session's stays up for the other tests
         url = own.new_database()
         store = Store(url)
         did, _ = store.add_device("a", {}, "test")
@@ -243,9 +237,6 @@ def test_a_restarted_postgresql_is_named_while_down_and_reconnected_after():
             store.device(did)
         own.start()
         assert store.device(did)["name"] == "a"   # the same Store, a new connection
-    finally:
-        own.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_state_and_blob_settings_are_checked_when_the_config_is_made(tmp_path):
