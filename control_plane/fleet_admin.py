@@ -120,15 +120,11 @@ class FleetAdmin:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return rollout_pb(r, self.store.rollout_row(r.rollout_id))
 
-    def _get(self, context, rollout_id: str) -> ro.Rollout:
-        r = rollout_driver.load(self.store, rollout_id)
-        if r is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no rollout {rollout_id!r}")
-        return r
-
     def GetRollout(self, request, context):
-        r = self._get(context, request.rollout_id)
-        return rollout_pb(r, self.store.rollout_row(r.rollout_id))
+        row = self.store.rollout_row(request.rollout_id)
+        if row is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no rollout {request.rollout_id!r}")
+        return rollout_pb(ro.from_json(row["state"]), row)
 
     def ListRollouts(self, request, context):
         return admin_pb2.RolloutList(rollouts=[rollout_pb(ro.from_json(row["state"]), row)

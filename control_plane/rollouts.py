@@ -17,6 +17,7 @@ every assigned device back to the model it was told to run before.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -427,7 +428,10 @@ def to_json(r: Rollout) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+@functools.lru_cache(maxsize=16)
 def from_json(raw: str) -> Rollout:
+    """The rollout saved as `raw`. Cached: the driver's pass and every GetRollout read the same saved JSON again
+    (a megabyte at 10,000 devices) until it changes; a Rollout is immutable, so sharing one is safe."""
     d = json.loads(raw)
     s = d["spec"]
     spec = RolloutSpec(s["name"], s["version"], Selector(s["selector"]["labels"],

@@ -205,9 +205,9 @@ class ControlPlane:
         server = grpc.aio.server(migration_thread_pool=self.admin_pool, options=options,
                                  interceptors=[AuditInterceptor(self.store, self.offload, DeviceAuth(self.store)),
                                                StreamLimitInterceptor(self.stream_gate)])
-        fleet_pb2_grpc.add_FleetServicer_to_server(
-            FleetServicer(self.store, self.registry, self.offload, self.liveness, cfg.watch_tick_s,
-                          cfg.allow_keyless_enrollment), server)
+        self.fleet = FleetServicer(self.store, self.registry, self.offload, self.liveness, cfg.watch_tick_s,
+                                   cfg.allow_keyless_enrollment)
+        fleet_pb2_grpc.add_FleetServicer_to_server(self.fleet, server)
         artifacts_pb2_grpc.add_ArtifactsServicer_to_server(
             ArtifactsServicer(self.store, self.blobs, self.repo, self.offload, cfg.download_delay_s), server)
         telemetry_pb2_grpc.add_TelemetryServicer_to_server(

@@ -14,6 +14,7 @@ import grpc
 
 from control_plane import auth, device_input, ingest, rollout_driver, rollups
 from control_plane.blobs import BlobStore
+from control_plane.group_commit import GroupCommit
 from control_plane.fleet_admin import FleetAdmin, bad_labels, device_pb
 from control_plane.offload import Offload
 from control_plane.pipelines.servicer import PipelineAdmin
@@ -99,6 +100,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self.liveness = liveness
         self.tick = watch_tick_s
         self.allow_keyless = allow_keyless
+        self.reports = GroupCommit(lambda reports: offload(store.report_many, reports))
 
     async def Enroll(self, request, context):
         try:  # the whole request is checked before a use of the token is spent
@@ -145,7 +147,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if "hardware" in fields:
             fields["hardware"] = json.dumps(fields["hardware"])
-        await self.offload(self.store.touch, dev["device_id"], **fields)
+        await self.reports.submit((dev["device_id"], fields))   # with the reports that queued meanwhile
         return common_pb2.Empty()
 
 

@@ -231,10 +231,36 @@ class Store:
             self._wake([device_id])
         return row
 
+    REPORTED = ("current_name", "current_version", "state", "message", "hardware")   # what a device may set
+
     def touch(self, device_id: str, **fields) -> None:
-        with self._lock:
-            stamp = {"reported_ms": now_ms()} if "state" in fields else {}
-            self.db["devices"].update(device_id, {"last_seen_ms": now_ms(), **stamp, **fields})
+        """The device was seen now; `fields` (of REPORTED) are what it reports about itself."""
+        self.report_many([(device_id, fields)])
+
+    def report_many(self, reports: list[tuple[str, dict]]) -> None:
+        """touch() for many devices in one transaction, in order (a device's later report wins). A report with
+        a state also stamps reported_ms. A device that no longer exists is skipped."""
+        if not reports:
+            return
+        unknown = {k for _, f in reports for k in f} - set(self.REPORTED)
+        if unknown:
+            raise ValueError(f"not device-reported fields: {sorted(unknown)}")
+        now = now_ms()
+        with self._lock, self.transaction():
+            run: list = []
+            cols: tuple = ()
+            for device_id, fields in reports:       # runs of one column set, each one executemany
+                key = tuple(sorted(fields)) + (("reported_ms",) if "state" in fields else ())
+                if key != cols and run:
+                    self._update_devices(cols, run)
+                    run = []
+                cols = key
+                run.append([now, *(now if c == "reported_ms" else fields[c] for c in cols), device_id])
+            self._update_devices(cols, run)
+
+    def _update_devices(self, cols: tuple, rows: list) -> None:
+        sets = ", ".join(["last_seen_ms = ?", *(f"{c} = ?" for c in cols)])
+        self.dialect.executemany(self.db, f"update devices set {sets} where device_id = ?", rows)
 
     def touch_many(self, device_ids: list[str]) -> None:
         """Refreshes last_seen for many devices in one transaction (the watch streams' liveness ticks)."""

@@ -89,3 +89,20 @@ def test_percentiles_and_summary():
     s = summarize(rows)["d"]
     assert (s["requests"], s["errors"], s["events"], s["tokens_out"]) == (2, 1, 1, 9)
     assert s["tokens_per_s"] == pytest.approx(9 / 0.08)
+
+
+def test_reports_of_many_devices_are_written_in_one_call_in_order(store):
+    a, _ = store.add_device("a", {}, "1")
+    b, _ = store.add_device("b", {}, "1")
+    store.report_many([(a, {"state": "downloading", "current_name": "m", "current_version": "v1"}),
+                       (b, {"state": "serving", "hardware": '{"arch": "x86_64"}'}),
+                       (a, {"state": "serving", "message": "ok"}),       # a's later report wins
+                       ("dev_gone", {"state": "serving"})])                # a deleted device is skipped
+    rows = {d["device_id"]: d for d in store.devices()}
+    assert (rows[a]["state"], rows[a]["message"], rows[a]["current_version"]) == ("serving", "ok", "v1")
+    assert (rows[b]["state"], rows[b]["hardware"]) == ("serving", '{"arch": "x86_64"}')
+    assert rows[a]["reported_ms"] and rows[a]["last_seen_ms"] >= rows[a]["reported_ms"]
+    store.touch(b)                                                         # seen, nothing reported
+    assert store.device(b)["reported_ms"] == rows[b]["reported_ms"]
+    with pytest.raises(ValueError, match="desired_version"):              # only what a device may say of itself
+        store.report_many([(a, {"desired_version": "v9"})])
