@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 
 import grpc
@@ -64,18 +65,40 @@ class Liveness:
                     log.exception("last_seen refresh of %d devices failed (%d failures)", len(batch), self.failures)
 
 
-class _LoopWaker:
-    """What the store calls (from any thread) on a change: sets an asyncio.Event on its loop."""
-    __slots__ = ("loop", "event")
+class _Bell:
+    """Sets asyncio.Events of one loop from any thread, many per loop wake-up: a rollout wakes ten thousand
+    watches from the driver's thread, which would otherwise be ten thousand call_soon_threadsafe writes."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event):
-        self.loop, self.event = loop, event
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock, self.pending, self.rung = loop, threading.Lock(), [], False
 
-    def set(self) -> None:
+    def ring(self, event: asyncio.Event) -> None:
+        with self.lock:
+            self.pending.append(event)
+            if self.rung:
+                return
+            self.rung = True
         try:
-            self.loop.call_soon_threadsafe(self.event.set)
+            self.loop.call_soon_threadsafe(self._flush)
         except RuntimeError:   # the loop has closed: the server has stopped and its streams with it
             pass
+
+    def _flush(self) -> None:
+        with self.lock:
+            events, self.pending, self.rung = self.pending, [], False
+        for e in events:
+            e.set()
+
+
+class _LoopWaker:
+    """What the store calls (from any thread) on a change: sets an asyncio.Event on its loop."""
+    __slots__ = ("bell", "event")
+
+    def __init__(self, bell: _Bell, event: asyncio.Event):
+        self.bell, self.event = bell, event
+
+    def set(self) -> None:
+        self.bell.ring(self.event)
 
 
 def _enroll(store: Store, registry: Registry, request, facts: dict) -> tuple[str, fleet_pb2.EnrollResponse | None]:
@@ -101,6 +124,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self.tick = watch_tick_s
         self.allow_keyless = allow_keyless
         self.reports = GroupCommit(lambda reports: offload(store.report_many, reports))
+        self.bell: _Bell | None = None
+        self.reads = GroupCommit(lambda ids: offload(store.desired_many, ids))   # watches woken at once
 
     async def Enroll(self, request, context):
         try:  # the whole request is checked before a use of the token is spent
@@ -116,13 +141,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         dev = await auth.require_device(context, request.device_id)
         device_id = dev["device_id"]
         wake = asyncio.Event()
-        waker = _LoopWaker(asyncio.get_running_loop(), wake)
+        if self.bell is None:
+            self.bell = _Bell(asyncio.get_running_loop())
+        waker = _LoopWaker(self.bell, wake)
         self.store.subscribe(device_id, waker)   # a change (or the device's deletion) wakes this stream
         try:
             seen, ticks = -1, 0
             while True:
                 wake.clear()
-                cur = await self.offload(self.store.desired, device_id)
+                cur = await self.reads.submit(device_id)
                 if cur is None:
                     return          # the device was deleted
                 if cur.revision != seen:

@@ -322,10 +322,17 @@ class Store:
         return refs
 
     def desired(self, device_id: str) -> DesiredState | None:
-        rows = list(self.db.query("select desired_name, desired_version, desired_rev from devices where device_id = ?",
-                                  [device_id]))
-        d = rows[0] if rows else None
-        return DesiredState(d["desired_name"], d["desired_version"], d["desired_rev"]) if d else None
+        return self.desired_many([device_id])[0]
+
+    def desired_many(self, device_ids: list[str]) -> list[DesiredState | None]:
+        """desired() of each device, in order, 500 a query (a rollout wakes thousands of watches at once)."""
+        found: dict[str, DesiredState] = {}
+        for i in range(0, len(device_ids), 500):
+            chunk = device_ids[i:i + 500]
+            for d in self.db.query("select device_id, desired_name, desired_version, desired_rev from devices "
+                                   f"where device_id in ({','.join('?' * len(chunk))})", chunk):
+                found[d["device_id"]] = DesiredState(d["desired_name"], d["desired_version"], d["desired_rev"])
+        return [found.get(d) for d in device_ids]
 
     def _wake(self, device_ids: list[str] | None) -> None:
         """Wakes the watch streams of these devices (None: of every device) and the threads waiting for a

@@ -74,3 +74,22 @@ def test_reports_that_arrive_while_the_store_is_busy_are_written_together(cp):
     for d in devices:
         d.raw.close()
 
+
+
+def test_a_batched_read_gives_each_caller_its_own_result(cp):
+    async def scenario():
+        calls = []
+
+        async def read(items):
+            calls.append(items)
+            return [i * 10 for i in items]
+
+        gc = GroupCommit(read)
+        assert await asyncio.gather(*(gc.submit(i) for i in range(5))) == [0, 10, 20, 30, 40]
+        assert calls == [[0, 1, 2, 3, 4]]
+
+    asyncio.run(scenario())
+    a, _ = cp.store.add_device("a", {}, "1")
+    cp.store.set_desired("m", "v2", [a])
+    got = cp.store.desired_many([a, "dev_gone", a])
+    assert got[0] == got[2] and (got[0].name, got[0].version) == ("m", "v2") and got[1] is None
