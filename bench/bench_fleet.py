@@ -494,8 +494,11 @@ async def run(args) -> dict:
     extra = ["--max-streams", str(streams), "--streams-per-peer", str(streams)]   # all of them on one replica)
     if args.max_workers:
         extra += ["--max-workers", str(args.max_workers)]
+    if args.gc_freeze is not None:
+        extra += ["--gc-freeze", str(args.gc_freeze)]
     reps = Replicas(work, args.replicas, args.state, extra)
-    out: dict = {"agents": args.agents, "max_workers": args.max_workers or "default", "max_streams": streams}
+    out: dict = {"agents": args.agents, "max_workers": args.max_workers or "default", "max_streams": streams,
+                 "gc_freeze": "default" if args.gc_freeze is None else args.gc_freeze}
     if args.replicas > 1 or args.state != "sqlite":
         out.update(replicas=args.replicas, state=args.state, workers=max(1, args.workers))
     probes: list[HealthProbe] = []
@@ -638,6 +641,8 @@ def main() -> None:
                     help="sqlite: the data folder's file; postgresql: a throwaway server this bench starts")
     ap.add_argument("--kill-leader-after", type=float, default=None,
                     help="SIGKILL the replica holding the leader lease this many seconds after CreateRollout")
+    ap.add_argument("--gc-freeze", type=float, default=None,
+                    help="the control plane's --gc-freeze (default: its own; 0: collector policy off)")
     ap.add_argument("--workers", type=int, default=1, help="processes the simulated agents are spread over")
     args = ap.parse_args()
     if args.replicas < 1 or (args.replicas > 1 and args.state != "postgresql"):

@@ -35,7 +35,9 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
                                              "(default: DATA_DIR/control_plane.db)"),
           blobs: str = typer.Option("", help="blob store: a folder or s3://BUCKET/PREFIX (default: DATA_DIR/blobs)"),
           s3_endpoint: str = typer.Option("", help="URL of the S3-compatible store for --blobs s3://... "
-                                                   "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")):
+                                                   "(credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"),
+          gc_freeze: float = typer.Option(1.0, help="seconds between moving long-lived objects out of the garbage "
+                                                    "collector's scans (0: off; docs/ARCHITECTURE.md)")):
     """Serve the fleet, artifact, telemetry and admin APIs over gRPC (and the dashboard with --http)."""
     import datetime as dt
 
@@ -51,7 +53,7 @@ def serve(data_dir: pathlib.Path = typer.Option(..., help="folder for the databa
                                          insecure_loopback_dev=insecure_loopback_dev, max_workers=max_workers,
                                          max_streams=max_streams, streams_per_peer=streams_per_peer,
                                          pipeline_jobs=pipeline_jobs, allow_keyless_enrollment=allow_keyless_enrollment,
-                                         state=state, blobs=blobs, s3_endpoint=s3_endpoint,
+                                         state=state, blobs=blobs, s3_endpoint=s3_endpoint, gc_freeze_s=gc_freeze,
                                          refresh_s=resign_interval if resign_interval >= 0
                                          else min(5.0, max(0.2, timestamp_expiry / 4))))
     except (ConfigError, StorageUnavailable) as e:

@@ -1,12 +1,16 @@
 """Prometheus text for the control plane's own /metrics: ingest counters kept in-process, whether this replica
 holds the leader lease, fleet and telemetry-store gauges read from the store when scraped, and each version's
-drift signals as the telemetry job's last drift check left them (control_plane/drift_monitor.py)."""
+drift signals as the telemetry job's last drift check left them (control_plane/drift_monitor.py), and what the
+garbage-collector policy did (control_plane/gc_policy.py)."""
 from __future__ import annotations
 
+import gc
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from control_plane import drift_monitor
+from control_plane.gc_policy import GcPolicy
 from control_plane.store import Store
 
 
@@ -45,8 +49,24 @@ class _StoreCollector:
         yield from (value, limit, over)
 
 
+class _GcCollector:
+    def __init__(self, policy: GcPolicy):
+        self.policy = policy
+
+    def collect(self):
+        frozen = GaugeMetricFamily("slmops_cp_gc_frozen_objects", "objects the collector's scans skip (frozen)")
+        frozen.add_metric([], gc.get_freeze_count())
+        yield frozen
+        full = CounterMetricFamily("slmops_cp_gc_full_collections", "full collections made by the policy")
+        full.add_metric([], self.policy.full_collections)
+        yield full
+        pause = GaugeMetricFamily("slmops_cp_gc_full_pause_seconds", "how long the last full collection took")
+        pause.add_metric([], self.policy.last_full_pause_s)
+        yield pause
+
+
 class ControlPlaneMetrics:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, gc_policy: GcPolicy | None = None):
         self.registry = CollectorRegistry()
         self.batches = Counter("slmops_cp_telemetry_batches", "telemetry batches received", ["result"],
                                registry=self.registry)
@@ -56,6 +76,8 @@ class ControlPlaneMetrics:
                                         registry=self.registry,
                                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
         self.registry.register(_StoreCollector(store))
+        if gc_policy is not None:
+            self.registry.register(_GcCollector(gc_policy))
 
     def count_upload(self, accepted: int, duplicates: int, rejected: int, clamped: int) -> None:
         self.batches.labels("stored").inc()

@@ -26,6 +26,7 @@ from control_plane import identity, tls
 from control_plane.auth import AuditInterceptor, DeviceAuth
 from control_plane.blobs import BlobConfig, open_blobs
 from control_plane.limits import StreamGate, StreamLimitInterceptor, StreamLimits
+from control_plane.gc_policy import GcPolicy
 from control_plane.offload import Offload
 from control_plane.registry import Registry
 from control_plane.rollout_driver import RolloutDriver
@@ -78,6 +79,8 @@ class ControlPlaneConfig:
     state: str = ""
     blobs: str = ""
     s3_endpoint: str = ""          # the S3-compatible store's URL (SeaweedFS, Garage, ...); "" = AWS's default
+    gc_freeze_s: float = 1.0       # long-lived objects frozen out of the collector's scans this often; 0 = off
+    gc_full_s: float = 600.0       # one full collection (frozen objects too) this often (control_plane/gc_policy.py)
 
     def __post_init__(self) -> None:
         self.state_config()
@@ -91,6 +94,9 @@ class ControlPlaneConfig:
         if self.max_streams < 1 or not 0 <= self.streams_per_peer <= self.max_streams:
             raise ConfigError(f"max_streams ({self.max_streams}) must be positive and streams_per_peer "
                               f"({self.streams_per_peer}) between 0 (3/4 of max_streams) and max_streams")
+        if self.gc_freeze_s < 0 or self.gc_full_s <= 0:
+            raise ConfigError(f"gc_freeze_s ({self.gc_freeze_s}) must be 0 (off) or positive and gc_full_s "
+                              f"({self.gc_full_s}) positive")
         if self.max_pending_calls < 0:
             raise ConfigError(f"max_pending_calls ({self.max_pending_calls}) must be 0 (max_streams) or positive")
         if min(self.keepalive_s, self.keepalive_timeout_s, self.idle_connection_s) <= 0 or \
@@ -142,7 +148,8 @@ class ControlPlane:
         self.rollout_driver = RolloutDriver(self.store, cfg.rollout_interval_s)
         from control_plane.cp_metrics import ControlPlaneMetrics
         self.views = TelemetryViews(self.store)
-        self.metrics = ControlPlaneMetrics(self.store)
+        self.gc_policy = GcPolicy(cfg.gc_freeze_s, cfg.gc_full_s)
+        self.metrics = ControlPlaneMetrics(self.store, self.gc_policy)
         self.telemetry_job = TelemetryJob(self.views, cfg.rollup_interval_s)
         self.http = None
         from control_plane.pipelines.manager import ManagerConfig, PipelineManager
@@ -228,6 +235,7 @@ class ControlPlane:
         for name in ("", *SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._liveness_task = asyncio.get_running_loop().create_task(self.liveness.run())
+        self._gc_task = asyncio.get_running_loop().create_task(self.gc_policy.run())
         self.server, self.port = server, port
 
     def _refresh_loop(self) -> None:
@@ -259,6 +267,7 @@ class ControlPlane:
     async def _stop_server(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         self._liveness_task.cancel()
+        self._gc_task.cancel()
         await self.server.stop(grace)
         # Streams still open (watches) end here, cancelled and awaited, rather than being destroyed mid-await
         # when the loop closes (which logged "aclose(): asynchronous generator is already running" tracebacks).
