@@ -53,6 +53,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from control_plane.admin_client import AdminClient, AdminError, wait_healthy
+from control_plane.gc_policy import GcPolicy
 from control_plane.procs import free_port, start_control_plane
 from edge_agent.control_client import RETRYABLE, Backoff
 from edge_agent.device_identity import sign_call
@@ -251,6 +252,7 @@ def _worker(conn, ids: range, addresses: list[str], ca_pem: bytes, report_retrie
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     async def serve():
+        gc_task = asyncio.create_task(GcPolicy().run())   # as in run(): no collector stalls in the simulated agents
         swarm = Swarm(ids, addresses, ca_pem, report_retries)
         loop = asyncio.get_running_loop()
         while True:
@@ -258,6 +260,7 @@ def _worker(conn, ids: range, addresses: list[str], ca_pem: bytes, report_retrie
             result = await getattr(swarm, cmd)(*a)
             conn.send(result)
             if cmd == "close":
+                gc_task.cancel()
                 return
 
     asyncio.run(serve())
@@ -496,6 +499,9 @@ async def run(args) -> dict:
         extra += ["--max-workers", str(args.max_workers)]
     if args.gc_freeze is not None:
         extra += ["--gc-freeze", str(args.gc_freeze)]
+    # The simulated agents' own full collections stopped this process (and the health probe's thread in it) for
+    # up to 1 s at 10,000 agents: the control plane's policy (control_plane/gc_policy.py) is applied here too.
+    gc_task = asyncio.create_task(GcPolicy().run())
     reps = Replicas(work, args.replicas, args.state, extra)
     out: dict = {"agents": args.agents, "max_workers": args.max_workers or "default", "max_streams": streams,
                  "gc_freeze": "default" if args.gc_freeze is None else args.gc_freeze}
@@ -620,6 +626,7 @@ async def run(args) -> dict:
         for s in swarms:
             await s.close()
         out["log_tail"] = reps.stop()
+        gc_task.cancel()
     return out
 
 
