@@ -161,6 +161,11 @@ class SimAgent:
                     self.failover(channel, e)
                 except _ReportFailed:
                     return
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling() or channel is self.channel:
+                        raise                  # the bench is over
+                    # a report failed over and closed this stream's channel (grpc.aio cancels its calls): the
+                    # real agent's sync channel ends the stream with CANCELLED, and it re-attaches; so does this
                 self.streaming = False
                 await asyncio.sleep(backoff.next())
         except asyncio.CancelledError:
