@@ -10,7 +10,11 @@ from slmops.errors import ArtifactInvalid
 
 @pytest.fixture
 def store(state_url):
-    return Store(state_url)
+    """A Store on SQLite, then on PostgreSQL. A watch (wait_for_change) starts its PostgreSQL listener: stopped
+    here, or its thread outlives the test and retries the session's server after it has stopped."""
+    s = Store(state_url)
+    yield s
+    s.stop_listening()
 
 
 def test_enroll_token_uses_and_expiry(store):
