@@ -148,7 +148,7 @@ class SimAgent:
             while True:
                 channel = self.channel
                 try:
-                    await self._watch_once()
+                    await self._watch_once(backoff)
                     if len(self.addresses) == 1:
                         self.error = "watch ended by the server"
                         self.say(self.error)
@@ -173,12 +173,13 @@ class SimAgent:
         finally:
             self.streaming = False
 
-    async def _watch_once(self) -> None:
+    async def _watch_once(self, backoff: Backoff) -> None:
         req = fleet_pb2.WatchRequest(device_id=self.device_id)
         call = self.stub.WatchDesiredState(req, metadata=signed_md(self.key, self.token, "WatchDesiredState", req))
         self.attaches += 1
         async for d in call:
             self.streaming = True
+            backoff.reset()                # as the real agent: a delivery resets its reconnect backoff
             ref = (d.model.name, d.model.version)
             self.told.setdefault(ref[1], time.monotonic())
             if not self.told_seq or self.told_seq[-1][0] != ref[1]:

@@ -25,8 +25,8 @@ from grpc_health.v1.health import aio as health_aio
 from control_plane import identity, tls
 from control_plane.auth import AuditInterceptor, DeviceAuth
 from control_plane.blobs import BlobConfig, open_blobs
-from control_plane.limits import StreamGate, StreamLimitInterceptor, StreamLimits
 from control_plane.gc_policy import GcPolicy
+from control_plane.limits import StreamGate, StreamLimitInterceptor, StreamLimits
 from control_plane.offload import Offload
 from control_plane.registry import Registry
 from control_plane.rollout_driver import RolloutDriver

@@ -282,7 +282,8 @@ class Store:
                 device_ids = [d["device_id"] for d in self.devices() if not d.get("pin_name")]
             n = 0
             # one transaction and one statement per 500 devices: a rollout to thousands of devices holds the
-            # lock for milliseconds, not seconds; in device id order, as report_many and touch_many lock rows
+            # lock for milliseconds, not seconds. Sorted first, so the chunks lock ascending id ranges, as
+            # report_many and touch_many lock rows (within one chunk the order is PostgreSQL's plan's)
             device_ids = sorted(device_ids)
             with self.transaction():
                 for i in range(0, len(device_ids), 500):
