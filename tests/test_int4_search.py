@@ -115,12 +115,15 @@ def test_each_recipe_exports_a_model_that_loads_and_decodes(tiny_hf, tmp_path, n
             "rtn_mixed": "lm_head.MatMul.weight_Q8", "k_quant_mixed": "lm_head.MatMul.weight_Q8G32",
             "hqq": "lm_head.MatMul.weight_Q4", "hqq_mixed": "lm_head.MatMul.weight_Q8"}[name]
     assert head in inits   # the head at the bit width the recipe asks for
-    if name == "hqq":   # HQQ's zero points are float, one per block, and the fast CPU kernel is asked for
-        zp = next(i for i in g.initializer if i.name == "lm_head.MatMul.weight_zero_points")
-        assert zp.data_type == onnx.TensorProto.FLOAT
-        assert all(a.i == 4 for n in g.node if n.op_type == "MatMulNBits" for a in n.attribute
-                   if a.name == "accuracy_level")
-        assert not [n for n in g.node if n.op_type == "MatMul"]   # every MatMul quantized
+    if name.startswith("hqq"):   # HQQ's float zero points became uint8 0 + a min term (training/min_term.py),
+        by_name = {i.name: i for i in g.initializer}   # and the fast CPU kernel is asked for
+        nbits = [n for n in g.node if n.op_type == "MatMulNBits"]
+        assert nbits and all(by_name[n.input[3]].data_type == onnx.TensorProto.UINT8 for n in nbits if len(n.input) > 3)
+        assert all(a.i == 4 for n in nbits for a in n.attribute if a.name == "accuracy_level")
+        four = [n for n in nbits if {a.name: a.i for a in n.attribute}["bits"] == 4]
+        mins = [n for n in g.node if n.op_type == "MatMul" and n.name.endswith("Min")]
+        assert four and len(mins) == len(four)   # one min term per 4-bit MatMul
+        assert all(n.name.endswith("Min") for n in g.node if n.op_type == "MatMul")   # every MatMul quantized
     assert ("GatherBlockQuantized" in {n.op_type for n in g.node}) == (name == "rtn_mixed")   # int4 embedding
     model = og.Model(str(d))
     gp = og.GeneratorParams(model)

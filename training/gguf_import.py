@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.export import ExportError, ExportOptions
+from training.min_term import MinTerms
 from training.model_sources import GGUF_SOURCE   # the record gguf_to_hf writes next to the weights
 
 BLOCK = 32
@@ -305,29 +306,11 @@ def rewrite(folder: pathlib.Path, src: Source, options: ExportOptions, log=print
                                 is not None else node.name, domain="com.microsoft", K=k, N=n, bits=bits,
                                 block_size=BLOCK, accuracy_level=acc)]
         if mins is not None:   # + (sum of x over each 32-block) @ m
-            out += [*block_sums(node.input[0], k),
-                    helper.make_node("MatMul", [sums[node.input[0]], f"{base}.gguf_mins"], [f"{node.name}Min/output_0"],
-                                     name=f"{node.name}Min"),
-                    helper.make_node("Add", [y[0], f"{node.name}Min/output_0"], list(node.output),
-                                     name=f"{node.name}Add")]
-            new_inits.append(numpy_helper.from_array(mins, f"{base}.gguf_mins"))
+            out += terms.nodes(node.name, node.input[0], k, y[0], mins, node.output[0])
         counts[f"MatMulNBits{bits}"] += 1
         return out, (base, bits, packed.shape)
 
-    sums: dict[str, str] = {}
-
-    def block_sums(x: str, k: int) -> list:
-        """Nodes for x [batch, seq, k] -> [batch, seq, k / 32] (sums over each block), once per input."""
-        if x in sums:
-            return []
-        name = f"/gguf_import/block_sums_{len(sums)}"
-        sums[x] = f"{name}/ReduceSum/output_0"
-        shape, axes = f"{name}/shape", f"{name}/axes"
-        new_inits.extend([numpy_helper.from_array(np.array([0, 0, k // BLOCK, BLOCK], np.int64), shape),
-                          numpy_helper.from_array(np.array([-1], np.int64), axes)])
-        return [helper.make_node("Reshape", [x, shape], [f"{name}/Reshape/output_0"], name=f"{name}/Reshape"),
-                helper.make_node("ReduceSum", [f"{name}/Reshape/output_0", axes], [sums[x]], name=f"{name}/ReduceSum",
-                                 keepdims=0)]
+    terms = MinTerms(BLOCK, "/gguf_import")
 
     nodes = []
     for node in g.node:
@@ -399,7 +382,7 @@ def rewrite(folder: pathlib.Path, src: Source, options: ExportOptions, log=print
     g.node.extend(out_nodes)
     kept = [i for i in g.initializer if i.name not in drop]
     del g.initializer[:]
-    g.initializer.extend(kept + new_inits)
+    g.initializer.extend(kept + new_inits + terms.initializers)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     (folder / "model.onnx").unlink()
