@@ -252,3 +252,24 @@ def test_the_export_stage_rechecks_its_recipes_against_the_trained_model_before_
                                                  rf"\(for {tied}, which ties its embedding and head\)"):
         stages.export(cfg, {"model_dir": str(tied)}, tmp_path / "export", print, "")
     assert not (tmp_path / "export").exists()
+
+
+def test_a_recipe_the_trained_model_rules_out_is_skipped_not_built_and_the_gate_says_why(tiny_hf, tmp_path):
+    # gguf_exact needs a folder gguf_to_hf made whose weights are still the GGUF's; a trained model is neither
+    d = {"name": "exact", "stages": [
+        {"train": {"recipe": "training/recipes/lora_tiny.yaml"}},
+        {"export": {"recipes": ["gguf_exact", "int8"]}},
+        {"gate": {"max_examples": 2, "thresholds": {"max_new_tokens": 4}}}]}
+    p = parse(d, ROOT)
+    assert p.stages[2].config["order"] == ["gguf_exact", "int8", "fp32"]
+    lines = []
+    out, m = stages.export(p.stages[1].config, {"model_dir": str(tiny_hf)}, tmp_path / "export", lines.append, "")
+    assert set(out["variants"]) == {"fp32", "int8"} and "gguf_exact" not in m["bytes"]
+    assert "gguf_source.json" in out["skipped"]["gguf_exact"] and not (tmp_path / "export" / "gguf_exact").exists()
+    assert any(line.startswith("export: gguf_exact skipped: gguf_exact needs a GGUF source") for line in lines)
+    got, gm = stages.gate(p.stages[2].config, out, tmp_path / "gate", print, "")
+    exact, int8 = gm["tried"]
+    assert (exact["verdict"], exact["reasons"], exact["metrics"]) == ("skipped", [out["skipped"]["gguf_exact"]], None)
+    assert int8["recipe"] == "int8" and int8["passed"] and got["recipe"] == "int8"
+    report = json.loads((tmp_path / "gate" / "gate_report.json").read_text())
+    assert "skipped: int4 (gguf_exact)" in report["why"], report["why"]

@@ -140,7 +140,9 @@ def export(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> t
     gate's reference, among them) for the target; for a cuda/dml target also a CPU twin of each the CPU runs (same
     weights and quantization, CPU graph): the gate measures those, as quality_gate.select_precision does, since
     the gate runs on the CPU. Every recipe's options are made, and one the builder cannot honour for this model
-    (its tied embedding and head) refused, before anything is built."""
+    (its tied embedding and head) refused, before anything is built. A recipe the trained model rules out
+    (gguf_exact: trained weights are off the GGUF's grid, quant_recipes.unavailable) is not built; outputs
+    `skipped` names it with the reason and the gate records it as skipped."""
     from training import quant_recipes
     from training.export import RUNNABLE, ExportError, ExportOptions, dir_size, export_onnx
 
@@ -152,14 +154,21 @@ def export(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> t
     except ExportError as e:
         raise StageFailed(f"{e} (for {model_dir}, which {'ties' if tied else 'does not tie'} its embedding and "
                           f"head)") from e
+    skipped = quant_recipes.unavailable(model_dir, tuple(options))
+    for name, why in skipped.items():
+        log(f"export: {name} skipped: {why}")
     variants, twins, sizes = {}, {}, {}
     for name, opts in options.items():
+        if name in skipped:
+            continue
         variants[name] = str(export_onnx(model_dir, out / name, opts, log=log))
         sizes[name] = dir_size(pathlib.Path(variants[name]))
         if ep != "cpu" and opts.precision in RUNNABLE["cpu"]:
             twin = ExportOptions(**{**opts.__dict__, "execution_provider": "cpu"})
             twins[name] = str(export_onnx(model_dir, out / f"{name}-cpu-twin", twin, log=log))
     outputs = {"variants": variants, "execution_provider": ep}
+    if skipped:   # absent otherwise, so the outputs of stages that skipped nothing stay as they were
+        outputs["skipped"] = skipped
     if ep != "cpu":
         outputs["cpu_twins"] = twins
         log(f"export: CPU twins for the gate: {', '.join(twins) or 'none'}")
@@ -193,7 +202,7 @@ def gate(cfg: dict, inputs: dict, out: pathlib.Path, log, cache_dir: str) -> tup
     order = tuple(quant_recipes.named(n) for n in cfg["order"])
     found = qg.search(order, measured["fp32"], examples, t, lambda r: measured[r.name],
                       {n: read_export_info(d)["builder_options"] for n, d in variants.items()}, log=log,
-                      evaluated_on=evaluated_on)
+                      evaluated_on=evaluated_on, skip=inputs.get("skipped"))
     for attempt in found.tried:
         attempt["evaluated"] = str(measured[attempt["recipe"]]) if attempt["recipe"] in measured else None
     if found.chosen is None:
