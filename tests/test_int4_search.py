@@ -124,7 +124,8 @@ def test_each_recipe_exports_a_model_that_loads_and_decodes(tiny_hf, tmp_path, n
         mins = [n for n in g.node if n.op_type == "MatMul" and n.name.endswith("Min")]
         assert four and len(mins) == len(four)   # one min term per 4-bit MatMul
         assert all(n.name.endswith("Min") for n in g.node if n.op_type == "MatMul")   # every MatMul quantized
-    assert ("GatherBlockQuantized" in {n.op_type for n in g.node}) == (name == "rtn_mixed")   # int4 embedding
+    # a quantized embedding: rtn_mixed's int4 (the builder), the hqq ones' 8-bit blocks (training/q8_embedding.py)
+    assert ("GatherBlockQuantized" in {n.op_type for n in g.node}) == (name in ("rtn_mixed", "hqq", "hqq_mixed"))
     model = og.Model(str(d))
     gp = og.GeneratorParams(model)
     gp.set_search_options(max_length=12, do_sample=False)

@@ -118,7 +118,8 @@ class ExportOptions:
                "builder_options": [o for o in self.builder_options() if not o.startswith("adapter_path=")]}
         if self.hqq:
             out["builder_options"].append(f"then MatMulNBitsQuantizer HQQ 4 bit, block {self.int4_block_size}"
-                                          + (", head and mixed layers RTN int8" if self.int4_algo == "hqq_mixed" else ""))
+                                          + (", head and mixed layers RTN int8" if self.int4_algo == "hqq_mixed" else "")
+                                          + "; embedding GatherBlockQuantized 8 bit (training/q8_embedding.py)")
         if self.gguf_exact:
             out["builder_options"].append(
                 f"then the source GGUF's blocks: Q4_1 -> MatMulNBits 4 bit block 32 (accuracy level "
@@ -188,7 +189,7 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
             builder.create_model(None, str(model_dir), str(staging), options.builder_precision,
                                  options.execution_provider, str(cache), **kv)
             if options.hqq:
-                _hqq(staging, options)
+                _hqq(staging, options, log)
         if gguf is not None:
             gguf_import.rewrite(staging, gguf, options, log=log)
         (staging / EXPORT_INFO).write_text(json.dumps(
@@ -223,12 +224,13 @@ def mixed_layer_matmuls(names: list[str]) -> set[str]:
         and any(f"/{k}/" in m for k in ("q_proj", "k_proj", "qkv_proj", "v_proj", "down_proj")))}
 
 
-def _hqq(folder: pathlib.Path, options: ExportOptions) -> None:
+def _hqq(folder: pathlib.Path, options: ExportOptions, log=print) -> None:
     """Quantizes every MatMul of folder/model.onnx (an fp32 build) to 4 bits with HQQ, in place; for hqq_mixed
     the head and the mixed layers go to int8 RTN instead; the nodes in nodes_to_exclude (LoRA slots) stay float.
     MatMulNBits gets the options' accuracy level (4: int8 activations, the fast CPU kernel), which HQQ's quantizer
     leaves at 0; HQQ's float zero points z become uint8 zero points 0 plus an fp32 min term -z*s
-    (training/min_term.py), which onnxruntime runs ~40x faster per MatMul."""
+    (training/min_term.py), which onnxruntime runs ~40x faster per MatMul. The float embedding becomes 8-bit
+    blocks first (training/q8_embedding.py): for hqq_mixed of a tied model one copy with the 8-bit head."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -236,8 +238,12 @@ def _hqq(folder: pathlib.Path, options: ExportOptions) -> None:
         MatMulNBitsQuantizer,
     )
 
+    from training.q8_embedding import quantize_embedding
+
     model = onnx.load(str(folder / "model.onnx"))
     keep = set(options.nodes_to_exclude)
+    quantize_embedding(model, options.int4_algo == "hqq_mixed" and "/lm_head/MatMul" not in keep,
+                       options.int8_accuracy_level, log)
     eight = set()
     if options.int4_algo == "hqq_mixed":
         eight = mixed_layer_matmuls([n.name for n in model.graph.node if n.op_type == "MatMul"]) - keep

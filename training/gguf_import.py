@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.export import ExportError, ExportOptions
+from training import q8_embedding
 from training.min_term import MinTerms
 from training.model_sources import GGUF_SOURCE   # the record gguf_to_hf writes next to the weights
 
@@ -345,26 +346,16 @@ def rewrite(folder: pathlib.Path, src: Source, options: ExportOptions, log=print
     extra_nodes = []
     if src.tied and head is not None and head[1] == 8:   # read the head's codes and scales: one copy of the table
         base = head[0]
-        shapes = {"q": [vocab, nb * BLOCK], "s": [vocab, nb]}
-        new_inits.extend([numpy_helper.from_array(np.array(shapes["q"], np.int64), f"{base}.gguf_shape_q"),
-                          numpy_helper.from_array(np.array(shapes["s"], np.int64), f"{base}.gguf_shape_s")])
-        ins = []
-        for src_name, shape in ((f"{base}.gguf_q8", "q"), (f"{base}.gguf_scales", "s"),
-                                (f"{base}.gguf_zero_points", "s")):
-            out = f"/model/embed_tokens/{src_name.rsplit('.', 1)[1]}/Reshape/output_0"
-            extra_nodes.append(helper.make_node("Reshape", [src_name, f"{base}.gguf_shape_{shape}"], [out],
-                                                name=f"/model/embed_tokens/{src_name.rsplit('.', 1)[1]}/Reshape"))
-            ins.append(out)
-        data, scales, zp = ins
+        extra_nodes, shapes, (data, scales, zp) = q8_embedding.from_head(
+            f"{base}.gguf_q8", f"{base}.gguf_scales", f"{base}.gguf_zero_points", vocab, nb * BLOCK)
+        new_inits.extend(shapes)
     else:
         data, scales, zp = "model.embed_tokens.gguf_q8", "model.embed_tokens.gguf_scales", "model.embed_tokens.gguf_zp"
         new_inits.extend([
             numpy_helper.from_array((table.codes.astype(np.int16) + 128).astype(np.uint8).reshape(vocab, -1), data),
             numpy_helper.from_array(table.d.astype(np.float32), scales),
             numpy_helper.from_array(np.full((vocab, nb), 128, np.uint8), zp)])
-    gbq = helper.make_node("GatherBlockQuantized", [data, gather.input[1], scales, zp], list(gather.output),
-                           name="/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft",
-                           bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=1)
+    gbq = q8_embedding.node(data, gather.input[1], scales, zp, gather.output[0])
     counts["GatherBlockQuantized8"] += 1
     out_nodes = []
     for n in nodes:

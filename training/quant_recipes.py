@@ -14,9 +14,10 @@ GGUF's own blocks over instead, passed at 120 MB (22%) and comes first, for a fo
     k_quant_mixed  k-quant body, head and the sensitive layers int8; the embedding stays float (the builder's
                    k-quant path does not quantize Gather), not shared                                   (~230 MB)
     hqq            HQQ 4-bit MatMuls, head too (onnxruntime's MatMulNBitsQuantizer over an fp32 build, no
-                   calibration data); embedding float, not shared; minutes of torch work on a 135M model
-                   on 2 cores                                                                           (~220 MB)
-    hqq_mixed      HQQ 4-bit body; head and the sensitive layers int8 RTN; embedding float             (~240 MB)
+                   calibration data); embedding 8-bit blocks of its own (training/q8_embedding.py);
+                   minutes of torch work on a 135M model on 2 cores                                     (~140 MB?)
+    hqq_mixed      HQQ 4-bit body; head and the sensitive layers int8 RTN; a tied embedding is one copy
+                   with the 8-bit head (training/q8_embedding.py), an untied one 8-bit blocks          (~127 MB?)
     gguf_exact     the source GGUF's own blocks, not re-quantized (training/gguf_import.py): Q4_1 codes and
                    scales in MatMulNBits plus the mins as an fp32 block-sum MatMul, the Q8_0 embedding/tied
                    head 8-bit; only for a folder gguf_to_hf made whose weights are still the GGUF's        (~120 MB)
@@ -69,9 +70,9 @@ RECIPES = {r.name: r for r in (
     Recipe("k_quant_mixed", "int4", "k_quant_mixed", {"shared_embeddings": "false"},
            "k-quant body; head and sensitive layers int8; embedding float, not shared"),
     Recipe("hqq", "int4", "hqq", {}, "HQQ 4-bit MatMuls, head too (onnxruntime's MatMulNBitsQuantizer on an "
-           "fp32 build); embedding float, not shared"),
+           "fp32 build); embedding 8-bit blocks, not shared"),
     Recipe("hqq_mixed", "int4", "hqq_mixed", {}, "HQQ 4-bit body; head and sensitive layers int8 RTN; embedding "
-           "float, not shared"),
+           "8-bit blocks, one copy with a tied head"),
     Recipe("gguf_exact", "int4", "gguf_exact", {}, "the source GGUF's own blocks, not re-quantized: Q4_1 body as "
            "4-bit MatMulNBits (its codes and scales) plus its mins as an fp32 MatMul of 32-block sums; Q8_0 "
            "embedding and tied head 8-bit (GatherBlockQuantized / MatMulNBits); only for a folder made from a GGUF "
