@@ -18,12 +18,14 @@ import os
 import pathlib
 import shutil
 import sys
-import time
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import greedy_decode_rate
 
 from training.export import ExportOptions, export_onnx
 from training.quant_recipes import named, ties_embeddings
@@ -112,21 +114,6 @@ def prompt_logits(model, ids) -> np.ndarray:
     return np.array(gen.get_logits())
 
 
-def decode_rate(model, ids, tokens: int) -> float:
-    import onnxruntime_genai as og
-
-    gp = og.GeneratorParams(model)
-    gp.set_search_options(max_length=len(ids) + tokens, min_length=len(ids) + tokens, do_sample=False)
-    gen = og.Generator(model, gp)
-    gen.append_tokens(ids)
-    gen.generate_next_token()
-    t0, n = time.perf_counter(), 0
-    while not gen.is_done():
-        gen.generate_next_token()
-        n += 1
-    return n / (time.perf_counter() - t0)
-
-
 def main() -> None:
     import onnxruntime_genai as og
 
@@ -159,12 +146,12 @@ def main() -> None:
     ref = prompt_logits(models["as_built"], ids)
     diff = {n: float(np.abs(prompt_logits(models[n], ids) - ref).max()) for n in EXACT}
     for n, m in models.items():
-        decode_rate(m, ids, 16)   # warm-up
+        greedy_decode_rate(m, ids, 16)   # warm-up
     load0 = os.getloadavg()
     names, rates = list(models), {n: [] for n in models}
     for r in range(args.runs):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            rates[n].append(decode_rate(models[n], ids, args.tokens))
+            rates[n].append(greedy_decode_rate(models[n], ids, args.tokens))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     print(f"load {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}; {args.runs} rounds of {args.tokens} greedy tokens\n")
     print("| variant | decode tok/s (median) | vs as_built, round by round (median) | max logit diff vs as_built |\n"

@@ -4,9 +4,8 @@ either way GatherBlockQuantized gives back exactly the dequantized blocks, and t
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from tests.test_gguf_import import _gguf_blocks, write_tiny_gguf
+from tests.test_gguf_import import _gguf_blocks, gguf_hf, tiny_gguf  # noqa: F401 (fixtures: a tied tiny GGUF)
 from training.export import ExportOptions, dir_size, export_onnx
 from training.q8_embedding import q8_blocks
 from training.quant_recipes import RECIPES
@@ -68,19 +67,8 @@ def _decodes(d):
     return True
 
 
-@pytest.fixture(scope="module")
-def tied_hf(tmp_path_factory):
-    from training.model_sources import gguf_to_hf
-    from training.tiny import CHATML, ChatFormat, support_chats, train_tokenizer
-
-    root = tmp_path_factory.mktemp("q8")
-    fmt = ChatFormat.from_dict(CHATML)
-    train_tokenizer([fmt.render(c, add_generation_prompt=False) for c in support_chats()], 512, root / "tok")
-    return gguf_to_hf(write_tiny_gguf(root / "tiny.gguf", root / "tok"), root / "hf")   # ties embedding and head
-
-
-def test_a_tied_embedding_reads_the_8_bit_heads_codes_and_keeps_no_table_of_its_own(tied_hf, tmp_path):
-    d = export_onnx(tied_hf, tmp_path / "hqq_mixed", RECIPES["hqq_mixed"].options(ExportOptions("fp32"), True),
+def test_a_tied_embedding_reads_the_8_bit_heads_codes_and_keeps_no_table_of_its_own(gguf_hf, tiny_gguf, tmp_path):  # noqa: F811
+    d = export_onnx(gguf_hf, tmp_path / "hqq_mixed", RECIPES["hqq_mixed"].options(ExportOptions("fp32"), True),
                     **quiet)
     nodes, inits = _graph(d)
     head, gbq = nodes["/lm_head/MatMul"], nodes["/model/embed_tokens/GatherBlockQuantized"]
@@ -91,7 +79,7 @@ def test_a_tied_embedding_reads_the_8_bit_heads_codes_and_keeps_no_table_of_its_
     assert reads == list(head.input[1:4])   # one copy: the embedding reads the head's codes, scales, zero points
     assert not any(a.dtype == np.float32 and a.size == vocab * k for a in inits.values()), "a float table is left"
     assert not any(n.op_type == "Gather" and "input_ids" in n.input for n in nodes.values())
-    codes, d_, _ = _gguf_blocks(tied_hf.parent / "tiny.gguf", "token_embd.weight")   # the GGUF's Q8_0 table:
+    codes, d_, _ = _gguf_blocks(tiny_gguf, "token_embd.weight")   # the GGUF's Q8_0 table:
     assert np.array_equal(inits[head.input[1]].astype(np.int16) - 128, codes)       # its own codes come back
     assert np.array_equal(inits[head.input[2]], d_.astype(np.float32).reshape(-1))
     ids = [0, 1, 7, vocab - 1]
