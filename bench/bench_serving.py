@@ -421,6 +421,7 @@ def shipped(args) -> None:
                 folders[r] = export_onnx(hf, work / r, named(r).options(ExportOptions("fp32"), ties_embeddings(hf)),
                                          log=lambda m: None)
         folders.update({n: pathlib.Path(d) for n, d in variants.items()})
+        sizes = {n: dir_size(d) / 1e6 for n, d in folders.items()}   # the exports here go with the temp folder
         c = Cluster(work / "cluster")
         try:
             c.start_cp()
@@ -448,7 +449,7 @@ def shipped(args) -> None:
     for n in names:
         d = [x[1] for x in runs[n]]
         ratios = [a / b for a, b in zip(d, lcd)]
-        size = dir_size(folders[n]) / 1e6 if n in folders else None
+        size = sizes.get(n)
         out.append({"engine": n, "decode_tok_s": d, "vs_llama_cpp": ratios, "mb": size})
         print(f"| {'llama-cpp-python, GGUF Q4_1' if n == 'llama.cpp' else 'agent HTTP, ' + n} | "
               f"{'' if size is None else f'{size:.1f}'} | {median(d):.1f} | {', '.join(f'{x:.2f}' for x in ratios)} | "
