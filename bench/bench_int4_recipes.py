@@ -144,7 +144,7 @@ def render(results: dict, meta: dict, args) -> str:
                      f"{r['ppl_vs_fp32']:+.2%} | {r['accuracy']:.0%} | {r['greedy_agreement']:.1%} | {rate} | {r['gate']} |")
     lines += ["", "Recipes (training/quant_recipes.py): "
               + "; ".join(f"`{n}` = {RECIPES[n].about or RECIPES[n].precision}" for n in results if n != "fp32")
-              + f". `slmops export --precision int4` tries {', '.join(DEFAULT_INT4)} (smallest first), then int8, "
+              + f". `slmops export --precision int4` tries {', '.join(DEFAULT_INT4)} (in that order: training/quant_recipes.py says why), then int8, "
               "fp32 on the CPU, and ships the first that passes; every attempt is in gate_report.json.", END]
     return "\n".join(lines)
 

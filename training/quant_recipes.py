@@ -1,12 +1,14 @@
 """Named int4-class quantization recipes and the quality gate's search order over them.
 
 A recipe is a set of ExportOptions overrides on top of the options the user gave (block size, accuracy level,
-LoRA slots...). The gate tries the recipes in the order given, which by default is smallest first as measured
-on SmolLM2-135M (docs/BENCHMARKS.md, "int4 recipes"), then int8, fp16 and fp32; the first that passes ships, so
-with a size-ordered list the shipped variant is the smallest that passes. Of the re-quantizing recipes only
-hqq_mixed passed the default gate there (+0.7% perplexity, 97.6% greedy agreement, 238 MB = 44% of fp32), and it
-is the slowest to build (minutes of torch work on 2 cores), so it comes last. gguf_exact, which carries the
-GGUF's own blocks over instead, passed at 120 MB (22%) and comes first, for a folder made from a GGUF only.
+LoRA slots...). The gate tries the recipes in the order given, then int8, fp16 and fp32; the first that passes
+ships. The default order (DEFAULT_INT4) is by size as measured on SmolLM2-135M (docs/BENCHMARKS.md, "int4
+recipes") with two exceptions, both for build time: gguf_exact (120 MB, lossless: it carries the GGUF's own blocks
+over, for a folder made from a GGUF only) comes before rtn (90 MB, fails the gate there), and hqq_mixed (127 MB
+since its embedding became 8-bit blocks; +1.4% perplexity, passes) stays after rtn_mixed (132 MB, fails there):
+it is tens of seconds of torch work per build on 2 cores where rtn_mixed takes 5, and on the fine-tuned (merged)
+model of the main job it failed badly (+401% perplexity, cause not found), so it would cost the main job time
+without changing what ships.
 
     rtn            builder default: symmetric RTN, block 32; a tied embedding/head is shared at int4  (~90 MB)
     rtn_mixed      RTN body, head and the sensitive layers (llama.cpp's mixed set) int8, embedding int4,
@@ -15,9 +17,9 @@ GGUF's own blocks over instead, passed at 120 MB (22%) and comes first, for a fo
                    k-quant path does not quantize Gather), not shared                                   (~230 MB)
     hqq            HQQ 4-bit MatMuls, head too (onnxruntime's MatMulNBitsQuantizer over an fp32 build, no
                    calibration data); embedding 8-bit blocks of its own (training/q8_embedding.py);
-                   minutes of torch work on a 135M model on 2 cores                                     (~140 MB?)
+                   minutes of torch work on a 135M model on 2 cores                                     (~142 MB)
     hqq_mixed      HQQ 4-bit body; head and the sensitive layers int8 RTN; a tied embedding is one copy
-                   with the 8-bit head (training/q8_embedding.py), an untied one 8-bit blocks          (~127 MB?)
+                   with the 8-bit head (training/q8_embedding.py), an untied one 8-bit blocks          (~127 MB)
     gguf_exact     the source GGUF's own blocks, not re-quantized (training/gguf_import.py): Q4_1 codes and
                    scales in MatMulNBits plus the mins as an fp32 block-sum MatMul, the Q8_0 embedding/tied
                    head 8-bit; only for a folder gguf_to_hf made whose weights are still the GGUF's        (~120 MB)
@@ -83,8 +85,8 @@ RECIPES = {r.name: r for r in (
 # A pipeline's export stage names its builds by these names or by a precision's: `int4` alone is the int4 the
 # stage's own options say (recipe `options`, under the name int4), as `precisions: [int4]` meant before recipes.
 NAMES = ("fp32", "fp16", "int8", "int4", *(n for n, r in RECIPES.items() if r.precision == "int4"))
-# Measured on SmolLM2-135M (docs/BENCHMARKS.md): hqq (220 MB) and k_quant_mixed (230 MB) fail the gate where
-# hqq_mixed (238 MB) passes, so the default search skips them; they stay named recipes for other models.
+# Measured on SmolLM2-135M (docs/BENCHMARKS.md): hqq (142 MB, +12%) and k_quant_mixed (230 MB) fail the gate
+# where hqq_mixed (127 MB) passes, so the default search skips them; they stay named recipes for other models.
 # gguf_exact (120 MB, +3.2% perplexity, 94% greedy agreement) passes there and comes first where the source is
 # the GGUF itself; for any other folder the search records it as skipped (see `plan`).
 DEFAULT_INT4 = ("gguf_exact", "rtn", "rtn_mixed", "hqq_mixed")
