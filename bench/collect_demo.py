@@ -27,15 +27,21 @@ from control_plane.demo import shipped  # noqa: E402
 
 def demo_bundles(workdir: pathlib.Path) -> dict:
     """{stage: bundle} as control_plane/demo.py's export_and_gate made them: the tuned stage is the gated adapter
-    on the base when that passed (onnx-tuned-adapter), else the merged model's export (onnx-tuned)."""
+    on the base when that passed (onnx-tuned-adapter), or on the base with fp32 activations, which then ships for
+    the base stage too (onnx-tuned-adapter-fp32-activations), else the merged model's export (onnx-tuned)."""
     def model(name: str) -> dict:
         d = workdir / f"onnx-{name}"
         return {"kind": "model", "dir": d, "gate": json.loads((d / "gate_report.json").read_text())}
     out = {"base": model("base"), "student": model("student")}
-    adapter = workdir / "onnx-tuned-adapter" / "gate_report.json"
-    report = json.loads(adapter.read_text()) if adapter.exists() else None
-    out["tuned"] = ({"kind": "adapter", "dir": adapter.parent, "gate": report, "base": out["base"]}
-                    if report and report["passed"] else model("tuned"))
+    for folder, base in (("onnx-tuned-adapter", "base"), ("onnx-tuned-adapter-fp32-activations",
+                                                          "base-fp32-activations")):
+        adapter = workdir / folder / "gate_report.json"
+        report = json.loads(adapter.read_text()) if adapter.exists() else None
+        if report and report["passed"]:
+            out["base"] = model(base)
+            out["tuned"] = {"kind": "adapter", "dir": adapter.parent, "gate": report, "base": out["base"]}
+            return out
+    out["tuned"] = model("tuned")
     return out
 
 
