@@ -197,7 +197,8 @@ def export_and_gate(plan: Plan, work: pathlib.Path, models: dict, step, console)
             "base-fp32-activations", slots, ", with LoRA slots, fp32 activations (accuracy level 1)", model="base",
             options=ExportOptions("fp32", int4_accuracy_level=1), max_attempts=1,
             int4_recipes=(out["base"]["gate"].get("chosen_recipe", "options"),)), step)
-        tuned = base1 and tuned_as_adapter(work, models, base1, thresholds, step, "onnx-tuned-adapter-fp32-activations")
+        tuned = base1 and tuned_as_adapter(work, models, base1, thresholds, step,
+                                           "onnx-tuned-adapter-fp32-activations", "fp32-activations ")
         if tuned:
             out["base"] = base1
     out["tuned"] = tuned or gated("tuned")
@@ -217,7 +218,7 @@ def gated_or_none(fn, step) -> dict | None:
 
 
 def tuned_as_adapter(work: pathlib.Path, models: dict, base: dict, thresholds, step,
-                     folder: str = "onnx-tuned-adapter") -> dict | None:
+                     folder: str = "onnx-tuned-adapter", what: str = "") -> dict | None:
     """The tuned model as the LoRA adapter on the shipped base, held to the gate against the fp32 merged model
     (training/adapter_gate.py); None when it fails (the reasons printed and kept in the folder's report). Tried
     before the merged model's own export: devices that hold the base download only the adapter, and the base
@@ -227,8 +228,8 @@ def tuned_as_adapter(work: pathlib.Path, models: dict, base: dict, thresholds, s
 
     dest = work / folder
     if not (dest / REPORT).exists():
-        step(f"gate the tuned model as its LoRA adapter on the shipped base ({shipped(base)[0]}) against the fp32 "
-             f"merged model")
+        step(f"gate the tuned model as its LoRA adapter on the {what or 'shipped '}base ({shipped(base)[0]}) against "
+             f"the fp32 merged model")
         try:
             gate_adapter(models["adapter"], base["dir"], dest, ADAPTER, base_hf=models["base"],
                          thresholds=thresholds, log=lambda *a, **k: None)

@@ -395,3 +395,31 @@ def test_a_folder_converted_before_the_record_gets_it_when_its_weights_are_still
     save_file(weights, str(changed / "model.safetensors"), metadata={"format": "pt"})
     gguf_to_hf(tiny_gguf, changed)
     assert not (changed / "gguf_source.json").exists()
+
+
+def test_with_fp32_activations_the_adapter_on_the_exact_base_computes_the_merged_model(gguf_hf, tmp_path):
+    """Why the main job retries a failing tuned adapter on the base gated with fp32 activations (accuracy level 1,
+    control_plane/demo.py): the base's weights are the GGUF's exactly, so the adapter on it is the merged fp32 model
+    up to fp32 rounding (and the 8-bit head's int8 activations, level 4 in both); level 4 in the 4-bit body (int8
+    activations, the default) is what moves it."""
+    from training.adapter_gate import gate_adapter
+    from training.adapters import export_base_with_slots
+    from training.quality_gate import GateThresholds, load_examples
+    from training.quant_recipes import RECIPES
+
+    peft = _lora(gguf_hf, tmp_path / "peft")
+    examples, t = load_examples(limit=6), GateThresholds(max_new_tokens=8)
+    got = {}
+    for level in (1, 4):
+        base = export_base_with_slots(gguf_hf, peft, tmp_path / f"base{level}", RECIPES["gguf_exact"].options(
+            ExportOptions("fp32", int4_accuracy_level=level), tied=True), **quiet)
+        levels = {a.i for n in _graph(base)[0].values() if n.op_type == "MatMulNBits"
+                  and {x.name: x.i for x in n.attribute}.get("bits", 4) == 4 for a in n.attribute
+                  if a.name == "accuracy_level"}
+        assert levels == {level}
+        got[level] = gate_adapter(peft, base, tmp_path / f"gated{level}", "a", thresholds=t, examples=examples,
+                                  **quiet)
+    ref, exact, fast = got[1]["reference"], got[1]["candidate"], got[4]["candidate"]
+    assert exact["greedy_agreement"] == 1.0 and abs(exact["perplexity"] / ref["perplexity"] - 1) < 1e-3
+    # measured here: level 1 -0.04%, level 4 -3.1% (a random tiny model's perplexity is in the millions)
+    assert abs(fast["perplexity"] / ref["perplexity"] - 1) > 10 * abs(exact["perplexity"] / ref["perplexity"] - 1)
