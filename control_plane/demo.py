@@ -169,7 +169,7 @@ def export_and_gate(plan: Plan, work: pathlib.Path, models: dict, step, console)
     base (`kind` adapter) when it passes; `shipped(bundle)` says what each ships and its size."""
     from training.adapters import export_base_with_slots
     from training.export import ExportOptions
-    from training.quality_gate import GateThresholds, select_precision
+    from training.quality_gate import GateError, GateThresholds, select_precision
 
     thresholds = plan.gate(GateThresholds)
 
@@ -193,28 +193,20 @@ def export_and_gate(plan: Plan, work: pathlib.Path, models: dict, step, console)
         # int8 activations (accuracy level 4) under the adapter are what flips its answers (docs/BENCHMARKS.md,
         # the main job, 2026-12-04): the same base with fp32 activations in its 4-bit body, gated on its own,
         # carries the adapter exactly; then it ships for both stages (one base on the device), slower to decode
-        base1 = gated_or_none(lambda: gated(
-            "base-fp32-activations", slots, ", with LoRA slots, fp32 activations (accuracy level 1)", model="base",
-            options=ExportOptions("fp32", int4_accuracy_level=1), max_attempts=1,
-            int4_recipes=(out["base"]["gate"].get("chosen_recipe", "options"),)), step)
-        tuned = base1 and tuned_as_adapter(work, models, base1, thresholds, step,
-                                           "onnx-tuned-adapter-fp32-activations", "fp32-activations ")
-        if tuned:
-            out["base"] = base1
+        try:
+            base1 = gated("base-fp32-activations", slots, ", with LoRA slots, fp32 activations (accuracy level 1)",
+                          model="base", options=ExportOptions("fp32", int4_accuracy_level=1), max_attempts=1,
+                          int4_recipes=(out["base"]["gate"].get("chosen_recipe", "options"),))
+        except GateError as e:
+            step(f"  base-fp32-activations failed the gate: {e}")
+        else:
+            tuned = tuned_as_adapter(work, models, base1, thresholds, step, "onnx-tuned-adapter-fp32-activations",
+                                     "fp32-activations ")
+            if tuned:
+                out["base"] = base1
     out["tuned"] = tuned or gated("tuned")
     out["student"] = gated("student")
     return out
-
-
-def gated_or_none(fn, step) -> dict | None:
-    """fn()'s bundle, or None when nothing it tried passed the gate (the reasons printed)."""
-    from training.quality_gate import GateError
-
-    try:
-        return fn()
-    except GateError as e:
-        step(f"  failed the gate: {e}")
-        return None
 
 
 def tuned_as_adapter(work: pathlib.Path, models: dict, base: dict, thresholds, step,

@@ -188,8 +188,9 @@ def export_onnx(model_dir: pathlib.Path, out_dir: pathlib.Path, options: ExportO
                                              options.execution_provider, str(cache), options.builder_options())
             builder.create_model(None, str(model_dir), str(staging), options.builder_precision,
                                  options.execution_provider, str(cache), **kv)
-            if options.hqq:
-                _hqq(staging, options, log)
+            did = _hqq(staging, options) if options.hqq else ""
+        if did:
+            log(f"  {did}")
         if gguf is not None:
             gguf_import.rewrite(staging, gguf, options, log=log)
         (staging / EXPORT_INFO).write_text(json.dumps(
@@ -224,13 +225,14 @@ def mixed_layer_matmuls(names: list[str]) -> set[str]:
         and any(f"/{k}/" in m for k in ("q_proj", "k_proj", "qkv_proj", "v_proj", "down_proj")))}
 
 
-def _hqq(folder: pathlib.Path, options: ExportOptions, log=print) -> None:
+def _hqq(folder: pathlib.Path, options: ExportOptions) -> str:
     """Quantizes every MatMul of folder/model.onnx (an fp32 build) to 4 bits with HQQ, in place; for hqq_mixed
     the head and the mixed layers go to int8 RTN instead; the nodes in nodes_to_exclude (LoRA slots) stay float.
     MatMulNBits gets the options' accuracy level (4: int8 activations, the fast CPU kernel), which HQQ's quantizer
     leaves at 0; HQQ's float zero points z become uint8 zero points 0 plus an fp32 min term -z*s
     (training/min_term.py), which onnxruntime runs ~40x faster per MatMul. The float embedding becomes 8-bit
-    blocks first (training/q8_embedding.py): for hqq_mixed of a tied model one copy with the 8-bit head."""
+    blocks first (training/q8_embedding.py): for hqq_mixed of a tied model one copy with the 8-bit head. Returns
+    what became of the embedding, for the log (the builder's stdout is captured while this runs)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -242,8 +244,8 @@ def _hqq(folder: pathlib.Path, options: ExportOptions, log=print) -> None:
 
     model = onnx.load(str(folder / "model.onnx"))
     keep = set(options.nodes_to_exclude)
-    quantize_embedding(model, options.int4_algo == "hqq_mixed" and "/lm_head/MatMul" not in keep,
-                       options.int8_accuracy_level, log)
+    did = quantize_embedding(model, options.int4_algo == "hqq_mixed" and "/lm_head/MatMul" not in keep,
+                             options.int8_accuracy_level)
     eight = set()
     if options.int4_algo == "hqq_mixed":
         eight = mixed_layer_matmuls([n.name for n in model.graph.node if n.op_type == "MatMul"]) - keep
@@ -264,6 +266,7 @@ def _hqq(folder: pathlib.Path, options: ExportOptions, log=print) -> None:
     (folder / "model.onnx").unlink()
     (folder / "model.onnx.data").unlink(missing_ok=True)
     q.model.save_model_to_file(str(folder / "model.onnx"), use_external_data_format=True)
+    return did
 
 
 def read_export_info(export_dir: pathlib.Path) -> dict:

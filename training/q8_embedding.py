@@ -9,7 +9,7 @@ quantize MatMuls only, so their embedding stayed fp32: 113 MB of hqq_mixed's 240
         -> the head becomes an 8-bit MatMulNBits of those same blocks and the embedding reads its codes and
         scales (Reshape of B [vocab, blocks, 32]): one copy for both.
 
-gguf_import uses the first for a GGUF's Q8_0 tied head (`from_head`) and the node builder (`node`) for both.
+gguf_import reads its Q8_0 tied head the same way (`from_head`) and makes its GatherBlockQuantized with `node`.
 onnxruntime 1.32's GatherBlockQuantized takes uint8 data at 8 bits with the data's (vocab, K) layout.
 """
 from __future__ import annotations
@@ -42,17 +42,13 @@ def node(data: str, ids: str, scales: str, zero_points: str, output: str):
                             block_size=BLOCK, gather_axis=0, quantize_axis=1)
 
 
-def from_head(codes: str, scales: str, zero_points: str | None, vocab: int, k: int) -> tuple[list, list, tuple]:
+def from_head(codes: str, scales: str, zero_points: str, vocab: int, k: int) -> tuple[list, list, tuple]:
     """(nodes, initializers, (data, scales, zero points)) for a GatherBlockQuantized reading an 8-bit head
-    MatMulNBits' initializers (B [vocab, blocks, 32], scales [vocab * blocks], zero points or None: 128)."""
+    MatMulNBits' initializers (B [vocab, blocks, 32], scales and zero points [vocab * blocks])."""
     from onnx import helper, numpy_helper
 
-    nb = k // BLOCK
-    shapes = {"q": [vocab, k], "s": [vocab, nb]}
+    shapes = {"q": [vocab, k], "s": [vocab, k // BLOCK]}
     inits = [numpy_helper.from_array(np.array(v, np.int64), f"{PREFIX}/shape_{n}") for n, v in shapes.items()]
-    if zero_points is None:   # symmetric 8-bit MatMulNBits: zero point 128 implied; give it explicitly
-        zero_points = f"{PREFIX}/zero_points"
-        inits.append(numpy_helper.from_array(np.full(vocab * nb, 128, np.uint8), zero_points))
     nodes, outs = [], []
     for src, shape, what in ((codes, "q", "codes"), (scales, "s", "scales"), (zero_points, "s", "zero_points")):
         out = f"{PREFIX}/{what}/Reshape/output_0"
@@ -62,12 +58,12 @@ def from_head(codes: str, scales: str, zero_points: str | None, vocab: int, k: i
     return nodes, inits, tuple(outs)
 
 
-def quantize_embedding(model, share_head: bool, accuracy_level: int, log=print) -> str:
+def quantize_embedding(model, share_head: bool, accuracy_level: int) -> str:
     """Replaces, in place, the Gather of input_ids from a float table by a GatherBlockQuantized 8-bit, before any
     MatMul is quantized. With `share_head` and a head whose float weight is the table (a tied model, compared by
     value), the head becomes an 8-bit MatMulNBits of the same blocks (`accuracy_level`) and the embedding reads
-    its codes; otherwise the embedding gets its own blocks. Returns what it did ("" when there is no float
-    embedding to replace)."""
+    its codes; otherwise the embedding gets its own blocks. Returns what it did, for the log ("" when there is
+    no float embedding to replace)."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -112,6 +108,5 @@ def quantize_embedding(model, share_head: bool, accuracy_level: int, log=print) 
     g.node.extend(nodes)
     del g.initializer[:]
     g.initializer.extend(kept + new)
-    log(f"  embedding: GatherBlockQuantized 8 bit, {how}, instead of the float table {vocab}x{k} "
-        f"({table.nbytes / 1e6:.1f} MB)")
-    return how
+    return (f"embedding: GatherBlockQuantized 8 bit, {how}, instead of the float table {vocab}x{k} "
+            f"({table.nbytes / 1e6:.1f} MB)")
