@@ -84,10 +84,16 @@ def test_adapter_logits_equal_peftmodel_in_fp32(tiny_hf, lora, name):
 
 
 def test_slots_are_inputs_with_a_free_rank_and_the_adapter_is_small(lora):
+    import onnx
+
     slots = read_slots(lora["base"])["slots"]
     assert len(slots) == 2 * 3 * 2  # layers x modules x (A, B)
     assert all(None in s["shape"] for s in slots.values())
     assert lora["files"]["a"].stat().st_size < 50_000
+    # with no adapter active the slots run at rank 0 (their defaults are empty), not at the template's rank in zeros
+    graph = onnx.load(str(lora["base"] / "model.onnx"), load_external_data=False).graph
+    defaults = {i.name: list(i.dims) for i in graph.initializer if i.name in slots}
+    assert set(defaults) == set(slots) and all(0 in dims for dims in defaults.values())
 
 
 def test_int4_base_keeps_lora_in_float_and_serves_adapters(tiny_hf, lora, tmp_path):

@@ -4,8 +4,10 @@
 How the slots are made: the builder is given one peft adapter as a template (`adapter_path`), so the graph
 gets lora_A/lora_B MatMul nodes for its target modules (kept in float under int4 via `nodes_to_exclude`:
 a rank-r MatMul is too narrow for 4-bit blocks and is a few KB anyway). The template's LoRA initializers are
-then zeroed and also declared as graph inputs with a symbolic rank: an initializer that is also a graph input
-is a default, so with no adapter active the model is exactly the base, and an adapter of any rank can be fed.
+then replaced by empty rank-0 defaults and also declared as graph inputs with a symbolic rank: an initializer that
+is also a graph input is a default, so with no adapter active the model is exactly the base (and about as fast: a
+LoRA path of rank 0 costs little, one of zeros at the template's rank costs 22% of decode), and an adapter of any
+rank can be fed.
 
 An adapter file holds A^T and (B * scaling)^T per slot (the builder's layout), in the slot's dtype.
 `adapter_slots.json` in the base export records the slots and a fingerprint of the base weights, so an
@@ -131,7 +133,7 @@ def export_base_with_slots(hf_dir: pathlib.Path, template_adapter: pathlib.Path,
 
 
 def _slots_to_inputs(export_dir: pathlib.Path) -> dict:
-    """Zeroes the LoRA initializers and declares them graph inputs with a symbolic rank dimension."""
+    """Empties the LoRA initializers (rank 0) and declares them graph inputs with a symbolic rank dimension."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -144,10 +146,13 @@ def _slots_to_inputs(export_dir: pathlib.Path) -> dict:
         if ".lora_A." not in init.name and ".lora_B." not in init.name:
             continue
         arr = numpy_helper.to_array(init)
-        zero = numpy_helper.from_array(np.zeros_like(arr), init.name)
-        init.CopyFrom(zero)
         # lora_A is [in, r], lora_B is [r, out]: the rank is free, the other dimension is the base's.
-        dims = [arr.shape[0], RANK_DIM] if ".lora_A." in init.name else [RANK_DIM, arr.shape[1]]
+        is_a = ".lora_A." in init.name
+        dims = [arr.shape[0], RANK_DIM] if is_a else [RANK_DIM, arr.shape[1]]
+        # The default is rank 0 (empty), not the template's rank in zeros: the same numbers (x @ [in, 0] @ [0, out]
+        # is 0), but a request without an adapter skips the rank-r fp32 MatMuls (bench/bench_slot_packing.py).
+        empty = np.zeros((arr.shape[0], 0) if is_a else (0, arr.shape[1]), arr.dtype)
+        init.CopyFrom(numpy_helper.from_array(empty, init.name))
         if init.name not in existing_inputs:
             model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, dims))
         slots[init.name] = {"shape": [d if isinstance(d, int) else None for d in dims],
