@@ -160,6 +160,19 @@ def linear_slope(xs, ys) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
 
 
+def load_model(model_dir, threads: int | None = 0):
+    """An onnxruntime_genai.Model on the CPU with the agent's thread count (slmops.threads: 0 = one per CPU);
+    threads=None leaves the count to the folder's genai_config.json (a bench that varies it there)."""
+    import onnxruntime_genai as og
+
+    from slmops.threads import set_threads
+    cfg = og.Config(str(model_dir))
+    if threads is not None:
+        set_threads(cfg, threads)
+    cfg.clear_providers()
+    return og.Model(cfg)
+
+
 def greedy_decode_rate(model, ids, tokens: int, adapter=None) -> float:
     """Decode tokens/s of one greedy onnxruntime-genai run of `tokens` tokens after the prompt `ids` (the first
     generated token excluded: it is the prefill's); `adapter` = (og.Adapters, name) to run with one active."""

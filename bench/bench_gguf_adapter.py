@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import greedy_decode_rate  # noqa: E402
+from _common import greedy_decode_rate, load_model  # noqa: E402
 from training.adapter_gate import gate_adapter
 from training.adapters import export_base_with_slots
 from training.export import ExportOptions, dir_size
@@ -36,9 +36,7 @@ def decode(base: pathlib.Path, adapter: pathlib.Path, prompt: str, tokens: int =
     import numpy as np
     import onnxruntime_genai as og
 
-    cfg = og.Config(str(base))
-    cfg.clear_providers()
-    model = og.Model(cfg)
+    model = load_model(base)
     adapters = og.Adapters(model)
     adapters.load(str(adapter), "a")
     ids = np.array(og.Tokenizer(model).encode(prompt), dtype=np.int32)

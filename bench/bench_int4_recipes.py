@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import greedy_decode_rate  # noqa: E402
+from _common import greedy_decode_rate, load_model  # noqa: E402
 from training.export import ExportOptions, dir_size, export_onnx
 from training.quality_gate import GateThresholds, evaluate, judge, load_examples
 from training.quant_recipes import DEFAULT_INT4, RECIPES, ties_embeddings
@@ -115,9 +115,7 @@ def decode_rate(model_dir: pathlib.Path, prompt: str, tokens: int, runs: int = 3
     import numpy as np
     import onnxruntime_genai as og
 
-    cfg = og.Config(str(model_dir))
-    cfg.clear_providers()
-    model = og.Model(cfg)
+    model = load_model(model_dir)
     ids = np.array(og.Tokenizer(model).encode(prompt), dtype=np.int32)
     rates = [greedy_decode_rate(model, ids, tokens) for _ in range(runs + 1)]
     return {"decode_tok_s": statistics.median(rates[1:]), "decode_load_1m": os.getloadavg()[0]}

@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import greedy_decode_rate
+from _common import greedy_decode_rate, load_model
 
 from training.export import ExportOptions, export_onnx
 from training.quant_recipes import named, ties_embeddings
@@ -141,7 +141,7 @@ def main() -> None:
             folders[name] = out
     for name, fn in REWRITES.items():
         folders[name] = _rewrite(folders["as_built"], work / name, fn)
-    models = {n: og.Model(str(d)) for n, d in folders.items()}
+    models = {n: load_model(d) for n, d in folders.items()}
     ids = og.Tokenizer(models["as_built"]).encode(PROMPT)
     ref = prompt_logits(models["as_built"], ids)
     diff = {n: float(np.abs(prompt_logits(models[n], ids) - ref).max()) for n in EXACT}

@@ -21,7 +21,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import load_model  # noqa: E402
 from training.export import ExportOptions, dir_size, export_onnx
 from training.quality_gate import GateThresholds, evaluate, judge, load_examples
 
@@ -45,7 +47,7 @@ def decode_speed(model_dir: pathlib.Path, new_tokens: int, reps: int) -> dict:
     from slmops.chat_format import CHATML, ChatFormat
 
     t0 = time.perf_counter()
-    model = og.Model(str(model_dir))
+    model = load_model(model_dir)
     load_s = time.perf_counter() - t0
     tok = og.Tokenizer(model)
     ids = tok.encode(ChatFormat.from_dict(CHATML).render(PROMPT))

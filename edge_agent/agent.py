@@ -65,7 +65,8 @@ class Agent:
         engine_factory = reporting_fallbacks(
             engine_factory or functools.partial(OgaEngine, providers=cfg.execution_providers,
                                                 max_batch=cfg.max_concurrent, batch_wait_s=cfg.batch_wait_ms / 1000,
-                                                on_batch=self.metrics.observe_batch), self.state)
+                                                on_batch=self.metrics.observe_batch,
+                                                threads=cfg.inference_threads), self.state)
         serving_args = (self.runtime, self.state, cfg.max_prompt_tokens, cfg.max_new_tokens, cfg.request_timeout_s)
         self.serving = CapturingServing(*serving_args, capture_rate=cfg.capture_rate,
                                         redact=load_redactor(cfg.capture_redactor)) if cfg.capture_rate \

@@ -15,6 +15,7 @@ from edge_agent.prefix_cache import Entry, PrefixCache
 from slmops.chat_format import ChatFormat
 from slmops.errors import ModelLoadError, RequestInvalid
 from slmops.manifest import Manifest
+from slmops.threads import set_threads
 
 log = logging.getLogger("slmops.agent.engine")
 
@@ -61,7 +62,7 @@ EXECUTION_PROVIDERS = {"cpu": "cpu", "cuda": "cuda", "dml": "dml", "webgpu": "We
 class OgaEngine:
     def __init__(self, model_dir: pathlib.Path, manifest: Manifest, providers: tuple[str, ...] = ("cpu",),
                  max_batch: int = 4, batch_wait_s: float = 0.01, on_batch: Callable[[int], None] | None = None,
-                 prefix_cache_entries: int = 2, prefix_headroom: int = 512):
+                 prefix_cache_entries: int = 2, prefix_headroom: int = 512, threads: int = 0):
         import onnxruntime_genai as og
 
         self.og = og
@@ -76,6 +77,7 @@ class OgaEngine:
                 raise ModelLoadError(f"unknown execution provider {p!r}; known: {', '.join(EXECUTION_PROVIDERS)}")
             try:
                 cfg = og.Config(str(self.model_dir))
+                self.threads = set_threads(cfg, threads)
                 cfg.clear_providers()
                 if p != "cpu":
                     cfg.append_provider(EXECUTION_PROVIDERS[p])

@@ -3,6 +3,7 @@ kept, refusing with everything tried when none loads; the provider in use is rep
 /metrics and (for a fallback) telemetry. Real tiny ONNX models, real HTTP."""
 from __future__ import annotations
 
+import pathlib
 import threading
 import time
 
@@ -73,6 +74,38 @@ def test_cli_flag_parses_and_refuses_an_unknown_provider(tmp_path):
                                  "--insecure-loopback-dev", "--execution-providers", "cuda,tpu"])
     assert r.exit_code != 0
     assert "unknown execution provider 'tpu'" in r.output
+
+
+THREADS_PROBE = """
+import pathlib, sys, psutil
+from edge_agent.engine import OgaEngine
+from slmops.manifest import manifest_for_dir
+d = pathlib.Path(sys.argv[1])
+OgaEngine(d, manifest_for_dir(d, "tiny", "v1", "int4"), threads=int(sys.argv[2]))
+print(psutil.Process().num_threads())
+"""
+
+
+def test_inference_threads_reach_onnxruntime_and_bad_counts_are_refused(tiny_int4, tmp_path):
+    """onnxruntime's intra-op pool has threads - 1 workers besides the caller: a process that loads one engine with
+    4 threads has 3 more OS threads than one that loads it with 1 (each load in its own process)."""
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    count = {t: int(subprocess.run([sys.executable, "-c", THREADS_PROBE, str(tiny_int4), str(t)], cwd=root,
+                                   capture_output=True, text=True, check=True, timeout=120).stdout.split()[-1])
+             for t in (1, 4)}
+    assert count[4] - count[1] == 3
+    from slmops.threads import cpus_available
+    assert OgaEngine(tiny_int4, manifest(tiny_int4)).threads == cpus_available() >= 1   # 0 = one per CPU
+    for bad in (-1, 257):
+        with pytest.raises(ConfigError, match=f"inference_threads {bad} must be between 0"):
+            AgentConfig(control_plane="127.0.0.1:1", data_dir=tmp_path, insecure_loopback_dev=True,
+                        inference_threads=bad)
+    r = CliRunner().invoke(app, ["agent", "run", "--control-plane", "127.0.0.1:1", "--data-dir", str(tmp_path),
+                                 "--insecure-loopback-dev", "--inference-threads", "-2"])
+    assert r.exit_code != 0 and "inference_threads -2 must be between 0" in r.output
 
 
 def _params():

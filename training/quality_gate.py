@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field, fields
 
 from slmops.chat_format import CHATML, ChatFormat
+from slmops.threads import set_threads
 from slmops.yaml_text import load_yaml
 from training import quant_recipes
 from training.export import ExportError, ExportOptions, dir_size, export_onnx
@@ -143,6 +144,7 @@ class _Runner:
 
         self.og = og
         cfg = og.Config(str(model_dir))
+        set_threads(cfg)       # as the agent does (the count changes the speed, not the numbers)
         cfg.clear_providers()  # evaluated where the gate runs (CPU); see RUNNABLE for what a target runs
         self.model = og.Model(cfg)
         self.tokenizer = og.Tokenizer(self.model)
