@@ -5,7 +5,7 @@ tokens/s through the agent with 1, 2 and 4 concurrent clients.
 
     .venv/bin/python bench/bench_serving.py [--tokens 64] [--runs 3] [--quick | --batching] [--rounds 4]
     .venv/bin/python bench/bench_serving.py --shipped gguf_exact,rtn [--variant NAME=EXPORT_DIR ...]
-        [--variant-threads NAME=THREADS ...] --runs 5
+        [--variant-threads NAME=THREADS ...] [--variant-adapter NAME=ADAPTER_FILE ...] --runs 5
 The headline pair (agent HTTP int4 vs onnxruntime-genai in-process, int4) is measured interleaved, run by run,
 and its ratio is also given per pair; `--quick` measures only that pair. `--shipped` measures int4 recipes of
 the base model (training/quant_recipes.py) and any other export folder (`--variant`, e.g. a demo's shipped
@@ -44,7 +44,7 @@ def median(xs):
 CLIENT = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=16))
 
 
-def agent_stream(url: str, tokens: int) -> tuple[float, float, int, float]:
+def agent_stream(url: str, tokens: int, model: str | None = None) -> tuple[float, float, int, float]:
     """(first-token s, decode tok/s, tokens, end-to-end tok/s) for one streamed chat completion.
     Decode counts from the network read that brought the first piece to the end of the stream, leaving out the
     pieces that came in that same read (generated before the window opened: counting them would flatter a server
@@ -53,7 +53,7 @@ def agent_stream(url: str, tokens: int) -> tuple[float, float, int, float]:
     first, in_first_read, n, buf = None, 0, 0, b""
     with CLIENT.stream("POST", url + "/v1/chat/completions",
                        json={"messages": [{"role": "user", "content": QUESTION}], "max_tokens": tokens,
-                             "stream": True, "temperature": 0}) as r:
+                             "stream": True, "temperature": 0, **({"model": model} if model else {})}) as r:
         for data in r.iter_bytes():
             now = time.perf_counter()
             *events, buf = (buf + data).split(b"\n\n")
@@ -289,6 +289,9 @@ def main() -> None:
                          "llama.cpp's Q4_1, interleaved (e.g. gguf_exact,rtn)")
     ap.add_argument("--variant-threads", action="append", default=[], metavar="NAME=THREADS",
                     help="start that --variant's agent with --inference-threads THREADS (default: its own default)")
+    ap.add_argument("--variant-adapter", action="append", default=[], metavar="NAME=ADAPTER_FILE",
+                    help="publish that --variant's folder as the base of this .onnx_adapter and time requests "
+                         "to the adapter")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=EXPORT_DIR",
                     help="with --shipped: also an export folder (e.g. a demo's shipped bundle), by a name")
     args = ap.parse_args()
@@ -419,6 +422,9 @@ def shipped(args) -> None:
     threads = dict(v.split("=", 1) for v in args.variant_threads if "=" in v)
     if len(threads) != len(args.variant_threads) or not set(threads) <= set(variants):
         raise SystemExit("--variant-threads takes NAME=THREADS for a NAME of --variant")
+    adapters = {n: pathlib.Path(f) for n, f in (v.split("=", 1) for v in args.variant_adapter if "=" in v)}
+    if len(adapters) != len(args.variant_adapter) or not set(adapters) <= set(variants):
+        raise SystemExit("--variant-adapter takes NAME=ADAPTER_FILE for a NAME of --variant")
     with tempfile.TemporaryDirectory(prefix="bench-shipped-") as tmp:
         work = pathlib.Path(tmp)
         folders = {}
@@ -430,19 +436,24 @@ def shipped(args) -> None:
                                          log=lambda m: None)
         folders.update({n: pathlib.Path(d) for n, d in variants.items()})
         sizes = {n: dir_size(d) / 1e6 for n, d in folders.items()}   # the exports here go with the temp folder
-        c = Cluster(work / "cluster")
+        for n, f in adapters.items():
+            sizes[n] += f.stat().st_size / 1e6
+        c, models = Cluster(work / "cluster"), {}
         try:
             c.start_cp()
             for i, (n, d) in enumerate(folders.items()):
                 info = json.loads((d / "export_info.json").read_text())
                 m = c.publish(d, f"m{i}", "v1", precision=info["precision"])
+                if n in adapters:   # an adapter-only version on that base, requested as NAME:adapter
+                    m = _publish_adapter(c, work / f"adapter-{i}", adapters[n], m, info["precision"])
+                    models[n] = f"{m.name}:adapter"
                 c.start_agent(f"agent-{i}", extra=["--probation", "0"] + (
                     ["--inference-threads", threads[n]] if n in threads else []))
                 c.wait_for(lambda: any(x.name == f"agent-{i}" for x in c.admin.devices()), what=f"agent-{i}")
                 c.admin.set_desired(m.name, "v1", [c.device(f"agent-{i}").device_id])
                 c.wait_serving(f"agent-{i}", m.ref, timeout=300)
-            engines = {"llama.cpp": lc, **{n: (lambda u: lambda: agent_stream(u, args.tokens))(_url(c, f"agent-{i}"))
-                                           for i, n in enumerate(folders)}}
+            engines = {"llama.cpp": lc, **{n: (lambda u, m: lambda: agent_stream(u, args.tokens, m))(
+                _url(c, f"agent-{i}"), models.get(n)) for i, n in enumerate(folders)}}
             for fn in engines.values():
                 fn()   # warm-up
             names, runs = list(engines), {n: [] for n in engines}
@@ -466,6 +477,19 @@ def shipped(args) -> None:
     res = ROOT / "bench" / "results"
     res.mkdir(exist_ok=True)
     (res / "serving-shipped.json").write_text(json.dumps({"tokens": args.tokens, "runs": out}, indent=1))
+
+
+def _publish_adapter(c, folder: pathlib.Path, adapter_file: pathlib.Path, base, precision: str):
+    """Publishes `adapter_file` as an adapter-only version (adapter name "adapter") on the published `base`."""
+    import shutil
+
+    from slmops.manifest import manifest_for_dir
+    folder.mkdir()
+    shutil.copy(adapter_file, folder / "adapter.onnx_adapter")
+    m = manifest_for_dir(folder, f"{base.name}-adapter", "v1", precision, base={"name": base.name, "version": "v1"},
+                         adapters=({"name": "adapter", "path": "adapter.onnx_adapter", "version": "a1"},))
+    c.admin.publish(folder, m)
+    return m
 
 
 def _url(c, name):
