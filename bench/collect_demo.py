@@ -1,7 +1,7 @@
 """Accuracy per stage of the main job, as JSON for bench/make_plots.py, from the files `slmops demo --workdir DIR`
 leaves in DIR (the demo itself prints its results and writes no result file):
 
-    .venv/bin/python -m cli demo --workdir /tmp/demo-real      # the main job (see docs/BENCHMARKS.md)
+    .venv/bin/slmops demo --workdir /tmp/demo-real                # the main job (see docs/BENCHMARKS.md)
     .venv/bin/python bench/collect_demo.py /tmp/demo-real             # -> bench/results/demo.json
 
 Read: lora/eval_report.json and distill/eval_report.json (held-out task accuracy of base, tuned and student in
@@ -80,11 +80,14 @@ def collect(workdir: pathlib.Path) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
+    import argparse
     import time
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workdir", type=pathlib.Path, help="the folder `slmops demo --workdir` used")
+    args = ap.parse_args()
     started, m0 = time.monotonic(), machine()
-    res = collect(pathlib.Path(sys.argv[1]))
+    res = collect(args.workdir)
     for s in res["stages"]:
         print(f"{s['label']:20s} fp32 {100 * s['fp32_accuracy']:5.1f}% ({s['fp32_examples']})  shipped "
               f"{s['shipped_precision']} {100 * s['shipped_accuracy']:5.1f}% ({s['gate_examples']})  "
