@@ -46,7 +46,7 @@ print("RESULTS " + json.dumps(out))
 def documented_commands() -> list[list[str]]:
     text = DOC.read_text()
     cmds = []
-    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+    for block in re.findall(r"^[ \t]*```bash\n(.*?)^[ \t]*```", text, flags=re.S | re.M):   # list items too
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
