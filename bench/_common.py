@@ -173,6 +173,18 @@ def load_model(model_dir, threads: int | None = 0):
     return og.Model(cfg)
 
 
+def interleaved_decode_rates(models: dict, ids, tokens: int, runs: int) -> dict[str, list[float]]:
+    """greedy_decode_rate of every model, `runs` rounds after a warm-up each, the order rotating round by round
+    (so drift on the machine hits every model alike): {name: [tok/s per round]}."""
+    for m in models.values():
+        greedy_decode_rate(m, ids, 16)   # warm-up
+    names, rates = list(models), {n: [] for n in models}
+    for r in range(runs):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            rates[n].append(greedy_decode_rate(models[n], ids, tokens))
+    return rates
+
+
 def greedy_decode_rate(model, ids, tokens: int, adapter=None) -> float:
     """Decode tokens/s of one greedy onnxruntime-genai run of `tokens` tokens after the prompt `ids` (the first
     generated token excluded: it is the prefill's); `adapter` = (og.Adapters, name) to run with one active."""

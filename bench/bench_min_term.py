@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import greedy_decode_rate, load_model
+from _common import interleaved_decode_rates, load_model
 
 from training.export import ExportOptions, export_onnx
 from training.quant_recipes import named, ties_embeddings
@@ -145,13 +145,8 @@ def main() -> None:
     ids = og.Tokenizer(models["as_built"]).encode(PROMPT)
     ref = prompt_logits(models["as_built"], ids)
     diff = {n: float(np.abs(prompt_logits(models[n], ids) - ref).max()) for n in EXACT}
-    for n, m in models.items():
-        greedy_decode_rate(m, ids, 16)   # warm-up
     load0 = os.getloadavg()
-    names, rates = list(models), {n: [] for n in models}
-    for r in range(args.runs):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            rates[n].append(greedy_decode_rate(models[n], ids, args.tokens))
+    names, rates = list(models), interleaved_decode_rates(models, ids, args.tokens, args.runs)
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     print(f"load {load0[0]:.2f} -> {os.getloadavg()[0]:.2f}; {args.runs} rounds of {args.tokens} greedy tokens\n")
     print("| variant | decode tok/s (median) | vs as_built, round by round (median) | max logit diff vs as_built |\n"

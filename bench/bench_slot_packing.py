@@ -41,7 +41,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import greedy_decode_rate, load_model
+from _common import interleaved_decode_rates, load_model
 from bench_min_term import PROMPT, _replace_nodes, _rewrite, prompt_logits
 
 from training.export import ExportOptions, export_onnx
@@ -214,13 +214,8 @@ def main() -> None:
     # a rewrite of the live LoRA against it; the idle slots (no LoRA) against the base without slots
     diff = {n: np.abs(v - logits["live" if n.startswith("live_") else "no_slots"])
             for n, v in logits.items() if n not in ("live", "no_slots")}
-    for m in models.values():
-        greedy_decode_rate(m, ids, 16)   # warm-up
     load0 = os.getloadavg()
-    names, rates = list(models), {n: [] for n in models}
-    for r in range(args.runs):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            rates[n].append(greedy_decode_rate(models[n], ids, args.tokens))
+    names, rates = list(models), interleaved_decode_rates(models, ids, args.tokens, args.runs)
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     print(f"recipe {args.recipe}, accuracy level {args.accuracy_level}; load {load0[0]:.2f} -> "
           f"{os.getloadavg()[0]:.2f}; {args.runs} rounds of {args.tokens} greedy tokens\n")

@@ -87,16 +87,19 @@ def fleet(cp, n: int, labels=None, **kw) -> list[SimDevice]:
     return devs
 
 
-def drive(cp, devs, rollout_id: str, until=("completed", "halted", "aborted"), timeout: float = 20):
+def drive(cp, devs, rollout_id: str, until=("completed", "halted", "aborted"), timeout: float = 20,
+          devices: int = 0):
+    """Lets the devices act until the rollout's status is one of `until` (and, with `devices`, it has assigned at
+    least that many: a rollout is `running` from its creation, before the driver's first step picks the canary)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for d in devs:
             d.act()
         r = cp.admin.rollout(rollout_id)
-        if r.status in until:
+        if r.status in until and len(r.devices) >= devices:
             return r
         time.sleep(0.1)
-    raise AssertionError(f"rollout {rollout_id} still {r.status}: {r.reason}")
+    raise AssertionError(f"rollout {rollout_id} still {r.status} with {len(r.devices)} devices: {r.reason}")
 
 
 def test_canary_then_everyone_with_labels_from_the_enrollment_token(cp):
@@ -262,7 +265,7 @@ def test_error_rate_in_telemetry_on_the_new_version_halts_the_rollout(cp):
     devs = fleet(cp, 3)
     r = cp.admin.create_rollout("m", "v2", {"all_devices": True}, "canary", canary={"devices": 1},
                                 gate={"min_soak_seconds": 30, "max_error_rate": 0.2, "min_requests": 5})
-    drive(cp, devs, r.rollout_id, until=("running",))      # the canary serves v2 and soaks...
+    drive(cp, devs, r.rollout_id, until=("running",), devices=1)   # the canary serves v2 and soaks...
     cid = cp.admin.rollout(r.rollout_id).devices[0].device_id
     canary = next(d for d in devs if d.device_id == cid)
     canary.act()                                            # ...then fails half of its requests on v2
@@ -357,7 +360,7 @@ def test_a_revoked_api_token_is_refused_at_once_and_the_last_admin_token_cannot_
 def test_a_deleted_device_loses_its_token_and_leaves_its_rollout(cp):
     devs = fleet(cp, 3)
     r = cp.admin.create_rollout("m", "v2", {"all_devices": True}, "canary", canary={"devices": 1})
-    r = drive(cp, devs, r.rollout_id, until=("running",))
+    r = drive(cp, devs, r.rollout_id, until=("running",), devices=1)
     canary = next(d for d in devs if d.device_id == cp.admin.rollout(r.rollout_id).devices[0].device_id)
     viewer = AdminClient(cp.address, cp.admin.api_token("viewer", "vera").token, cp.ca_pem)
     with pytest.raises(AdminError) as e:
