@@ -46,7 +46,7 @@ def agent_run(control_plane: str = typer.Option(
               execution_providers: str = typer.Option(
                   "cpu", help="preference list; the first that loads the model serves, e.g. cuda,cpu"),
               inference_threads: int = typer.Option(
-                  0, help="threads a model computes with (0 = one per CPU this agent may run on)")):
+                  0, help="threads a model computes with (0 = one per core this agent may run on)")):
     """Enroll, follow the control plane's desired model, verify, install, serve and report."""
     from edge_agent.agent import Agent
     from edge_agent.config import AgentConfig

@@ -79,7 +79,7 @@ class AgentConfig:
     capture_rate: float = 0.0            # share of requests captured (prompt + answer, redacted); 0 = off
     capture_redactor: str = ""           # "module:function" str -> str; "" = edge_agent.capture.redact_default
     execution_providers: tuple[str, ...] = ("cpu",)  # preference order; the first that loads the model serves
-    inference_threads: int = 0           # onnxruntime intra-op threads per model; 0 = the CPUs this process may use
+    inference_threads: int = 0           # onnxruntime intra-op threads per model; 0 = one per core it may use
     http_max_connections: int = 256      # open HTTP connections; more are closed at once (below the fd limit)
     http_header_timeout_s: float = 10.0  # a connection without a whole request head by then is closed
 
@@ -103,7 +103,7 @@ class AgentConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if not 0 <= self.inference_threads <= MAX_INFERENCE_THREADS:
-            raise ConfigError(f"inference_threads {self.inference_threads} must be between 0 (one per CPU) and "
+            raise ConfigError(f"inference_threads {self.inference_threads} must be between 0 (one per core) and "
                               f"{MAX_INFERENCE_THREADS}")
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ConfigError(f"batch_wait_ms {self.batch_wait_ms} must be between 0 and 1000")

@@ -97,8 +97,10 @@ def test_inference_threads_reach_onnxruntime_and_bad_counts_are_refused(tiny_int
                                    capture_output=True, text=True, check=True, timeout=120).stdout.split()[-1])
              for t in (1, 4)}
     assert count[4] - count[1] == 3
-    from slmops.threads import cpus_available
-    assert OgaEngine(tiny_int4, manifest(tiny_int4)).threads == cpus_available() >= 1   # 0 = one per CPU
+    from slmops.threads import cpus_available, default_threads
+    assert OgaEngine(tiny_int4, manifest(tiny_int4)).threads == cpus_available() >= 1   # 0 = one per core
+    # (CPUs allowed, logical, physical): SMT siblings do not count; an affinity mask narrows it; never 0
+    assert [default_threads(*c) for c in ((2, 2, 2), (8, 8, 4), (4, 8, 4), (1, 2, 1), (3, 8, 0))] == [2, 4, 2, 1, 3]
     for bad in (-1, 257):
         with pytest.raises(ConfigError, match=f"inference_threads {bad} must be between 0"):
             AgentConfig(control_plane="127.0.0.1:1", data_dir=tmp_path, insecure_loopback_dev=True,
